@@ -1,0 +1,80 @@
+"""The Python API: everything the command line does, as plain functions.
+
+>>> import gankit
+>>> run = gankit.train("dcgan", data="fashion-mnist", steps=500)   # doctest: +SKIP
+>>> gankit.show_grid(run.sample(64))                               # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from pathlib import Path
+
+from torch import nn
+
+from gankit.config import RunConfig, build_config, resolve_key
+from gankit.models import GenerativeModel, build_model
+from gankit.presets import get_preset
+from gankit.runs import Run, load_run, new_run_dir
+from gankit.train import FitResult, Trainer, resume_trainer
+
+
+def configure(model: str, config_file: str | Path | None = None, sets: Iterable[str] = (),
+              **overrides) -> RunConfig:
+    """A validated run config: preset ``model`` ← TOML file ← ``--set`` items ← overrides.
+
+    Overrides take any config key by its full dotted path with ``__`` for dots
+    (``model__opt_d__lr=1e-4``) or by a unique leaf name (``steps=500``, ``n_critic=5``).
+    """
+    nested: dict = {}
+    for key, value in overrides.items():
+        path = resolve_key(key.replace("__", "."))
+        node = nested
+        *parents, leaf = path.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = value
+    return build_config(get_preset(model), config_file, list(sets), nested)
+
+
+def build(model: str | RunConfig, **networks: nn.Module) -> GenerativeModel:
+    """An untrained model from a preset name or a config; pass your own networks by name."""
+    config = configure(model) if isinstance(model, str) else model
+    return build_model(config.model, **networks)
+
+
+def train(model: str | RunConfig = "dcgan", *, out: str | Path | None = None,
+          callbacks: Iterable[Callable[[dict], None]] = (), progress: bool = True,
+          overwrite: bool = False, networks: dict[str, nn.Module] | None = None,
+          config_file: str | Path | None = None, sets: Iterable[str] = (),
+          **overrides) -> Run:
+    """Train a model into a run folder and return it loaded.
+
+    ``callbacks`` receive every logged row (a dict of step, losses, D(x), …): plot live in a
+    notebook. ``networks`` replaces built-in networks by your own modules, e.g.
+    ``networks={"generator": MyG(), "discriminator": MyD()}``.
+    """
+    config = model if isinstance(model, RunConfig) else configure(
+        model, config_file, sets, **overrides)
+    run_dir = new_run_dir(out, f"{config.preset or 'custom'}-{config.train.data}",
+                          overwrite=overwrite)
+    custom = build_model(config.model, **networks) if networks else None
+    trainer = Trainer(config, run_dir, model=custom, callbacks=callbacks, progress=progress)
+    trainer.fit()
+    return _as_run(trainer)
+
+
+def resume(run_dir: str | Path, steps: int | None = None, progress: bool = True,
+           callbacks: Iterable[Callable[[dict], None]] = ()) -> Run:
+    """Continue a run from its newest checkpoint up to ``steps`` in total."""
+    trainer = resume_trainer(run_dir, steps, progress=progress, callbacks=callbacks)
+    trainer.fit()
+    return _as_run(trainer)
+
+
+def _as_run(trainer: Trainer) -> Run:
+    trainer.model.eval()
+    return Run(trainer.run_dir, trainer.config, trainer.model, trainer.step)
+
+
+__all__ = ["FitResult", "Run", "build", "configure", "load_run", "resume", "train"]

@@ -1,0 +1,288 @@
+"""The ``gankit`` command: a thin layer of sub-commands over :mod:`gankit.api` and friends."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from gankit import __version__
+from gankit.errors import GankitError
+
+EPILOG = """examples:
+  gankit train dcgan --data fashion-mnist
+  gankit train gan-002 --data mnist-5k --set label_smoothing=0.2 --steps 3000
+  gankit train --resume runs/dcgan-fashion-mnist-0001 --steps 4000
+  gankit sample runs/dcgan-fashion-mnist-0001 --n 10000 --out samples.npz
+  gankit presets            (every model and preset, with what it is)
+"""
+
+
+def _add_train(sub) -> None:
+    p = sub.add_parser("train", help="train a model or preset into a run folder",
+                       formatter_class=argparse.RawDescriptionHelpFormatter,
+                       description="Train MODEL (a default such as dcgan, or a reference preset "
+                       "such as gan-000) into a run folder, or continue one with --resume.",
+                       epilog=EPILOG)
+    p.add_argument("model", nargs="?", help="model or preset name (see `gankit presets`)")
+    p.add_argument("--resume", metavar="RUN_DIR", help="continue this run from its newest "
+                   "checkpoint (--steps then sets the new total)")
+    p.add_argument("--data", help="fashion-mnist, mnist, mnist-5k, folder:PATH or npz:PATH")
+    p.add_argument("--data-dir", help="folder holding the data files (else $GANKIT_DATA, the "
+                   "cache ~/.cache/gankit, system copies, then a download)")
+    length = p.add_mutually_exclusive_group()
+    length.add_argument("--steps", type=int, help="total steps of the run")
+    length.add_argument("--epochs", type=float, help="run length in passes over the data")
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--lr", type=float, help="learning rate of every optimiser")
+    p.add_argument("--lr-g", type=float, help="learning rate of G (and E; AE/VAE: the only one)")
+    p.add_argument("--lr-d", type=float, help="learning rate of D / the critic")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--sample-every", type=int, metavar="N", help="sample grid every N steps")
+    p.add_argument("--checkpoint-every", type=int, metavar="N")
+    p.add_argument("--log-every", type=int, metavar="N")
+    p.add_argument("--out", help="run folder (default: runs/MODEL-DATA-NNNN, numbered)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out run")
+    p.add_argument("--config", metavar="FILE.toml", help="TOML file of config values")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="any config value, e.g. --set n_critic=5 --set model.opt_d.lr=1e-4 "
+                   "(repeatable; values in TOML syntax)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--dry-run", action="store_true",
+                   help="print the resolved config as TOML and exit")
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from gankit.api import configure
+    from gankit.config import to_dict
+    from gankit.runs import new_run_dir
+    from gankit.train import Trainer, resume_trainer
+
+    if args.resume:
+        ignored = [f"--{k.replace('_', '-')}" for k in ("data", "batch_size", "lr", "lr_g",
+                   "lr_d", "seed", "config", "epochs", "out") if getattr(args, k)]
+        if args.model or ignored or args.set:
+            raise GankitError("--resume continues a run with its saved config; only --steps, "
+                              f"--device and --no-progress apply (got {args.model or ''} "
+                              f"{' '.join(ignored + args.set)})".replace("  ", " "))
+        trainer = resume_trainer(args.resume, args.steps, args.device,
+                                 progress=not args.no_progress)
+        print(f"resuming {trainer.run_dir} at step {trainer.step} of {trainer.total_steps}")
+    else:
+        if not args.model:
+            raise GankitError("name a model or preset (e.g. `gankit train dcgan`), or pass "
+                              "--resume RUN_DIR; `gankit presets` lists them")
+        overrides = {k: v for k, v in {
+            "data": args.data, "data_dir": args.data_dir, "steps": args.steps,
+            "epochs": args.epochs, "batch_size": args.batch_size, "seed": args.seed,
+            "device": args.device, "sample_every": args.sample_every,
+            "checkpoint_every": args.checkpoint_every, "log_every": args.log_every,
+            "model.opt_g.lr": args.lr_g or args.lr, "model.opt_d.lr": args.lr_d or args.lr,
+        }.items() if v is not None}
+        if args.epochs is not None:
+            overrides["steps"] = 0  # --epochs replaces the preset's step count
+        config = configure(args.model, args.config, args.set,
+                           **{k.replace(".", "__"): v for k, v in overrides.items()})
+        if args.dry_run:
+            import tomli_w
+
+            print(tomli_w.dumps(to_dict(config)), end="")
+            return 0
+        run_dir = new_run_dir(args.out, f"{config.preset}-{config.train.data}",
+                              overwrite=args.overwrite)
+        trainer = Trainer(config, run_dir, progress=not args.no_progress)
+        print(f"training {config.preset} on {trainer.data.name} ({len(trainer.data)} images) "
+              f"for {trainer.total_steps} steps on {trainer.device} -> {run_dir}")
+    result = trainer.fit()
+    row = " ".join(f"{k}={v:.4g}" for k, v in result.last_row.items()
+                   if k.startswith(("loss/", "D(", "critic")))
+    if result.interrupted:
+        print(f"\nstopped at step {result.step}; checkpoint {result.checkpoint}\n"
+              f"resume with: gankit train --resume {trainer.run_dir}")
+        return 130
+    print(f"done: step {result.step}, {trainer.elapsed:.0f} s of training. {row}\n"
+          f"samples: {trainer.run_dir / 'samples'}  checkpoint: {result.checkpoint}")
+    return 0
+
+
+def _add_sample(sub) -> None:
+    p = sub.add_parser("sample", help="generate images from a trained run")
+    p.add_argument("run_dir")
+    p.add_argument("--n", type=int, default=64, help="number of images (default 64)")
+    p.add_argument("--out", help="FILE.npz (uint8 'images' (N, H, W), 'labels' for a "
+                   "conditional model) or DIR/ for one PNG per image")
+    p.add_argument("--grid", metavar="FILE.png", help="also write one grid of the images")
+    p.add_argument("--label", type=int, help="conditional model: the class to generate")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="cpu")
+
+
+def cmd_sample(args: argparse.Namespace) -> int:
+    import numpy as np
+    import torch
+
+    from gankit.runs import load_run
+    from gankit.viz import save_grid, save_images
+
+    if not args.out and not args.grid:
+        raise GankitError("say where the images go: --out FILE.npz, --out DIR/ or --grid FILE.png")
+    if args.n < 1:
+        raise GankitError(f"--n {args.n}: expected at least 1 image")
+    run = load_run(args.run_dir, args.device)
+    labels = None
+    if args.label is not None:
+        if not run.config.model.conditional:
+            raise GankitError(f"--label needs a conditional model; {run.config.preset} is not")
+        if not 0 <= args.label < run.config.model.num_classes:
+            raise GankitError(f"--label {args.label}: classes are 0..{run.config.model.num_classes - 1}")
+        labels = torch.full((args.n,), args.label, dtype=torch.long, device=run.model.device)
+    elif run.config.model.conditional:
+        labels = torch.arange(args.n, device=run.model.device) % run.config.model.num_classes
+    images = run.sample(args.n, labels, args.seed).cpu()  # (N, C, H, W) uint8
+    if args.out:
+        out = Path(args.out)
+        if args.out.endswith(("/", "\\")) or out.is_dir():
+            save_images(images, out, labels=labels.cpu() if labels is not None else None)
+        else:
+            if out.suffix != ".npz":
+                raise GankitError(f"--out {out}: use a .npz file or a folder ending in /")
+            out.parent.mkdir(parents=True, exist_ok=True)
+            arrays = {"images": images[:, 0].numpy() if images.shape[1] == 1 else
+                      images.permute(0, 2, 3, 1).numpy()}
+            if labels is not None:
+                arrays["labels"] = labels.cpu().numpy().astype(np.int64)
+            np.savez_compressed(out, **arrays)
+        print(f"wrote {args.n} images to {out}")
+    if args.grid:
+        save_grid(images, args.grid, nrow=10 if labels is not None else None, scale=2)
+        print(f"wrote grid {args.grid}")
+    return 0
+
+
+def _add_interpolate(sub) -> None:
+    p = sub.add_parser("interpolate", help="walk between latent points of a trained run")
+    p.add_argument("run_dir")
+    p.add_argument("--out", required=True, metavar="FILE.png")
+    p.add_argument("--rows", type=int, default=8, help="number of walks (default 8)")
+    p.add_argument("--steps", type=int, default=10, help="images per walk (default 10)")
+    p.add_argument("--mode", choices=["slerp", "lerp"], default="slerp")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="cpu")
+
+
+def cmd_interpolate(args: argparse.Namespace) -> int:
+    import torch
+
+    from gankit.runs import load_run
+    from gankit.viz import interpolation_path, save_grid
+
+    if args.rows < 1 or args.steps < 2:
+        raise GankitError("--rows must be >= 1 and --steps >= 2")
+    run = load_run(args.run_dir, args.device)
+    rng = torch.Generator(run.model.device).manual_seed(args.seed)
+    anchors = run.model.sample_latent(args.rows + 1, rng)  # (rows + 1, D)
+    walks = interpolation_path(anchors, args.steps, args.mode)  # (rows, steps, D)
+    z = walks.reshape(-1, walks.shape[-1])
+    labels = None
+    if run.config.model.conditional:  # one class per walk
+        labels = torch.arange(args.rows, device=z.device).repeat_interleave(args.steps)
+        labels %= run.config.model.num_classes
+    save_grid(run.model.generate(z, labels).cpu(), args.out, nrow=args.steps, scale=2)
+    print(f"wrote {args.rows} walks of {args.steps} images to {args.out}")
+    return 0
+
+
+def _add_latent(sub) -> None:
+    p = sub.add_parser("latent", help="plot the codes of test images (AE, VAE, BiGAN)")
+    p.add_argument("run_dir")
+    p.add_argument("--out", required=True, metavar="FILE.png")
+    p.add_argument("--data", help="data set to encode (default: the run's, test split)")
+    p.add_argument("--n", type=int, default=5000, help="images to encode (default 5000)")
+    p.add_argument("--device", default="cpu")
+
+
+def cmd_latent(args: argparse.Namespace) -> int:
+    import torch
+
+    from gankit.data import load_dataset
+    from gankit.runs import load_run
+    from gankit.viz import plot_latent, plot_manifold
+
+    run = load_run(args.run_dir, args.device)
+    if not hasattr(run.model, "encode"):
+        raise GankitError(f"{run.config.preset} has no encoder: `gankit latent` is for AE, "
+                          "VAE and BiGAN runs")
+    tc = run.config.train
+    data = load_dataset(args.data or tc.data, "test", tc.data_dir or None,
+                        run.config.model.image_size)
+    data = data.subset(min(args.n, len(data)))
+    codes = []
+    with torch.inference_mode():
+        for i in range(0, len(data), 1000):
+            x = run.model.prepare(data.images[i:i + 1000].to(run.model.device))
+            codes.append(run.model.encode(x)[0].cpu())
+    labels = data.labels.numpy() if data.labels is not None else None
+    plot_latent(torch.cat(codes).numpy(), labels, args.out, data.classes,
+                title=f"{run.config.preset}: codes of {len(data)} {data.name} images")
+    print(f"wrote {args.out}")
+    if run.config.model.family == "vae" and run.config.model.latent.dim == 2:
+        out = Path(args.out)
+        manifold = out.with_name(out.stem + "-manifold.png")
+        plot_manifold(lambda z: run.model.generate(z.to(run.model.device)).cpu(), manifold)
+        print(f"wrote {manifold} (decoded 2-D latent grid)")
+    return 0
+
+
+def _add_presets(sub) -> None:
+    p = sub.add_parser("presets", help="list models and presets, or show one as TOML")
+    p.add_argument("name", nargs="?", help="show this preset's full config")
+
+
+def cmd_presets(args: argparse.Namespace) -> int:
+    from gankit.presets import get_preset, preset_names
+
+    if args.name:
+        import tomli_w
+
+        from gankit.api import configure
+        from gankit.config import to_dict
+
+        print(tomli_w.dumps(to_dict(configure(args.name))), end="")
+        return 0
+    for name in preset_names():
+        p = get_preset(name)
+        print(f"{name:10s} {p['model']['family']:6s} {p['train']['data']:14s} "
+              f"{p['description'].split(':')[0].split('.')[0]}")
+    return 0
+
+
+COMMANDS = {"train": cmd_train, "sample": cmd_sample, "interpolate": cmd_interpolate,
+            "latent": cmd_latent, "presets": cmd_presets}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="gankit", description="Train, sample and inspect "
+                                     "classic generative image models.")
+    parser.add_argument("--version", action="version", version=f"gankit {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for add in (_add_train, _add_sample, _add_interpolate, _add_latent, _add_presets):
+        add(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``gankit`` console script."""
+    args = build_parser().parse_args(argv)
+    try:
+        return COMMANDS[args.command](args)
+    except GankitError as err:
+        print(f"gankit: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("\ngankit: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,361 @@
+"""Typed run configuration: dataclasses, validation, TOML round trip and ``--set key=value``.
+
+A run is described by one :class:`RunConfig` = a :class:`ModelConfig` (what is trained:
+networks, latent, losses, optimisers, schedule) and a :class:`TrainConfig` (how long, on what
+data, how often to log). Every value is checked when the dataclass is built, so a bad value is
+refused before any work starts, with the key, the value and what is allowed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import sys
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Union, get_args, get_origin
+
+import tomli_w
+
+from gankit.errors import ConfigError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+Family = Literal["ae", "vae", "gan", "bigan"]
+GanLoss = Literal["nonsaturating", "minimax", "wasserstein", "hinge", "least-squares"]
+
+
+def _check(ok: bool, key: str, value: Any, allowed: str) -> None:
+    if not ok:
+        raise ConfigError(f"{key} = {value!r} is out of range: expected {allowed}")
+
+
+@dataclass
+class NetConfig:
+    """One network as a list of layers (see :mod:`gankit.nets` for the layer language).
+
+    ``x_layers``/``z_layers`` are only used by BiGAN's joint discriminator: they process the
+    image and the code separately before ``layers`` sees their concatenation.
+    """
+
+    layers: list[str] = field(default_factory=list)
+    init: str = "torch"
+    spectral_norm: bool = False
+    x_layers: list[str] = field(default_factory=list)
+    z_layers: list[str] = field(default_factory=list)
+
+
+@dataclass
+class LatentConfig:
+    """The noise (or code) distribution: N(0, std²) or U(−std, std) in ``dim`` dimensions."""
+
+    dim: int = 64
+    dist: Literal["normal", "uniform"] = "normal"
+    std: float = 1.0
+
+    def __post_init__(self) -> None:
+        _check(self.dim >= 1, "latent.dim", self.dim, "an integer >= 1")
+        _check(self.std > 0, "latent.std", self.std, "a number > 0")
+
+
+@dataclass
+class OptimConfig:
+    """An optimiser and its settings (``betas`` for Adam/AdamW, ``alpha`` for RMSprop)."""
+
+    name: Literal["adam", "adamw", "rmsprop", "sgd"] = "adam"
+    lr: float = 2e-4
+    betas: list[float] = field(default_factory=lambda: [0.5, 0.999])
+    eps: float = 1e-8
+    weight_decay: float = 0.0
+    momentum: float = 0.0
+    alpha: float = 0.99
+
+    def __post_init__(self) -> None:
+        _check(self.lr > 0, "lr", self.lr, "a learning rate > 0")
+        _check(
+            len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas),
+            "betas", self.betas, "two numbers in [0, 1)",
+        )
+        _check(self.eps > 0, "eps", self.eps, "a number > 0")
+        _check(self.weight_decay >= 0, "weight_decay", self.weight_decay, "a number >= 0")
+        _check(0 <= self.momentum < 1, "momentum", self.momentum, "a number in [0, 1)")
+
+
+@dataclass
+class LossConfig:
+    """Losses: the adversarial loss and its regularisers, or the autoencoder's terms."""
+
+    gan: GanLoss = "nonsaturating"
+    label_smoothing: float = 0.0  # one-sided: D's real target is 1 - label_smoothing
+    gp_weight: float = 0.0  # WGAN-GP gradient penalty λ (0 = off)
+    clip: float = 0.0  # WGAN weight clipping to [-clip, clip] after each critic step (0 = off)
+    recon: Literal["mse", "bce", "mse-sum", "bce-sum"] = "bce-sum"
+    kl_weight: float = 1.0  # VAE: weight of the KL term (β)
+
+    def __post_init__(self) -> None:
+        _check(0 <= self.label_smoothing < 1, "loss.label_smoothing", self.label_smoothing,
+               "a number in [0, 1)")
+        _check(self.gp_weight >= 0, "loss.gp_weight", self.gp_weight, "a number >= 0")
+        _check(self.clip >= 0, "loss.clip", self.clip, "a number >= 0")
+        _check(self.kl_weight >= 0, "loss.kl_weight", self.kl_weight, "a number >= 0")
+
+
+@dataclass
+class ModelConfig:
+    """What is trained: the family, its networks, latent, losses, optimisers and schedule."""
+
+    family: Family = "gan"
+    conditional: bool = False  # class-conditional GAN (needs labelled data)
+    image_size: int = 28
+    channels: int = 1
+    data_range: Literal["tanh", "unit"] = "tanh"  # pixels scaled to [-1, 1] or [0, 1]
+    latent: LatentConfig = field(default_factory=LatentConfig)
+    generator: NetConfig = field(default_factory=NetConfig)  # AE/VAE: the decoder
+    discriminator: NetConfig = field(default_factory=NetConfig)
+    encoder: NetConfig = field(default_factory=NetConfig)
+    num_classes: int = 10  # conditional GAN only
+    label_embed: int = 0  # conditional G: label embedding size (0 = one-hot)
+    loss: LossConfig = field(default_factory=LossConfig)
+    opt_g: OptimConfig = field(default_factory=OptimConfig)  # AE/VAE: the only optimiser
+    opt_d: OptimConfig = field(default_factory=OptimConfig)
+    n_critic: int = 1  # D updates per step
+    g_steps: int = 1  # G updates per step
+    reuse_noise: bool = False  # the G update reuses the D update's noise (and real batch)
+    ema: float = 0.0  # decay of an exponential moving average of G's weights (0 = off)
+
+    def __post_init__(self) -> None:
+        _check(self.image_size >= 4, "model.image_size", self.image_size, "an integer >= 4")
+        _check(self.channels in (1, 3), "model.channels", self.channels, "1 or 3")
+        _check(self.n_critic >= 1, "model.n_critic", self.n_critic, "an integer >= 1")
+        _check(self.g_steps >= 1, "model.g_steps", self.g_steps, "an integer >= 1")
+        _check(0 <= self.ema < 1, "model.ema", self.ema, "a decay in [0, 1)")
+        _check(self.num_classes >= 2, "model.num_classes", self.num_classes, "an integer >= 2")
+        _check(self.label_embed >= 0, "model.label_embed", self.label_embed, "an integer >= 0")
+        if not self.generator.layers:
+            raise ConfigError("model.generator.layers is empty: a model needs a generator/decoder")
+        if self.family in ("ae", "vae", "bigan") and not self.encoder.layers:
+            raise ConfigError(f"model.encoder.layers is empty: family {self.family!r} needs one")
+        if self.family in ("gan", "bigan") and not self.discriminator.layers:
+            raise ConfigError(f"model.discriminator.layers is empty: family {self.family!r} "
+                              "needs one")
+        if self.conditional and self.family != "gan":
+            raise ConfigError(f"model.conditional = true needs family 'gan', not {self.family!r}")
+
+
+@dataclass
+class TrainConfig:
+    """How a model is trained: data, length, batch, seed, device and logging cadence."""
+
+    data: str = "fashion-mnist"
+    data_dir: str = ""  # "" = GANKIT_DATA, then the cache, then system copies, then download
+    data_limit: int = 0  # train on the first N images only (0 = all)
+    batch_size: int = 64
+    steps: int = 0  # total steps of the run (0 = derive from epochs)
+    epochs: float = 0.0  # used when steps == 0
+    sampler: Literal["epoch", "random"] = "epoch"  # epoch shuffles, or draw each batch anew
+    seed: int = 0
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    threads: int = 0  # CPU threads (0 = physical cores)
+    log_every: int = 50
+    sample_every: int = 500
+    checkpoint_every: int = 1000
+    keep_checkpoints: int = 3
+    grid_size: int = 64  # images in each sample grid (from one fixed noise batch)
+
+    def __post_init__(self) -> None:
+        _check(self.batch_size >= 1, "train.batch_size", self.batch_size, "an integer >= 1")
+        _check(self.steps >= 0, "train.steps", self.steps, "an integer >= 0")
+        _check(self.epochs >= 0, "train.epochs", self.epochs, "a number >= 0")
+        _check(self.data_limit >= 0, "train.data_limit", self.data_limit, "an integer >= 0")
+        _check(self.threads >= 0, "train.threads", self.threads, "an integer >= 0")
+        for key in ("log_every", "sample_every", "checkpoint_every", "keep_checkpoints",
+                    "grid_size"):
+            value = getattr(self, key)
+            _check(value >= 1, f"train.{key}", value, "an integer >= 1")
+
+
+@dataclass
+class RunConfig:
+    """A whole run: the preset it started from, the model and the training settings."""
+
+    preset: str = ""
+    description: str = ""
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+
+# --------------------------------------------------------------------------- conversion
+
+
+def to_dict(config: Any) -> dict:
+    """A dataclass config as plain nested dicts and lists (TOML/JSON-ready)."""
+    return dataclasses.asdict(config)
+
+
+def from_dict(cls: type, data: dict, prefix: str = "") -> Any:
+    """Build dataclass ``cls`` from nested dicts, checking every key and value type."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{prefix or 'config'} must be a table of keys, got {data!r}")
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    kwargs = {}
+    for key, value in data.items():
+        path = f"{prefix}{key}"
+        if key not in names:
+            raise ConfigError(f"unknown config key {path!r}{_did_you_mean(key, names, prefix)}")
+        kwargs[key] = _coerce(hints[key], value, path)
+    return cls(**kwargs)
+
+
+def _did_you_mean(key: str, names: list[str], prefix: str = "") -> str:
+    close = difflib.get_close_matches(key, names, n=3, cutoff=0.6)
+    if close:
+        return "; did you mean " + " or ".join(repr(prefix + c) for c in close) + "?"
+    return "; valid keys here: " + ", ".join(prefix + n for n in names)
+
+
+def _coerce(tp: Any, value: Any, path: str) -> Any:
+    """Check ``value`` against type annotation ``tp`` (converting int→float where lossless)."""
+    origin = get_origin(tp)
+    if dataclasses.is_dataclass(tp):
+        return value if isinstance(value, tp) else from_dict(tp, value, prefix=path + ".")
+    if origin is Literal:
+        allowed = get_args(tp)
+        if value not in allowed:
+            hint = difflib.get_close_matches(str(value), [str(a) for a in allowed], n=1)
+            extra = f" (did you mean {hint[0]!r}?)" if hint else ""
+            raise ConfigError(f"{path} = {value!r} is not allowed: choose one of "
+                              f"{', '.join(map(repr, allowed))}{extra}")
+        return value
+    if origin in (Union, types.UnionType):
+        for arg in get_args(tp):
+            try:
+                return _coerce(arg, value, path)
+            except ConfigError:
+                continue
+        raise ConfigError(f"{path} = {value!r} has the wrong type: expected {tp}")
+    if origin is list:
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{path} = {value!r} has the wrong type: expected a list")
+        (item,) = get_args(tp)
+        return [_coerce(item, v, f"{path}[{i}]") for i, v in enumerate(value)]
+    if tp is type(None):
+        if value is not None:
+            raise ConfigError(f"{path} = {value!r}: expected nothing")
+        return None
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{path} = {value!r} has the wrong type: expected true or false")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{path} = {value!r} has the wrong type: expected an integer")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{path} = {value!r} has the wrong type: expected a number")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{path} = {value!r} has the wrong type: expected a string")
+        return value
+    raise TypeError(f"unsupported annotation {tp} at {path}")  # a bug in gankit, not user input
+
+
+# --------------------------------------------------------------------------- TOML and --set
+
+
+def save_toml(config: RunConfig, path: str | Path) -> Path:
+    """Write the resolved config as TOML."""
+    path = Path(path)
+    path.write_text(tomli_w.dumps(to_dict(config)))
+    return path
+
+
+def load_toml(path: str | Path) -> dict:
+    """Read a TOML config file into nested dicts (validated later by :func:`from_dict`)."""
+    path = Path(path)
+    try:
+        return tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path} does not exist") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as err:
+        raise ConfigError(f"config file {path} is not valid TOML: {err}") from None
+
+
+def merge(base: dict, override: dict) -> dict:
+    """Deep-merge ``override`` into a copy of ``base`` (tables merge, other values replace)."""
+    out = dict(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def _leaf_paths(cls: type, prefix: str = "") -> list[str]:
+    paths = []
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        tp = hints[f.name]
+        if dataclasses.is_dataclass(tp):
+            paths += _leaf_paths(tp, f"{prefix}{f.name}.")
+        else:
+            paths.append(prefix + f.name)
+    return paths
+
+
+def resolve_key(key: str) -> str:
+    """Full dotted path for a ``--set`` key: exact (``model.opt_d.lr``) or a unique suffix."""
+    paths = _leaf_paths(RunConfig)
+    if key in paths:
+        return key
+    matches = [p for p in paths if p.endswith("." + key)]
+    if len(matches) == 1:
+        return matches[0]
+    if len(matches) > 1:
+        raise ConfigError(f"--set key {key!r} is ambiguous: write one of {', '.join(matches)}")
+    tails = {p.rsplit(".", 1)[-1]: p for p in paths}
+    close = difflib.get_close_matches(key, paths, n=3, cutoff=0.6) + [
+        tails[t] for t in difflib.get_close_matches(key.rsplit(".", 1)[-1], tails, n=2)
+    ]
+    hint = f"; did you mean {' or '.join(dict.fromkeys(close))}?" if close else ""
+    raise ConfigError(f"unknown config key {key!r}{hint}")
+
+
+def parse_set(item: str) -> dict:
+    """``"model.opt_d.lr=1e-4"`` → ``{"model": {"opt_d": {"lr": 1e-4}}}`` (TOML value syntax)."""
+    if "=" not in item:
+        raise ConfigError(f"--set {item!r}: expected KEY=VALUE, e.g. --set n_critic=5")
+    key, raw = item.split("=", 1)
+    path = resolve_key(key.strip())
+    try:
+        value = tomllib.loads(f"v = {raw.strip()}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = raw.strip()  # a bare word: take it as a string
+    nested: dict = {}
+    node = nested
+    *parents, leaf = path.split(".")
+    for part in parents:
+        node = node.setdefault(part, {})
+    node[leaf] = value
+    return nested
+
+
+def build_config(base: dict, config_file: str | Path | None = None,
+                 sets: list[str] = (), overrides: dict | None = None) -> RunConfig:
+    """Resolve a run config: preset dict ← TOML file ← ``--set`` items ← explicit overrides."""
+    data = base
+    if config_file:
+        data = merge(data, load_toml(config_file))
+    for item in sets:
+        data = merge(data, parse_set(item))
+    if overrides:
+        data = merge(data, overrides)
+    return from_dict(RunConfig, data)

@@ -1,0 +1,117 @@
+"""Pure loss functions. Every adversarial loss takes logits, never probabilities.
+
+Discriminator outputs are logits ℓ; D(x) = σ(ℓ). Computing −log σ(ℓ) as softplus(−ℓ) is the
+same quantity as the tutorials' −log D(x) without its overflow (they add 1e-8 inside the log).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+
+# --------------------------------------------------------------------------- adversarial
+
+
+def bce_d(real: Tensor, fake: Tensor, real_target: float = 1.0) -> Tensor:
+    """−E[t·log D(x) + (1−t)·log(1−D(x))] − E[log(1−D(G(z)))], t = 1 − label smoothing."""
+    target = torch.full_like(real, real_target)
+    return (F.binary_cross_entropy_with_logits(real, target)
+            + F.binary_cross_entropy_with_logits(fake, torch.zeros_like(fake)))
+
+
+def nonsaturating_g(fake: Tensor) -> Tensor:
+    """−E[log D(G(z))] (Goodfellow et al. 2014, the non-saturating form)."""
+    return F.softplus(-fake).mean()
+
+
+def minimax_g(fake: Tensor) -> Tensor:
+    """E[log(1 − D(G(z)))]: the original saturating minimax generator loss."""
+    return -F.softplus(fake).mean()
+
+
+def wasserstein_d(real: Tensor, fake: Tensor, real_target: float = 1.0) -> Tensor:
+    """E[C(G(z))] − E[C(x)] (Arjovsky et al. 2017); label smoothing does not apply."""
+    return fake.mean() - real.mean()
+
+
+def wasserstein_g(fake: Tensor) -> Tensor:
+    """−E[C(G(z))]."""
+    return -fake.mean()
+
+
+def hinge_d(real: Tensor, fake: Tensor, real_target: float = 1.0) -> Tensor:
+    """E[max(0, 1 − D(x))] + E[max(0, 1 + D(G(z)))] (Lim & Ye 2017; Miyato et al. 2018)."""
+    return F.relu(1.0 - real).mean() + F.relu(1.0 + fake).mean()
+
+
+def least_squares_d(real: Tensor, fake: Tensor, real_target: float = 1.0) -> Tensor:
+    """½E[(D(x) − t)²] + ½E[D(G(z))²] (Mao et al. 2017)."""
+    return 0.5 * ((real - real_target) ** 2).mean() + 0.5 * (fake**2).mean()
+
+
+def least_squares_g(fake: Tensor) -> Tensor:
+    """½E[(D(G(z)) − 1)²]."""
+    return 0.5 * ((fake - 1.0) ** 2).mean()
+
+
+class GanLoss(NamedTuple):
+    """A discriminator loss, its generator loss, and whether outputs read as probabilities."""
+
+    d: Callable[..., Tensor]
+    g: Callable[[Tensor], Tensor]
+    probabilistic: bool  # σ(logit) is D's probability: report D(x), D(G(z))
+
+
+GAN_LOSSES: dict[str, GanLoss] = {
+    "nonsaturating": GanLoss(bce_d, nonsaturating_g, True),
+    "minimax": GanLoss(bce_d, minimax_g, True),
+    "wasserstein": GanLoss(wasserstein_d, wasserstein_g, False),
+    "hinge": GanLoss(hinge_d, wasserstein_g, False),
+    "least-squares": GanLoss(least_squares_d, least_squares_g, False),
+}
+
+
+def gradient_penalty(critic: Callable[..., Tensor], real: Tensor, fake: Tensor,
+                     generator: torch.Generator | None = None, **critic_kwargs) -> Tensor:
+    """E[(‖∇x̂ C(x̂)‖₂ − 1)²] at x̂ = εx + (1−ε)x̃, ε ~ U(0, 1) (Gulrajani et al. 2017, eq. 3).
+
+    Returned without the weight λ.
+    """
+    eps = torch.rand(real.shape[0], *([1] * (real.dim() - 1)), generator=generator,
+                     device=real.device, dtype=real.dtype)  # (B, 1, 1, 1)
+    mixed = (eps * real + (1 - eps) * fake).requires_grad_(True)
+    out = critic(mixed, **critic_kwargs)
+    (grad,) = torch.autograd.grad(out.sum(), mixed, create_graph=True)
+    norm = grad.flatten(1).norm(2, dim=1)  # (B,)
+    return ((norm - 1.0) ** 2).mean()
+
+
+# --------------------------------------------------------------------------- autoencoders
+
+
+def reconstruction(kind: str, out: Tensor, x: Tensor) -> Tensor:
+    """Reconstruction loss between decoder output ``out`` and images ``x`` (both (B, C, H, W)).
+
+    ``mse``/``bce``: mean over every pixel. ``mse-sum``/``bce-sum``: summed over a
+    image's pixels, mean over the batch (the log-likelihood terms of an ELBO). ``bce*``
+    expects ``out`` to be logits and ``x`` in [0, 1].
+    """
+    if kind.startswith("bce"):
+        per_pixel = F.binary_cross_entropy_with_logits(out, x, reduction="none")
+    elif kind.startswith("mse"):
+        per_pixel = (out - x) ** 2
+    else:
+        raise ValueError(f"unknown reconstruction loss {kind!r}")
+    if kind.endswith("-sum"):
+        return per_pixel.flatten(1).sum(dim=1).mean()
+    return per_pixel.mean()
+
+
+def kl_normal(mu: Tensor, logvar: Tensor) -> Tensor:
+    """KL(N(μ, σ²) ‖ N(0, I)) = ½ Σ (μ² + σ² − log σ² − 1), summed over dims, mean over batch."""
+    return 0.5 * (mu.pow(2) + logvar.exp() - logvar - 1.0).sum(dim=1).mean()

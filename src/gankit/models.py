@@ -1,0 +1,390 @@
+"""A model = networks + losses + phases.
+
+The training loop (:mod:`gankit.train`) knows nothing about families: it runs each model's
+:class:`Phase` list. A GAN has two phases (D × n_critic, G × g_steps), BiGAN has D and E+G,
+an autoencoder one. Differences between families live here, in the phase definitions.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+from torch import Tensor, nn
+
+from gankit import losses
+from gankit.config import ModelConfig
+from gankit.errors import ConfigError
+from gankit.nets import Critic, Encoder, Generator, JointCritic, finish
+
+Stats = dict[str, Tensor]
+
+
+@dataclass
+class Context:
+    """What one update sees: the real batch, its labels, the noise and a random generator."""
+
+    x: Tensor | None  # (B, C, H, W) real images in the model's data range
+    y: Tensor | None  # (B,) real labels, or None
+    z: Tensor  # (B, latent) noise
+    y_fake: Tensor | None  # (B,) labels requested from a conditional generator
+    rng: torch.Generator  # for any further randomness (VAE ε, gradient-penalty ε)
+
+
+@dataclass
+class Phase:
+    """One kind of update: which networks it trains, with which optimiser, on which loss."""
+
+    name: str
+    nets: tuple[str, ...]  # networks whose parameters this phase updates
+    optimizer: Literal["g", "d"]  # key of the optimiser config (model.opt_g / model.opt_d)
+    loss: Callable[[Context], tuple[Tensor, Stats]]
+    repeat: int = 1  # consecutive updates per training step
+    draw: Literal["batch", "noise", "none"] = "batch"  # fresh real batch + noise, noise, nothing
+    after_step: Callable[[], None] | None = None  # e.g. weight clipping, EMA update
+
+
+class GenerativeModel(nn.Module):
+    """Base of every family: networks in ``self.nets``, data scaling, latent, sampling."""
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.config = config
+        self.nets = nn.ModuleDict()
+        self.ema: nn.Module | None = None  # EMA copy of the generator, when config.ema > 0
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        c = self.config
+        return (c.channels, c.image_size, c.image_size)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device
+
+    # -- data scaling -----------------------------------------------------------------
+    def prepare(self, images: Tensor) -> Tensor:
+        """uint8 images (B, C, H, W) → floats in the model's data range."""
+        x = images.float()
+        if self.config.data_range == "tanh":
+            return x.mul_(1.0 / 127.5).sub_(1.0)  # [-1, 1]
+        return x.mul_(1.0 / 255.0)  # [0, 1]
+
+    def to_uint8(self, x: Tensor) -> Tensor:
+        """Floats in the model's data range → uint8 images, clamped."""
+        if self.config.data_range == "tanh":
+            x = (x + 1.0) * 127.5
+        else:
+            x = x * 255.0
+        return x.clamp(0, 255).round().to(torch.uint8)
+
+    # -- latent -------------------------------------------------------------------------
+    def sample_latent(self, n: int, rng: torch.Generator | None = None) -> Tensor:
+        """n draws of the noise distribution (B, latent) on the model's device."""
+        lat = self.config.latent
+        if lat.dist == "normal":
+            z = torch.randn(n, lat.dim, generator=rng, device=self.device)
+            return z.mul_(lat.std) if lat.std != 1.0 else z
+        return torch.rand(n, lat.dim, generator=rng, device=self.device).mul_(2 * lat.std).sub_(
+            lat.std)
+
+    def sample_labels(self, n: int, rng: torch.Generator | None = None) -> Tensor | None:
+        """Uniform class labels for a conditional model, else None."""
+        if not self.config.conditional:
+            return None
+        return torch.randint(self.config.num_classes, (n,), generator=rng, device=self.device)
+
+    def context(self, x: Tensor | None, y: Tensor | None, rng: torch.Generator) -> Context:
+        """A fresh context: real batch (possibly None) plus new noise (and fake labels)."""
+        n = x.shape[0] if x is not None else 1
+        return Context(x, y, self.sample_latent(n, rng), self.sample_labels(n, rng), rng)
+
+    def refresh_noise(self, ctx: Context) -> None:
+        """New noise (and fake labels) for the next update, keeping the real batch."""
+        ctx.z = self.sample_latent(ctx.z.shape[0], ctx.rng)
+        ctx.y_fake = self.sample_labels(ctx.z.shape[0], ctx.rng)
+
+    # -- generation ---------------------------------------------------------------------
+    def decode(self, z: Tensor, y: Tensor | None = None, use_ema: bool = True) -> Tensor:
+        """Latent (B, latent) → images in the data range (B, C, H, W)."""
+        g = self.ema if (use_ema and self.ema is not None) else self.nets["generator"]
+        return g(z, y) if self.config.conditional else g(z)
+
+    @torch.inference_mode()
+    def generate(self, z: Tensor, y: Tensor | None = None, use_ema: bool = True) -> Tensor:
+        """uint8 images from given latents, with every network in eval mode."""
+        was_training = self.training
+        self.eval()
+        try:
+            return self.to_uint8(self.decode(z, y, use_ema))
+        finally:
+            self.train(was_training)
+
+    def sample(self, n: int, labels: Tensor | None = None, rng: torch.Generator | None = None,
+               batch_size: int = 1000) -> Tensor:
+        """n new uint8 images (n, C, H, W) from the prior (and labels, if conditional)."""
+        if labels is None:
+            labels = self.sample_labels(n, rng)
+        out = []
+        for i in range(0, n, batch_size):
+            z = self.sample_latent(min(batch_size, n - i), rng)
+            y = labels[i:i + len(z)] if labels is not None else None
+            out.append(self.generate(z, y))
+        return torch.cat(out)
+
+    # -- EMA ----------------------------------------------------------------------------
+    def _make_ema(self) -> None:
+        if self.config.ema > 0:
+            self.ema = copy.deepcopy(self.nets["generator"]).requires_grad_(False)
+
+    @torch.no_grad()
+    def update_ema(self) -> None:
+        """ema ← decay·ema + (1 − decay)·G for parameters; buffers (BN stats) are copied."""
+        if self.ema is None:
+            return
+        g = self.nets["generator"]
+        ema_p = [p for p in self.ema.parameters()]
+        g_p = [p.detach() for p in g.parameters()]
+        torch._foreach_lerp_(ema_p, g_p, 1.0 - self.config.ema)
+        for b_ema, b in zip(self.ema.buffers(), g.buffers(), strict=True):
+            b_ema.copy_(b)
+
+    # -- to be defined by each family ---------------------------------------------------
+    def phases(self) -> list[Phase]:
+        raise NotImplementedError
+
+    def describe_step(self, stats: dict[str, float]) -> dict[str, float]:
+        """The subset of logged values worth showing in the progress bar."""
+        return stats
+
+
+# =========================================================================== autoencoders
+
+
+class AutoEncoder(GenerativeModel):
+    """AE (deterministic code) or VAE (Gaussian code, Kingma & Welling 2014)."""
+
+    def __init__(self, config: ModelConfig, encoder: nn.Module | None = None,
+                 generator: nn.Module | None = None):
+        super().__init__(config)
+        self.variational = config.family == "vae"
+        dim = config.latent.dim
+        self.nets["encoder"] = encoder or finish(
+            Encoder(config.encoder.layers, self.image_shape, 2 * dim if self.variational else dim),
+            config.encoder.init, config.encoder.spectral_norm)
+        self.nets["generator"] = generator or finish(
+            Generator(config.generator.layers, dim, self.image_shape),
+            config.generator.init, config.generator.spectral_norm)
+        self.logits = config.loss.recon.startswith("bce")  # decoder emits logits for BCE
+        if self.logits and config.data_range != "unit":
+            raise ConfigError("loss.recon = 'bce…' needs model.data_range = 'unit' ([0, 1] "
+                              "pixels); use 'mse' for [-1, 1]")
+        self._make_ema()
+
+    def decode(self, z: Tensor, y: Tensor | None = None, use_ema: bool = True) -> Tensor:
+        out = super().decode(z, y, use_ema)
+        return torch.sigmoid(out) if self.logits else out
+
+    def encode(self, x: Tensor) -> tuple[Tensor, Tensor | None]:
+        """Images in the data range → (code, log-variance or None). The code is μ for a VAE."""
+        h = self.nets["encoder"](x)
+        if self.variational:
+            mu, logvar = h.chunk(2, dim=1)  # (B, D) each
+            return mu, logvar
+        return h, None
+
+    @torch.inference_mode()
+    def reconstruct(self, images: Tensor) -> Tensor:
+        """uint8 images → uint8 reconstructions (through the mean code)."""
+        was_training = self.training
+        self.eval()
+        try:
+            code, _ = self.encode(self.prepare(images))
+            return self.to_uint8(self.decode(code, use_ema=False))
+        finally:
+            self.train(was_training)
+
+    def loss(self, ctx: Context) -> tuple[Tensor, Stats]:
+        code, logvar = self.encode(ctx.x)
+        if self.variational:
+            eps = torch.randn(code.shape, generator=ctx.rng, device=code.device)
+            z = code + torch.exp(0.5 * logvar) * eps  # reparameterisation trick
+        else:
+            z = code
+        out = self.nets["generator"](z)  # (B, C, H, W): logits for BCE, pixels for MSE
+        recon = losses.reconstruction(self.config.loss.recon, out, ctx.x)
+        if not self.variational:
+            return recon, {"loss/recon": recon.detach()}
+        kl = losses.kl_normal(code, logvar)
+        total = recon + self.config.loss.kl_weight * kl
+        return total, {"loss/recon": recon.detach(), "loss/kl": kl.detach(),
+                       "loss/total": total.detach()}
+
+    def phases(self) -> list[Phase]:
+        return [Phase("AE", ("encoder", "generator"), "g", self.loss)]
+
+
+# =========================================================================== GANs
+
+
+class GAN(GenerativeModel):
+    """G against D: minimax/non-saturating, WGAN, WGAN-GP, hinge, LSGAN; optionally conditional."""
+
+    def __init__(self, config: ModelConfig, generator: nn.Module | None = None,
+                 discriminator: nn.Module | None = None):
+        super().__init__(config)
+        classes = config.num_classes if config.conditional else 0
+        self.nets["generator"] = generator or finish(
+            Generator(config.generator.layers, config.latent.dim, self.image_shape, classes,
+                      config.label_embed),
+            config.generator.init, config.generator.spectral_norm)
+        self.nets["discriminator"] = discriminator or finish(
+            Critic(config.discriminator.layers, self.image_shape, classes),
+            config.discriminator.init, config.discriminator.spectral_norm)
+        self.adv = losses.GAN_LOSSES[config.loss.gan]
+        self._make_ema()
+
+    def critic(self, x: Tensor, y: Tensor | None = None) -> Tensor:
+        """D's logits (B,) for images x (and labels y when conditional)."""
+        d = self.nets["discriminator"]
+        out = d(x, y) if self.config.conditional else d(x)
+        return out.reshape(x.shape[0])
+
+    def d_loss(self, ctx: Context) -> tuple[Tensor, Stats]:
+        cfg = self.config.loss
+        # A conditional D sees fakes made at the real batch's labels, so that real and fake
+        # label distributions match and the penalty's interpolates have one label each.
+        with torch.no_grad():
+            fake = self.decode(ctx.z, ctx.y, use_ema=False)  # (B, C, H, W)
+        real_logits, fake_logits = self.critic(ctx.x, ctx.y), self.critic(fake, ctx.y)
+        loss = self.adv.d(real_logits, fake_logits, 1.0 - cfg.label_smoothing)
+        stats = {"loss/D": loss.detach()}
+        if cfg.gp_weight > 0:
+            kwargs = {"y": ctx.y} if self.config.conditional else {}
+            gp = losses.gradient_penalty(self.critic, ctx.x, fake, ctx.rng, **kwargs)
+            loss = loss + cfg.gp_weight * gp
+            stats["gp"] = gp.detach()
+        return loss, stats | _output_stats(self.adv.probabilistic, real_logits, fake_logits)
+
+    def g_loss(self, ctx: Context) -> tuple[Tensor, Stats]:
+        fake = self.decode(ctx.z, ctx.y_fake, use_ema=False)
+        loss = self.adv.g(self.critic(fake, ctx.y_fake))
+        return loss, {"loss/G": loss.detach()}
+
+    @torch.no_grad()
+    def clip_critic(self) -> None:
+        """Clip every critic weight to [−c, c] (WGAN, Arjovsky et al. 2017, algorithm 1)."""
+        params = list(self.nets["discriminator"].parameters())
+        c = self.config.loss.clip
+        torch._foreach_clamp_min_(params, -c)
+        torch._foreach_clamp_max_(params, c)
+
+    def phases(self) -> list[Phase]:
+        cfg = self.config
+        return [
+            Phase("D", ("discriminator",), "d", self.d_loss, cfg.n_critic, "batch",
+                  self.clip_critic if cfg.loss.clip > 0 else None),
+            Phase("G", ("generator",), "g", self.g_loss, cfg.g_steps,
+                  "none" if cfg.reuse_noise else "noise", self.update_ema),
+        ]
+
+
+# =========================================================================== BiGAN
+
+
+class BiGAN(GenerativeModel):
+    """Encoder E, generator G and a discriminator of (image, code) pairs (Donahue et al. 2017;
+    Dumoulin et al. 2017 call it ALI). D tells (x, E(x)) from (G(z), z); E and G share one
+    optimiser and fool it together."""
+
+    def __init__(self, config: ModelConfig, encoder: nn.Module | None = None,
+                 generator: nn.Module | None = None, discriminator: nn.Module | None = None):
+        super().__init__(config)
+        dim = config.latent.dim
+        self.nets["encoder"] = encoder or finish(
+            Encoder(config.encoder.layers, self.image_shape, dim),
+            config.encoder.init, config.encoder.spectral_norm)
+        self.nets["generator"] = generator or finish(
+            Generator(config.generator.layers, dim, self.image_shape),
+            config.generator.init, config.generator.spectral_norm)
+        d = config.discriminator
+        self.nets["discriminator"] = discriminator or finish(
+            JointCritic(d.layers, d.x_layers, d.z_layers, self.image_shape, dim),
+            d.init, d.spectral_norm)
+        self.adv = losses.GAN_LOSSES[config.loss.gan]
+        self._make_ema()
+
+    def encode(self, x: Tensor) -> tuple[Tensor, None]:
+        return self.nets["encoder"](x), None
+
+    def critic(self, x: Tensor, z: Tensor) -> Tensor:
+        return self.nets["discriminator"](x, z).reshape(x.shape[0])
+
+    @torch.inference_mode()
+    def reconstruct(self, images: Tensor) -> Tensor:
+        """uint8 images → G(E(x)) as uint8."""
+        was_training = self.training
+        self.eval()
+        try:
+            return self.to_uint8(self.decode(self.encode(self.prepare(images))[0]))
+        finally:
+            self.train(was_training)
+
+    def d_loss(self, ctx: Context) -> tuple[Tensor, Stats]:
+        with torch.no_grad():
+            code = self.nets["encoder"](ctx.x)  # (B, latent)
+            fake = self.nets["generator"](ctx.z)  # (B, C, H, W)
+        real_logits, fake_logits = self.critic(ctx.x, code), self.critic(fake, ctx.z)
+        loss = self.adv.d(real_logits, fake_logits, 1.0 - self.config.loss.label_smoothing)
+        stats = _output_stats(self.adv.probabilistic, real_logits, fake_logits,
+                              names=("D(x,E(x))", "D(G(z),z)"))
+        return loss, {"loss/D": loss.detach()} | stats
+
+    def eg_loss(self, ctx: Context) -> tuple[Tensor, Stats]:
+        real_logits = self.critic(ctx.x, self.nets["encoder"](ctx.x))
+        fake_logits = self.critic(self.nets["generator"](ctx.z), ctx.z)
+        loss = self.adv.d(fake_logits, real_logits)  # D's loss with the roles swapped
+        return loss, {"loss/EG": loss.detach()}
+
+    def phases(self) -> list[Phase]:
+        cfg = self.config
+        return [
+            Phase("D", ("discriminator",), "d", self.d_loss, cfg.n_critic, "batch"),
+            Phase("EG", ("encoder", "generator"), "g", self.eg_loss, cfg.g_steps,
+                  "none" if cfg.reuse_noise else "batch", self.update_ema),
+        ]
+
+
+def _output_stats(probabilistic: bool, real: Tensor, fake: Tensor,
+                  names: tuple[str, str] = ("D(x)", "D(G(z))")) -> Stats:
+    """D(x) and D(G(z)) as probabilities, or the critic gap E[C(x)] − E[C(G(z))]."""
+    real, fake = real.detach(), fake.detach()
+    if probabilistic:
+        return {names[0]: torch.sigmoid(real).mean(), names[1]: torch.sigmoid(fake).mean()}
+    return {"critic_gap": real.mean() - fake.mean()}
+
+
+FAMILIES: dict[str, type[GenerativeModel]] = {
+    "ae": AutoEncoder,
+    "vae": AutoEncoder,
+    "gan": GAN,
+    "bigan": BiGAN,
+}
+
+
+def build_model(config: ModelConfig, **networks: nn.Module) -> GenerativeModel:
+    """The model of ``config``; any network can be replaced by your own ``nn.Module``.
+
+    ``build_model(cfg, generator=MyG(), discriminator=MyD())`` keeps the family's losses,
+    schedule and optimisers. A generator maps (B, latent) [and labels] to (B, C, H, W) in the
+    model's data range; a discriminator maps images [and labels] to logits (B,) or (B, 1).
+    """
+    cls = FAMILIES[config.family]
+    try:
+        return cls(config, **networks)
+    except TypeError as err:
+        raise ConfigError(f"family {config.family!r} does not take networks "
+                          f"{sorted(networks)}: {err}") from None

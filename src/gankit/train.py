@@ -1,0 +1,509 @@
+"""The one training loop: run a model's phases over in-memory batches, log, draw, checkpoint.
+
+Everything that shapes the future of a run is a function of the seed and counters kept in
+the checkpoint (batch order, noise, RNG states), so an interrupted run resumes where it was.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import signal
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from gankit import __version__, checkpoint
+from gankit.config import OptimConfig, RunConfig, from_dict, save_toml, to_dict
+from gankit.data import Dataset, load_dataset
+from gankit.errors import CheckpointError, ConfigError, GankitError
+from gankit.models import Context, GenerativeModel, Phase, build_model
+from gankit.viz import pair_grid, save_grid
+
+Callback = Callable[[dict], None]
+
+
+class TrainingDiverged(GankitError):
+    """A loss or weight became NaN or infinite."""
+
+
+# --------------------------------------------------------------------------- set-up helpers
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` → CUDA when present, else CPU; ``cuda`` without a GPU is a clear error."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("--device cuda: no CUDA GPU is visible to PyTorch on this machine "
+                          f"(torch {torch.__version__}); use --device cpu or auto")
+    return torch.device(name)
+
+
+def configure_threads(threads: int) -> int:
+    """Use ``threads`` CPU threads (0: every core this process may run on)."""
+    if not threads:
+        threads = (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
+                   else os.cpu_count() or 1)
+    torch.set_num_threads(threads)
+    return threads
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy and torch's global generators (dropout and friends use them)."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def derive_seed(*keys: int) -> int:
+    """A well-mixed 63-bit seed from integers (NumPy's SeedSequence)."""
+    return int(np.random.SeedSequence([k % 2**63 for k in keys]).generate_state(2, np.uint64)[0]
+               >> np.uint64(1))
+
+
+OPTIMIZERS: dict[str, Callable[[OptimConfig, list], torch.optim.Optimizer]] = {
+    "adam": lambda c, p: torch.optim.Adam(p, c.lr, betas=tuple(c.betas), eps=c.eps,
+                                          weight_decay=c.weight_decay, foreach=True),
+    "adamw": lambda c, p: torch.optim.AdamW(p, c.lr, betas=tuple(c.betas), eps=c.eps,
+                                            weight_decay=c.weight_decay, foreach=True),
+    "rmsprop": lambda c, p: torch.optim.RMSprop(p, c.lr, alpha=c.alpha, eps=c.eps,
+                                                weight_decay=c.weight_decay,
+                                                momentum=c.momentum, foreach=True),
+    "sgd": lambda c, p: torch.optim.SGD(p, c.lr, momentum=c.momentum,
+                                        weight_decay=c.weight_decay, foreach=True),
+}
+
+
+def build_optimizers(model: GenerativeModel, phases: list[Phase]) -> dict[str, torch.optim.Optimizer]:
+    """One optimiser per key in the phases ("g", "d"), over the networks those phases train."""
+    nets: dict[str, list[str]] = {}
+    for phase in phases:
+        nets.setdefault(phase.optimizer, [])
+        nets[phase.optimizer] += [n for n in phase.nets if n not in nets[phase.optimizer]]
+    configs = {"g": model.config.opt_g, "d": model.config.opt_d}
+    return {key: OPTIMIZERS[configs[key].name](
+        configs[key], [p for n in names for p in model.nets[n].parameters()])
+        for key, names in nets.items()}
+
+
+# --------------------------------------------------------------------------- batches
+
+
+class Batches:
+    """Batches of uint8 images (and labels) from tensors already on the training device.
+
+    ``epoch`` sampler: a fresh permutation per epoch, the last partial batch dropped.
+    ``random`` sampler: every batch drawn anew without replacement. The order depends only on
+    the seed and the counters in :meth:`state`, so a resumed run sees the same batches.
+    """
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor | None, batch_size: int,
+                 seed: int, sampler: str = "epoch"):
+        if batch_size > len(images):
+            raise ConfigError(f"train.batch_size = {batch_size} is larger than the data set "
+                              f"({len(images)} images): lower it")
+        self.images, self.labels = images, labels
+        self.batch_size, self.seed, self.sampler = batch_size, seed, sampler
+        self.epoch, self.pos, self.drawn = 0, 0, 0
+        self._perm: torch.Tensor | None = None
+
+    @property
+    def per_epoch(self) -> int:
+        """Batches in one epoch."""
+        return len(self.images) // self.batch_size
+
+    def _randperm(self, *keys: int) -> torch.Tensor:
+        gen = torch.Generator().manual_seed(derive_seed(self.seed, *keys))
+        return torch.randperm(len(self.images), generator=gen).to(self.images.device)
+
+    def next(self) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The next (images (B, C, H, W) uint8, labels (B,) or None)."""
+        if self.sampler == "random":
+            idx = self._randperm(1, self.drawn)[: self.batch_size]
+        else:
+            if self.pos + self.batch_size > len(self.images):
+                self.epoch, self.pos, self._perm = self.epoch + 1, 0, None
+            if self._perm is None:
+                self._perm = self._randperm(0, self.epoch)
+            idx = self._perm[self.pos:self.pos + self.batch_size]
+            self.pos += self.batch_size
+        self.drawn += 1
+        return self.images[idx], (self.labels[idx] if self.labels is not None else None)
+
+    def state(self) -> dict:
+        return {"epoch": self.epoch, "pos": self.pos, "drawn": self.drawn}
+
+    def load_state(self, state: dict) -> None:
+        self.epoch, self.pos, self.drawn = state["epoch"], state["pos"], state["drawn"]
+        self._perm = None
+
+
+# --------------------------------------------------------------------------- logging
+
+
+class MetricsLog:
+    """Scalars to ``metrics.jsonl`` (one JSON object per logged step) and to TensorBoard."""
+
+    def __init__(self, run_dir: Path, tensorboard: bool = True):
+        self.path = run_dir / "metrics.jsonl"
+        self.tb_dir = run_dir / "tensorboard"
+        self.tensorboard = tensorboard
+        self._writer = None
+
+    def write(self, row: dict) -> None:
+        with open(self.path, "a") as f:
+            f.write(json.dumps(row) + "\n")
+        if self.tensorboard:
+            if self._writer is None:
+                from torch.utils.tensorboard import SummaryWriter  # slow import: only when used
+                self._writer = SummaryWriter(str(self.tb_dir))
+            for key, value in row.items():
+                if key != "step" and isinstance(value, (int, float)):
+                    self._writer.add_scalar(key, value, row["step"])
+
+    def truncate_after(self, step: int) -> None:
+        """Drop rows logged after ``step`` (they belong to a future a resume will redo)."""
+        if not self.path.exists():
+            return
+        rows = [line for line in self.path.read_text().splitlines()
+                if line.strip() and json.loads(line)["step"] <= step]
+        self.path.write_text("".join(r + "\n" for r in rows))
+
+    def close(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
+
+
+def read_metrics(run_dir: str | Path) -> list[dict]:
+    """The rows of a run's ``metrics.jsonl``."""
+    path = Path(run_dir) / "metrics.jsonl"
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+# --------------------------------------------------------------------------- the trainer
+
+
+@dataclass
+class FitResult:
+    """How a call to :meth:`Trainer.fit` ended."""
+
+    step: int
+    interrupted: bool
+    last_row: dict
+    checkpoint: Path | None
+
+
+class Trainer:
+    """Trains one model in one run folder; see :func:`gankit.api.train` for the short way."""
+
+    def __init__(self, config: RunConfig, run_dir: str | Path, model: GenerativeModel | None = None,
+                 data: Dataset | None = None, callbacks: Iterable[Callback] = (),
+                 progress: bool = True, tensorboard: bool = True):
+        tc, mc = config.train, config.model
+        self.config, self.run_dir = config, Path(run_dir)
+        self.device = resolve_device(tc.device)
+        configure_threads(tc.threads)
+        seed_everything(tc.seed)
+        if self.device.type == "cuda":
+            torch.backends.cudnn.benchmark = True
+
+        if data is None:
+            data = load_dataset(tc.data, "train", tc.data_dir or None, mc.image_size)
+        if tc.data_limit:
+            data = data.subset(tc.data_limit)
+        expected = (mc.channels, mc.image_size, mc.image_size)
+        if tuple(data.images.shape[1:]) != expected:
+            raise ConfigError(f"data {data.name} has images of shape "
+                              f"{tuple(data.images.shape[1:])} but the model expects {expected}: "
+                              "set model.image_size/model.channels or resize the data")
+        if mc.conditional:
+            if data.labels is None:
+                raise ConfigError(f"a conditional model needs labels, and {data.name} has none:"
+                                  " use class sub-folders (folder:) or a 'labels' array (npz:)")
+            if data.num_classes and data.num_classes > mc.num_classes:
+                raise ConfigError(f"{data.name} has {data.num_classes} classes but "
+                                  f"model.num_classes = {mc.num_classes}")
+        self.data = data
+
+        self.model = (model or build_model(mc)).to(self.device)
+        self.model.train()
+        self.phases = self.model.phases()
+        self.optimizers = build_optimizers(self.model, self.phases)
+        self.rng = torch.Generator(self.device).manual_seed(derive_seed(tc.seed, 2))
+        labels = data.labels.to(self.device) if data.labels is not None else None
+        self.batches = Batches(data.images.to(self.device), labels, tc.batch_size, tc.seed,
+                               tc.sampler)
+        self.batches_per_step = sum(p.repeat for p in self.phases if p.draw == "batch")
+        self.total_steps = self._resolve_steps()
+        self.step = 0
+        self.elapsed = 0.0  # training seconds over every session of this run
+        self.callbacks = list(callbacks)
+        self.progress = progress
+        self.log = MetricsLog(self.run_dir, tensorboard)
+        self._make_fixed_inputs()
+        self._sums: dict[str, torch.Tensor] = {}
+        self._counts: dict[str, int] = {}
+        self._stop_signal: int | None = None
+
+    # -- set-up ---------------------------------------------------------------------------
+    def _resolve_steps(self) -> int:
+        tc = self.config.train
+        if tc.steps:
+            return tc.steps
+        if tc.epochs:
+            per_step = self.batches_per_step * tc.batch_size
+            return max(1, math.ceil(tc.epochs * len(self.data) / per_step))
+        raise ConfigError("the run has no length: set --steps N or --epochs N")
+
+    def _make_fixed_inputs(self) -> None:
+        """One noise batch for every sample grid and a few real images for reconstructions."""
+        tc, mc = self.config.train, self.config.model
+        gen = torch.Generator(self.device).manual_seed(derive_seed(tc.seed, 3))
+        self.fixed_z = self.model.sample_latent(tc.grid_size, gen)
+        self.fixed_y = (torch.arange(tc.grid_size, device=self.device) % mc.num_classes
+                        if mc.conditional else None)
+        order = torch.randperm(len(self.data), generator=torch.Generator().manual_seed(
+            derive_seed(tc.seed, 4)))[: min(32, len(self.data))]
+        self.fixed_real = self.data.images[order].to(self.device)
+
+    # -- one step -----------------------------------------------------------------------
+    def _set_trainable(self, phase: Phase) -> None:
+        for name, net in self.model.nets.items():
+            net.requires_grad_(name in phase.nets)
+
+    def train_step(self) -> None:
+        """One step: every phase's updates in order (e.g. n_critic D updates, then G)."""
+        ctx: Context | None = None
+        for phase in self.phases:
+            if len(self.phases) > 1:
+                self._set_trainable(phase)
+            optimizer = self.optimizers[phase.optimizer]
+            for _ in range(phase.repeat):
+                if ctx is None or phase.draw == "batch":
+                    images, labels = self.batches.next()
+                    ctx = self.model.context(self.model.prepare(images), labels, self.rng)
+                elif phase.draw == "noise":
+                    self.model.refresh_noise(ctx)
+                loss, stats = phase.loss(ctx)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                if phase.after_step is not None:
+                    phase.after_step()
+                for key, value in stats.items():  # summed on the device: no sync per step
+                    self._sums[key] = self._sums[key] + value if key in self._sums else value
+                    self._counts[key] = self._counts.get(key, 0) + 1
+        self.step += 1
+
+    def _flush_stats(self) -> dict[str, float]:
+        if not self._sums:
+            return {}
+        keys = list(self._sums)
+        values = torch.stack([self._sums[k] / self._counts[k] for k in keys]).tolist()
+        self._sums, self._counts = {}, {}
+        out = dict(zip(keys, values, strict=True))
+        bad = [k for k, v in out.items() if not math.isfinite(v)]
+        if bad:
+            raise TrainingDiverged(
+                f"training diverged at step {self.step}: {', '.join(bad)} became non-finite. "
+                f"The last good checkpoint is {self._last_checkpoint_text()}; resume from it "
+                "with a lower learning rate (--lr) or a stabler loss (e.g. --set "
+                "loss.gan=hinge, --set spectral_norm=true).")
+        return out
+
+    # -- outputs ------------------------------------------------------------------------
+    def save_grids(self) -> None:
+        """Sample grid from the fixed noise (and reconstructions of fixed real images)."""
+        name = f"step-{self.step:08d}.png"
+        images = self.model.generate(self.fixed_z, self.fixed_y)
+        nrow = 10 if self.config.model.conditional else None
+        save_grid(images.cpu(), self.run_dir / "samples" / name, nrow=nrow, scale=2)
+        if hasattr(self.model, "reconstruct"):
+            recon = self.model.reconstruct(self.fixed_real)
+            save_grid(pair_grid(self.fixed_real.cpu(), recon.cpu(), nrow=8),
+                      self.run_dir / "reconstructions" / name, nrow=8, scale=2)
+
+    def state(self) -> tuple[dict[str, torch.Tensor], dict]:
+        """Everything needed to continue this run exactly: tensors and JSON metadata."""
+        tensors: dict[str, torch.Tensor] = {}
+        meta: dict = {}
+        for name, net in self.model.nets.items():
+            tensors |= {f"net/{name}/{k}": v for k, v in net.state_dict().items()}
+        if self.model.ema is not None:
+            tensors |= {f"ema/{k}": v for k, v in self.model.ema.state_dict().items()}
+        meta["optimizers"] = {}
+        for key, opt in self.optimizers.items():
+            opt_tensors, skeleton = checkpoint.flatten_state_dict(f"optim/{key}",
+                                                                  opt.state_dict())
+            tensors |= opt_tensors
+            meta["optimizers"][key] = skeleton
+        rng_tensors, meta["rng"] = checkpoint.capture_rng_state()
+        tensors |= {f"rng/{k}": v for k, v in rng_tensors.items()}
+        tensors["rng/trainer"] = checkpoint.generator_state(self.rng)
+        tensors["fixed/z"] = self.fixed_z
+        tensors["fixed/real"] = self.fixed_real
+        if self.fixed_y is not None:
+            tensors["fixed/y"] = self.fixed_y
+        meta |= {
+            "step": self.step,
+            "total_steps": self.total_steps,
+            "elapsed": self.elapsed,
+            "batches": self.batches.state(),
+            "config": to_dict(self.config),
+            "versions": {"gankit": __version__, "torch": torch.__version__},
+            "device": str(self.device),
+        }
+        return tensors, meta
+
+    def load_state(self, tensors: dict[str, torch.Tensor], meta: dict) -> None:
+        """Restore a state written by :meth:`state` (the inverse, on this trainer's device)."""
+        def part(prefix: str) -> dict[str, torch.Tensor]:
+            return {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
+
+        for name, net in self.model.nets.items():
+            net.load_state_dict(part(f"net/{name}/"))
+        if self.model.ema is not None:
+            self.model.ema.load_state_dict(part("ema/"))
+        for key, opt in self.optimizers.items():
+            opt.load_state_dict(checkpoint.unflatten_state_dict(
+                tensors, meta["optimizers"][key]))
+        checkpoint.restore_rng_state(part("rng/"), meta["rng"])
+        self.rng.set_state(tensors["rng/trainer"].cpu())
+        self.fixed_z = tensors["fixed/z"].to(self.device)
+        self.fixed_real = tensors["fixed/real"].to(self.device)
+        if "fixed/y" in tensors:
+            self.fixed_y = tensors["fixed/y"].to(self.device)
+        self.step, self.elapsed = meta["step"], meta["elapsed"]
+        self.batches.load_state(meta["batches"])
+
+    def save_checkpoint(self) -> Path:
+        """Write ``checkpoints/step-N.safetensors`` atomically and prune old ones."""
+        folder = self.run_dir / "checkpoints"
+        folder.mkdir(parents=True, exist_ok=True)
+        tensors, meta = self.state()
+        path = checkpoint.save_checkpoint(checkpoint.checkpoint_path(folder, self.step),
+                                          tensors, meta)
+        checkpoint.prune_checkpoints(folder, self.config.train.keep_checkpoints)
+        return path
+
+    def _last_checkpoint_text(self) -> str:
+        last = checkpoint.list_checkpoints(self.run_dir / "checkpoints")
+        return str(last[-1]) if last else "none (no checkpoint was written yet)"
+
+    # -- the loop -----------------------------------------------------------------------
+    def _on_signal(self, signum, frame) -> None:  # noqa: ARG002
+        if self._stop_signal is not None:
+            raise KeyboardInterrupt  # second signal: stop now (last checkpoint is intact)
+        self._stop_signal = signum
+
+    def fit(self) -> FitResult:
+        """Train up to ``total_steps``; returns early (with a checkpoint) on SIGINT/SIGTERM."""
+        tc = self.config.train
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        save_toml(self.config, self.run_dir / "config.toml")
+        if self.step == 0:
+            save_grid(self.fixed_real.cpu(), self.run_dir / "real.png", scale=2)
+            self.save_grids()  # the untrained model's grid, for comparison
+        self.log.truncate_after(self.step)
+        handlers = self._install_signal_handlers()
+        bar = self._progress_bar()
+        last_row: dict = {}
+        ckpt: Path | None = None
+        t_last, step_last = time.perf_counter(), self.step
+        try:
+            while self.step < self.total_steps and self._stop_signal is None:
+                self.train_step()
+                if self.step % tc.log_every == 0 or self.step == self.total_steps:
+                    now = time.perf_counter()
+                    self.elapsed += now - t_last
+                    rate = (self.step - step_last) / max(now - t_last, 1e-9)
+                    t_last, step_last = now, self.step
+                    last_row = self._log_row(rate)
+                    bar.set_postfix_str(self._postfix(last_row), refresh=False)
+                if self.step % tc.sample_every == 0:
+                    self.save_grids()
+                if self.step % tc.checkpoint_every == 0 and self.step < self.total_steps:
+                    ckpt = self.save_checkpoint()
+                bar.update(1)
+            if self._sums:  # interrupted between logs: keep the window's values
+                last_row = self._log_row(0.0)
+            self.elapsed += time.perf_counter() - t_last
+            if self.step % tc.sample_every != 0:
+                self.save_grids()
+            ckpt = self.save_checkpoint()
+        finally:
+            bar.close()
+            self.log.close()
+            self._restore_signal_handlers(handlers)
+        return FitResult(self.step, self._stop_signal is not None, last_row, ckpt)
+
+    def _log_row(self, steps_per_s: float) -> dict:
+        values = self._flush_stats()
+        row = {"step": self.step, "epoch": round(self.batches.drawn / self.batches.per_epoch, 4),
+               "images_per_s": round(steps_per_s * self.batches_per_step
+                                     * self.config.train.batch_size, 1),
+               "elapsed_s": round(self.elapsed, 2)} | values
+        self.log.write(row)
+        for callback in self.callbacks:
+            callback(row)
+        return row
+
+    def _postfix(self, row: dict) -> str:
+        shown = {k: v for k, v in row.items() if k.startswith(("loss/", "D(", "critic"))}
+        parts = [f"{k.removeprefix('loss/')}={v:.3g}" for k, v in shown.items()]
+        return " ".join(parts + [f"{row['images_per_s']:.0f} img/s"])
+
+    def _progress_bar(self):
+        from tqdm.auto import tqdm
+
+        return tqdm(total=self.total_steps, initial=self.step, disable=not self.progress,
+                    desc=self.config.preset or "train", unit="step", dynamic_ncols=True,
+                    mininterval=0.5)
+
+    def _install_signal_handlers(self) -> dict:
+        import threading
+
+        if threading.current_thread() is not threading.main_thread():
+            return {}
+        return {sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGINT,
+                                                                     signal.SIGTERM)}
+
+    @staticmethod
+    def _restore_signal_handlers(handlers: dict) -> None:
+        for sig, handler in handlers.items():
+            signal.signal(sig, handler)
+
+
+def resume_trainer(run_dir: str | Path, steps: int | None = None, device: str | None = None,
+                   **kwargs) -> Trainer:
+    """A trainer restored from the newest good checkpoint of ``run_dir``.
+
+    ``steps`` is the run's new total (e.g. 2000 continues a run stopped at 1000 to 2000).
+    """
+    run_dir = Path(run_dir)
+    path = checkpoint.latest_checkpoint(run_dir / "checkpoints")
+    if path is None:
+        raise CheckpointError(f"{run_dir} has no usable checkpoint to resume from "
+                              "(looked in its checkpoints/ folder)")
+    tensors, meta = checkpoint.load_checkpoint(path)
+    config = from_dict(RunConfig, meta["config"])
+    if steps:
+        if steps < meta["step"]:
+            raise ConfigError(f"--steps {steps} is below the step this run already reached "
+                              f"({meta['step']}): --steps is the run's total")
+        config.train.steps = steps
+    if device:
+        config.train.device = device
+    trainer = Trainer(config, run_dir, **kwargs)
+    trainer.load_state(tensors, meta)
+    return trainer
