@@ -281,28 +281,33 @@ class Trainer:
         for name, net in self.model.nets.items():
             net.requires_grad_(name in phase.nets)
 
+    def update(self, phase: Phase, ctx: Context | None) -> Context:
+        """One optimiser update of ``phase``; returns the context it used (for the next one)."""
+        if ctx is None or phase.draw == "batch":
+            images, labels = self.batches.next()
+            ctx = self.model.context(self.model.prepare(images), labels, self.rng)
+        elif phase.draw == "noise":
+            self.model.refresh_noise(ctx)
+        optimizer = self.optimizers[phase.optimizer]
+        loss, stats = phase.loss(ctx)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        if phase.after_step is not None:
+            phase.after_step()
+        for key, value in stats.items():  # summed on the device: no sync per step
+            self._sums[key] = self._sums[key] + value if key in self._sums else value
+            self._counts[key] = self._counts.get(key, 0) + 1
+        return ctx
+
     def train_step(self) -> None:
         """One step: every phase's updates in order (e.g. n_critic D updates, then G)."""
         ctx: Context | None = None
         for phase in self.phases:
             if len(self.phases) > 1:
                 self._set_trainable(phase)
-            optimizer = self.optimizers[phase.optimizer]
             for _ in range(phase.repeat):
-                if ctx is None or phase.draw == "batch":
-                    images, labels = self.batches.next()
-                    ctx = self.model.context(self.model.prepare(images), labels, self.rng)
-                elif phase.draw == "noise":
-                    self.model.refresh_noise(ctx)
-                loss, stats = phase.loss(ctx)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                if phase.after_step is not None:
-                    phase.after_step()
-                for key, value in stats.items():  # summed on the device: no sync per step
-                    self._sums[key] = self._sums[key] + value if key in self._sums else value
-                    self._counts[key] = self._counts.get(key, 0) + 1
+                ctx = self.update(phase, ctx)
         self.step += 1
 
     def _flush_stats(self) -> dict[str, float]:

@@ -1,0 +1,52 @@
+"""Shared fixtures. Tests never touch the network or the user's cache."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def real_data_dir() -> Path:
+    """The real IDX files: $GANKIT_DATA, else ../shared/data beside the repository."""
+    path = Path(os.environ.get("GANKIT_DATA") or REPO.parent / "shared" / "data")
+    if not (path / "fashion-mnist" / "train-images-idx3-ubyte.gz").exists():
+        pytest.fail(f"real test data not found in {path}: set GANKIT_DATA to the folder "
+                    "holding fashion-mnist/ and mnist/ (CI uses ../shared/data)")
+    return path
+
+
+@pytest.fixture(autouse=True)
+def _isolated_env(monkeypatch, tmp_path_factory):
+    """Offline, with a private cache, a fixed thread count and deterministic torch."""
+    monkeypatch.setenv("GANKIT_OFFLINE", "1")
+    monkeypatch.setenv("GANKIT_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
+    torch.set_num_threads(2)
+
+
+@pytest.fixture(scope="session")
+def data_dir() -> Path:
+    return real_data_dir()
+
+
+@pytest.fixture(scope="session")
+def fashion(data_dir):
+    """Fashion-MNIST train split, loaded once for the session."""
+    from gankit.data import load_dataset
+
+    return load_dataset("fashion-mnist", "train", data_dir)
+
+
+@pytest.fixture
+def tiny_data():
+    """256 random labelled 28×28 images: for tests about mechanics, not learning."""
+    from gankit.data import Dataset
+
+    gen = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 256, (256, 1, 28, 28), generator=gen, dtype=torch.uint8)
+    labels = torch.arange(256) % 10
+    return Dataset(images, labels, "tiny", [str(i) for i in range(10)])
