@@ -90,8 +90,9 @@ def test_wrappers_check_their_output_shapes():
         Generator(["fc 784"], 8, (1, 28, 28))
     with pytest.raises(ConfigError, match="end with 'fc 1'"):
         Critic(["flatten", "fc 4"], (1, 28, 28))
-    with pytest.raises(ConfigError, match="expected \\(6,\\)"):
-        Encoder(["flatten", "fc 3"], (1, 28, 28), 6)
+    with pytest.raises(ConfigError, match="must end flat"):
+        Encoder(["conv 4 k3"], (1, 28, 28), 6)
+    assert Encoder(["flatten", "fc 12"], (1, 28, 28), 6)(torch.zeros(2, 1, 28, 28)).shape == (2, 6)
 
 
 def test_conditional_generator_and_projection_critic_use_the_label():

@@ -139,18 +139,34 @@ class GenerativeModel(nn.Module):
     def _make_ema(self) -> None:
         if self.config.ema > 0:
             self.ema = copy.deepcopy(self.nets["generator"]).requires_grad_(False)
+            # the update count travels with the EMA's state dict (and so with checkpoints)
+            self.ema.register_buffer("ema_updates", torch.zeros((), dtype=torch.long))
+            self._ema_updates = 0
+
+    def ema_loaded(self) -> None:
+        """Re-read the EMA update count after loading its state dict."""
+        if self.ema is not None:
+            self._ema_updates = int(self.ema.ema_updates)
 
     @torch.no_grad()
     def update_ema(self) -> None:
-        """ema ← decay·ema + (1 − decay)·G for parameters; buffers (BN stats) are copied."""
+        """ema ← β·ema + (1 − β)·G, β = min(decay, (1 + n)/(10 + n)) after n updates.
+
+        The warm-up keeps early grids of a short run from showing the untrained generator;
+        buffers (batch-norm statistics) are copied.
+        """
         if self.ema is None:
             return
+        n = self._ema_updates
+        beta = min(self.config.ema, (1 + n) / (10 + n))
         g = self.nets["generator"]
-        ema_p = [p for p in self.ema.parameters()]
-        g_p = [p.detach() for p in g.parameters()]
-        torch._foreach_lerp_(ema_p, g_p, 1.0 - self.config.ema)
-        for b_ema, b in zip(self.ema.buffers(), g.buffers(), strict=True):
-            b_ema.copy_(b)
+        torch._foreach_lerp_(list(self.ema.parameters()), [p.detach() for p in g.parameters()],
+                             1.0 - beta)
+        ema_buffers = dict(self.ema.named_buffers())
+        for name, b in g.named_buffers():
+            ema_buffers[name].copy_(b)
+        self._ema_updates = n + 1
+        self.ema.ema_updates.fill_(n + 1)
 
     # -- to be defined by each family ---------------------------------------------------
     def phases(self) -> list[Phase]:

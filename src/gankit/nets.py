@@ -318,17 +318,22 @@ class JointCritic(nn.Module):
 
 
 class Encoder(nn.Module):
-    """Images (B, C, H, W) → codes (B, out_dim); a VAE's out_dim is 2·latent (μ and log σ²)."""
+    """Images (B, C, H, W) → codes (B, out_dim); a VAE's out_dim is 2·latent (μ and log σ²).
+
+    The layers describe the trunk; a linear head to ``out_dim`` is added here, so the code
+    size follows the latent size.
+    """
 
     def __init__(self, layers: Sequence[str], image_shape: Shape, out_dim: int):
         super().__init__()
         self.body, out = build_body(layers, tuple(image_shape))
-        if out != (out_dim,):
-            raise ConfigError(f"encoder layers produce {out}, expected ({out_dim},): end with "
-                              f"'fc {out_dim}'")
+        if len(out) != 1:
+            raise ConfigError(f"encoder layers produce {out}: they must end flat, e.g. with "
+                              "'flatten' (a linear layer to the code follows)")
+        self.head = nn.Linear(out[0], out_dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.body(x)
+        return self.head(self.body(x))
 
 
 def count_parameters(module: nn.Module) -> int:

@@ -27,8 +27,7 @@ def _run(preset: str, description: str, model: dict, train: dict) -> dict:
 
 def _ae_000(variational: bool) -> dict:
     code = 3
-    enc = ["flatten", "fc 128", "tanh", "fc 64", "tanh", "fc 12", "tanh",
-           f"fc {2 * code if variational else code}"]
+    enc = ["flatten", "fc 128", "tanh", "fc 64", "tanh", "fc 12", "tanh"]  # then fc to the code
     dec = ["fc 12", "tanh", "fc 64", "tanh", "fc 128", "tanh", "fc 784", "sigmoid", IMG]
     name = "vae-000" if variational else "ae-000"
     what = ("VAE with ae-000's widths: a 3-D Gaussian code (μ, log σ²), reparameterised; loss "
@@ -173,7 +172,7 @@ def _bigan_004() -> dict:
         "updates on the same batch and noise; a 4×4 grid every 1,000 steps.",
         {"family": "bigan", "data_range": "unit",
          "latent": {"dim": 64, "dist": "uniform", "std": 1.0},
-         "encoder": {"layers": ["flatten", "fc 128", "relu", "fc 64"], "init": "he_normal"},
+         "encoder": {"layers": ["flatten", "fc 128", "relu"], "init": "he_normal"},
          "generator": {"layers": ["fc 128", "relu", "fc 784", "sigmoid", IMG],
                        "init": "he_normal"},
          "discriminator": {"layers": ["fc 128", "relu", "fc 1"], "x_layers": ["flatten"],
@@ -215,7 +214,7 @@ def _defaults() -> list[dict]:
         _run("ae", "Convolutional autoencoder with a 16-D code: two stride-2 conv layers down, "
              "two transposed up; Bernoulli (BCE) reconstruction loss; Adam 1e-3.",
              {"family": "ae", "data_range": "unit", "latent": {"dim": 16},
-              "encoder": {"layers": CONV_E + ["fc 16"]},
+              "encoder": {"layers": CONV_E},
               "generator": {"layers": unit_out},
               "loss": {"recon": "bce-sum"},
               "opt_g": {"name": "adam", "lr": 1e-3, "betas": [0.9, 0.999]}},
@@ -223,7 +222,7 @@ def _defaults() -> list[dict]:
         _run("vae", "Convolutional VAE with a 16-D Gaussian code: BCE reconstruction summed "
              "over pixels + KL (the negative ELBO); Adam 1e-3.",
              {"family": "vae", "data_range": "unit", "latent": {"dim": 16},
-              "encoder": {"layers": CONV_E + ["fc 32"]},
+              "encoder": {"layers": CONV_E},
               "generator": {"layers": unit_out},
               "loss": {"recon": "bce-sum"},
               "opt_g": {"name": "adam", "lr": 1e-3, "betas": [0.9, 0.999]}},
@@ -273,7 +272,7 @@ def _defaults() -> list[dict]:
         _run("bigan", "BiGAN/ALI with conv E and G and a joint (x, z) discriminator with "
              "spectral norm and dropout; non-saturating loss, Adam 2e-4 β1 0.5.",
              {"family": "bigan", "data_range": "tanh", "latent": {"dim": 64},
-              "encoder": {"layers": CONV_E + ["fc 64"]},
+              "encoder": {"layers": CONV_E},
               "generator": {"layers": tanh_out},
               "discriminator": {"layers": ["fc 512", "lrelu 0.2", "dropout 0.2", "fc 1"],
                                 "x_layers": CONV_D, "z_layers": ["fc 256", "lrelu 0.2"],

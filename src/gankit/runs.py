@@ -89,5 +89,6 @@ def load_run(run_dir: str | Path, device: str = "cpu", checkpoint_file: str | Pa
                              if k.startswith(prefix)})
     if model.ema is not None:
         model.ema.load_state_dict({k[4:]: v for k, v in tensors.items() if k.startswith("ema/")})
+        model.ema_loaded()
     model.eval()
     return Run(run_dir, config, model, meta["step"])

@@ -11,6 +11,7 @@ import math
 import os
 import random
 import signal
+import sys
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -379,6 +380,7 @@ class Trainer:
             net.load_state_dict(part(f"net/{name}/"))
         if self.model.ema is not None:
             self.model.ema.load_state_dict(part("ema/"))
+            self.model.ema_loaded()
         for key, opt in self.optimizers.items():
             opt.load_state_dict(checkpoint.unflatten_state_dict(
                 tensors, meta["optimizers"][key]))
@@ -435,6 +437,7 @@ class Trainer:
                     t_last, step_last = now, self.step
                     last_row = self._log_row(rate)
                     bar.set_postfix_str(self._postfix(last_row), refresh=False)
+                    self._log_line(last_row)
                 if self.step % tc.sample_every == 0:
                     self.save_grids()
                 if self.step % tc.checkpoint_every == 0 and self.step < self.total_steps:
@@ -469,11 +472,24 @@ class Trainer:
         return " ".join(parts + [f"{row['images_per_s']:.0f} img/s"])
 
     def _progress_bar(self):
+        """A live bar on a terminal; in a log file, plain lines (see :meth:`_log_line`)."""
         from tqdm.auto import tqdm
 
-        return tqdm(total=self.total_steps, initial=self.step, disable=not self.progress,
+        self._interactive = sys.stderr.isatty()
+        self._last_line = 0.0
+        return tqdm(total=self.total_steps, initial=self.step,
+                    disable=not (self.progress and self._interactive),
                     desc=self.config.preset or "train", unit="step", dynamic_ncols=True,
                     mininterval=0.5)
+
+    def _log_line(self, row: dict) -> None:
+        """Without a terminal, a progress line per log row, at most every 15 s."""
+        now = time.monotonic()
+        last = row["step"] == self.total_steps
+        if self.progress and not self._interactive and (now - self._last_line >= 15 or last):
+            self._last_line = now
+            print(f"step {row['step']}/{self.total_steps} {self._postfix(row)}",
+                  file=sys.stderr, flush=True)
 
     def _install_signal_handlers(self) -> dict:
         import threading
