@@ -20,7 +20,7 @@ def conv(c_in: int, c_out: int, k: int) -> int:
 
 
 def mlp(*widths: int) -> int:
-    return sum(fc(a, b) for a, b in zip(widths, widths[1:]))
+    return sum(fc(a, b) for a, b in zip(widths, widths[1:], strict=False))
 
 
 # Counts implied by PRESETS.md, written from its widths (not from gankit's layer lists).

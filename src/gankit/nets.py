@@ -248,7 +248,8 @@ class Generator(nn.Module):
     def __init__(self, layers: Sequence[str], latent_dim: int, image_shape: Shape,
                  num_classes: int = 0, embed_dim: int = 0):
         super().__init__()
-        self.latent_dim, self.image_shape, self.num_classes = latent_dim, tuple(image_shape), num_classes
+        self.latent_dim, self.num_classes = latent_dim, num_classes
+        self.image_shape = tuple(image_shape)
         self.embed = nn.Embedding(num_classes, embed_dim) if num_classes and embed_dim else None
         cond = (embed_dim or num_classes) if num_classes else 0
         self.body, out = build_body(layers, (latent_dim + cond,))

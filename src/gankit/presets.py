@@ -195,6 +195,8 @@ CONV_G = ["fc 6272", "bn", "relu", "reshape 128 7 7",
 CONV_D = ["conv 64 k4 s2 p1", "lrelu 0.2",  # (64, 14, 14)
           "conv 128 k4 s2 p1", "lrelu 0.2",  # (128, 7, 7)
           "flatten"]
+CONV_D_BN = ["conv 64 k4 s2 p1", "lrelu 0.2",  # Radford et al. 2016: BN in D too
+             "conv 128 k4 s2 p1", "bn", "lrelu 0.2", "flatten"]
 CONV_E = ["conv 32 k4 s2 p1", "lrelu 0.2", "conv 64 k4 s2 p1", "bn", "lrelu 0.2", "flatten"]
 DEFAULT_TRAIN = {"data": "fashion-mnist", "batch_size": 64, "log_every": 50,
                  "sample_every": 500, "checkpoint_every": 1000}
@@ -237,10 +239,10 @@ def _defaults() -> list[dict]:
             {"steps": 5000}),
         _default_gan(
             "dcgan", "DCGAN for 28×28: G fc 7·7·128 → two 4×4 stride-2 transposed convs "
-            "(64, 32) → 3×3 conv, batch norm; D two 4×4 stride-2 convs (64, 128) with spectral "
-            "norm; non-saturating loss, Adam 2e-4 β1 0.5, EMA of G (0.999).",
+            "(64, 32) → 3×3 conv, batch norm; D two 4×4 stride-2 convs (64, 128), batch norm "
+            "on the second; non-saturating loss, Adam 2e-4 β1 0.5, EMA of G (0.999).",
             {"generator": {"layers": tanh_out},
-             "discriminator": {"layers": CONV_D + ["fc 1"], "spectral_norm": True}},
+             "discriminator": {"layers": CONV_D_BN + ["fc 1"]}},
             {"steps": 2000}),
         _default_gan(
             "wgan", "WGAN with weight clipping (c 0.01) on the DCGAN networks (no batch norm "
@@ -263,11 +265,10 @@ def _defaults() -> list[dict]:
             {"steps": 1000}),
         _default_gan(
             "cgan", "Class-conditional DCGAN: one-hot label beside z in G, projection "
-            "discriminator (Miyato & Koyama 2018) with spectral norm; non-saturating loss.",
+            "discriminator (Miyato & Koyama 2018) on the DCGAN trunk; non-saturating loss.",
             {"conditional": True,
              "generator": {"layers": tanh_out},
-             "discriminator": {"layers": CONV_D + ["fc 128", "lrelu 0.2"],
-                               "spectral_norm": True}},
+             "discriminator": {"layers": CONV_D_BN + ["fc 128", "lrelu 0.2"]}},
             {"steps": 2000}),
         _run("bigan", "BiGAN/ALI with conv E and G and a joint (x, z) discriminator with "
              "spectral norm and dropout; non-saturating loss, Adam 2e-4 β1 0.5.",

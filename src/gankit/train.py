@@ -82,7 +82,8 @@ OPTIMIZERS: dict[str, Callable[[OptimConfig, list], torch.optim.Optimizer]] = {
 }
 
 
-def build_optimizers(model: GenerativeModel, phases: list[Phase]) -> dict[str, torch.optim.Optimizer]:
+def build_optimizers(model: GenerativeModel,
+                     phases: list[Phase]) -> dict[str, torch.optim.Optimizer]:
     """One optimiser per key in the phases ("g", "d"), over the networks those phases train."""
     nets: dict[str, list[str]] = {}
     for phase in phases:
