@@ -7,6 +7,7 @@ an autoencoder one. Differences between families live here, in the phase definit
 
 from __future__ import annotations
 
+import contextlib
 import copy
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -113,15 +114,21 @@ class GenerativeModel(nn.Module):
         g = self.ema if (use_ema and self.ema is not None) else self.nets["generator"]
         return g(z, y) if self.config.conditional else g(z)
 
-    @torch.inference_mode()
-    def generate(self, z: Tensor, y: Tensor | None = None, use_ema: bool = True) -> Tensor:
-        """uint8 images from given latents, with every network in eval mode."""
+    @contextlib.contextmanager
+    def evaluating(self):
+        """Every network in eval mode for the block, then back to the mode it was in."""
         was_training = self.training
         self.eval()
         try:
-            return self.to_uint8(self.decode(z, y, use_ema))
+            yield
         finally:
             self.train(was_training)
+
+    @torch.inference_mode()
+    def generate(self, z: Tensor, y: Tensor | None = None, use_ema: bool = True) -> Tensor:
+        """uint8 images from given latents, with every network in eval mode."""
+        with self.evaluating():
+            return self.to_uint8(self.decode(z, y, use_ema))
 
     def sample(self, n: int, labels: Tensor | None = None, rng: torch.Generator | None = None,
                batch_size: int = 1000) -> Tensor:
@@ -177,10 +184,21 @@ class GenerativeModel(nn.Module):
         return stats
 
 
+class Reconstructing:
+    """For models with an encoder: x → E(x) → G(E(x)), through the mean code."""
+
+    @torch.inference_mode()
+    def reconstruct(self, images: Tensor) -> Tensor:
+        """uint8 images (B, C, H, W) → uint8 reconstructions."""
+        with self.evaluating():
+            code, _ = self.encode(self.prepare(images))
+            return self.to_uint8(self.decode(code))
+
+
 # =========================================================================== autoencoders
 
 
-class AutoEncoder(GenerativeModel):
+class AutoEncoder(Reconstructing, GenerativeModel):
     """AE (deterministic code) or VAE (Gaussian code, Kingma & Welling 2014)."""
 
     def __init__(self, config: ModelConfig, encoder: nn.Module | None = None,
@@ -211,17 +229,6 @@ class AutoEncoder(GenerativeModel):
             mu, logvar = h.chunk(2, dim=1)  # (B, D) each
             return mu, logvar
         return h, None
-
-    @torch.inference_mode()
-    def reconstruct(self, images: Tensor) -> Tensor:
-        """uint8 images → uint8 reconstructions (through the mean code)."""
-        was_training = self.training
-        self.eval()
-        try:
-            code, _ = self.encode(self.prepare(images))
-            return self.to_uint8(self.decode(code, use_ema=False))
-        finally:
-            self.train(was_training)
 
     def loss(self, ctx: Context) -> tuple[Tensor, Stats]:
         code, logvar = self.encode(ctx.x)
@@ -311,7 +318,7 @@ class GAN(GenerativeModel):
 # =========================================================================== BiGAN
 
 
-class BiGAN(GenerativeModel):
+class BiGAN(Reconstructing, GenerativeModel):
     """Encoder E, generator G and a discriminator of (image, code) pairs (Donahue et al. 2017;
     Dumoulin et al. 2017 call it ALI). D tells (x, E(x)) from (G(z), z); E and G share one
     optimiser and fool it together."""
@@ -338,16 +345,6 @@ class BiGAN(GenerativeModel):
 
     def critic(self, x: Tensor, z: Tensor) -> Tensor:
         return self.nets["discriminator"](x, z).reshape(x.shape[0])
-
-    @torch.inference_mode()
-    def reconstruct(self, images: Tensor) -> Tensor:
-        """uint8 images → G(E(x)) as uint8."""
-        was_training = self.training
-        self.eval()
-        try:
-            return self.to_uint8(self.decode(self.encode(self.prepare(images))[0]))
-        finally:
-            self.train(was_training)
 
     def d_loss(self, ctx: Context) -> tuple[Tensor, Stats]:
         with torch.no_grad():

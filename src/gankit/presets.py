@@ -252,7 +252,7 @@ def _defaults() -> list[dict]:
              "loss": {"gan": "wasserstein", "clip": 0.01},
              "opt_g": {"name": "rmsprop", "lr": 5e-5}, "opt_d": {"name": "rmsprop", "lr": 5e-5},
              "n_critic": 5},
-            {"steps": 2000}),
+            {"steps": 1000}),
         _default_gan(
             "wgan-gp", "WGAN-GP (Gulrajani et al. 2017) on the DCGAN networks: gradient "
             "penalty λ 10, 5 critic updates per G update, Adam 1e-4 β (0.5, 0.9).",
@@ -262,7 +262,7 @@ def _defaults() -> list[dict]:
              "opt_g": {"name": "adam", "lr": 1e-4, "betas": [0.5, 0.9]},
              "opt_d": {"name": "adam", "lr": 1e-4, "betas": [0.5, 0.9]},
              "n_critic": 5},
-            {"steps": 1000}),
+            {"steps": 600}),
         _default_gan(
             "cgan", "Class-conditional DCGAN: one-hot label beside z in G, projection "
             "discriminator (Miyato & Koyama 2018) on the DCGAN trunk; non-saturating loss.",
@@ -279,7 +279,7 @@ def _defaults() -> list[dict]:
                                 "x_layers": CONV_D, "z_layers": ["fc 256", "lrelu 0.2"],
                                 "spectral_norm": True},
               "opt_g": ADAM_GAN, "opt_d": ADAM_GAN, "ema": 0.999},
-             DEFAULT_TRAIN | {"steps": 3000}),
+             DEFAULT_TRAIN | {"steps": 1500}),
     ]
 
 
