@@ -124,3 +124,13 @@ def test_spectral_norm_bounds_the_largest_singular_value():
     body.eval()
     sigma = torch.linalg.matrix_norm(body[0].weight, ord=2).item()
     assert sigma == pytest.approx(1.0, abs=0.05)
+
+
+def test_batchstats_normalises_by_the_batch_in_eval_mode():
+    body, _ = build_body(["bn batchstats", "bn"], (8,))
+    body.eval()
+    x = torch.randn(32, 8) * 4 + 3
+    y = body[0](x)
+    torch.testing.assert_close(y.mean(0), torch.zeros(8), atol=1e-5, rtol=0)
+    # a tracking batch norm in eval mode uses its (initial) running statistics instead
+    torch.testing.assert_close(body[1](x), x / (1 + 1e-5) ** 0.5)

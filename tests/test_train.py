@@ -148,3 +148,14 @@ def test_data_that_does_not_fit_the_model_is_refused(tiny_data, tmp_path):
     unlabelled = type(tiny_data)(tiny_data.images, None, "unlabelled", None)
     with pytest.raises(ConfigError, match="needs labels"):
         Trainer(gankit.configure("cgan"), tmp_path, data=unlabelled, progress=False)
+
+
+def test_time_budget_stops_with_a_checkpoint_that_resumes(fashion, tmp_path, data_dir):
+    config = gankit.configure("gan-002", steps=100_000, batch_size=32, max_seconds=0.5,
+                              data="fashion-mnist", data_dir=str(data_dir), data_limit=2000)
+    result = Trainer(config, tmp_path, progress=False, tensorboard=False).fit()
+    assert 0 < result.step < 100_000 and not result.interrupted
+    assert result.checkpoint.name == f"step-{result.step:08d}.safetensors"
+    resumed = resume_trainer(tmp_path, progress=False, tensorboard=False)
+    assert resumed.step == result.step
+    assert resumed.fit().step > result.step  # a second budget continues the same run

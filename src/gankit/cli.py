@@ -33,6 +33,8 @@ def _add_train(sub) -> None:
     length = p.add_mutually_exclusive_group()
     length.add_argument("--steps", type=int, help="total steps of the run")
     length.add_argument("--epochs", type=float, help="run length in passes over the data")
+    p.add_argument("--max-seconds", type=float, metavar="S", help="stop after S seconds of "
+                   "training (with a checkpoint; --resume continues)")
     p.add_argument("--batch-size", type=int)
     p.add_argument("--lr", type=float, help="learning rate of every optimiser")
     p.add_argument("--lr-g", type=float, help="learning rate of G (and E; AE/VAE: the only one)")
@@ -61,7 +63,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     if args.resume:
         ignored = [f"--{k.replace('_', '-')}" for k in ("data", "batch_size", "lr", "lr_g",
-                   "lr_d", "seed", "config", "epochs", "out") if getattr(args, k)]
+                   "lr_d", "seed", "config", "epochs", "out", "max_seconds") if getattr(args, k)]
         if args.model or ignored or args.set:
             raise GankitError("--resume continues a run with its saved config; only --steps, "
                               f"--device and --no-progress apply (got {args.model or ''} "
@@ -75,7 +77,8 @@ def cmd_train(args: argparse.Namespace) -> int:
                               "--resume RUN_DIR; `gankit presets` lists them")
         overrides = {k: v for k, v in {
             "data": args.data, "data_dir": args.data_dir, "steps": args.steps,
-            "epochs": args.epochs, "batch_size": args.batch_size, "seed": args.seed,
+            "epochs": args.epochs, "max_seconds": args.max_seconds,
+            "batch_size": args.batch_size, "seed": args.seed,
             "device": args.device, "sample_every": args.sample_every,
             "checkpoint_every": args.checkpoint_every, "log_every": args.log_every,
             "model.opt_g.lr": args.lr_g or args.lr, "model.opt_d.lr": args.lr_d or args.lr,
@@ -101,6 +104,10 @@ def cmd_train(args: argparse.Namespace) -> int:
         print(f"\nstopped at step {result.step}; checkpoint {result.checkpoint}\n"
               f"resume with: gankit train --resume {trainer.run_dir}")
         return 130
+    if result.step < trainer.total_steps:
+        print(f"time budget of {trainer.config.train.max_seconds:g} s used at step "
+              f"{result.step} of {trainer.total_steps}; continue with: gankit train --resume "
+              f"{trainer.run_dir}")
     print(f"done: step {result.step}, {trainer.elapsed:.0f} s of training. {row}\n"
           f"samples: {trainer.run_dir / 'samples'}  checkpoint: {result.checkpoint}")
     return 0

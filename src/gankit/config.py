@@ -157,6 +157,7 @@ class TrainConfig:
     batch_size: int = 64
     steps: int = 0  # total steps of the run (0 = derive from epochs)
     epochs: float = 0.0  # used when steps == 0
+    max_seconds: float = 0.0  # stop (with a checkpoint) after this much training time; 0 = off
     sampler: Literal["epoch", "random"] = "epoch"  # epoch shuffles, or draw each batch anew
     seed: int = 0
     device: Literal["auto", "cpu", "cuda"] = "auto"
@@ -171,6 +172,7 @@ class TrainConfig:
         _check(self.batch_size >= 1, "train.batch_size", self.batch_size, "an integer >= 1")
         _check(self.steps >= 0, "train.steps", self.steps, "an integer >= 0")
         _check(self.epochs >= 0, "train.epochs", self.epochs, "a number >= 0")
+        _check(self.max_seconds >= 0, "train.max_seconds", self.max_seconds, "a number >= 0")
         _check(self.data_limit >= 0, "train.data_limit", self.data_limit, "an integer >= 0")
         _check(self.threads >= 0, "train.threads", self.threads, "an integer >= 0")
         for key in ("log_every", "sample_every", "checkpoint_every", "keep_checkpoints",

@@ -7,7 +7,9 @@ A network body is a list of layer strings, read top to bottom, each ``op [args] 
     convT C kK [sS] [pP] [oO] ConvTranspose2d, output padding O (0)
     maxpool K [sS]            MaxPool2d (stride defaults to K)
     upsample F                nearest-neighbour upsampling by F
-    bn [eps=E] [momentum=M] [noscale]   BatchNorm1d/2d (noscale: no learned γ, as TF slim)
+    bn [eps=E] [momentum=M] [noscale] [batchstats]
+                              BatchNorm1d/2d; noscale: no learned γ (TF-slim's default);
+                              batchstats: normalise by the batch in eval mode too
     relu | lrelu A | tanh | sigmoid | elu | silu | gelu
     dropout P | flatten | reshape C H W
 
@@ -43,10 +45,12 @@ _ACTIVATIONS: dict[str, Callable[..., nn.Module]] = {
 class BatchNormNoScale(nn.Module):
     """Batch norm with a learned shift β but no scale γ (TF-slim's default ``batch_norm``)."""
 
-    def __init__(self, num_features: int, eps: float, momentum: float, dims: int):
+    def __init__(self, num_features: int, eps: float, momentum: float, dims: int,
+                 track_running_stats: bool = True):
         super().__init__()
         bn = nn.BatchNorm2d if dims == 4 else nn.BatchNorm1d
-        self.norm = bn(num_features, eps=eps, momentum=momentum, affine=False)
+        self.norm = bn(num_features, eps=eps, momentum=momentum, affine=False,
+                       track_running_stats=track_running_stats)
         self.bias = nn.Parameter(torch.zeros(num_features))
         self.dims = dims
 
@@ -112,10 +116,11 @@ def build_layer(spec: str, in_shape: Shape) -> nn.Module:
             return nn.Upsample(scale_factor=int(pos[0]), mode="nearest")
         if op == "bn":
             eps, momentum = float(opt.get("eps", 1e-5)), float(opt.get("momentum", 0.1))
+            track = "batchstats" not in flags  # batchstats: batch statistics in eval mode too
             if "noscale" in flags:
-                return BatchNormNoScale(in_shape[0], eps, momentum, len(in_shape) + 1)
+                return BatchNormNoScale(in_shape[0], eps, momentum, len(in_shape) + 1, track)
             bn = nn.BatchNorm2d if len(in_shape) == 3 else nn.BatchNorm1d
-            return bn(in_shape[0], eps=eps, momentum=momentum)
+            return bn(in_shape[0], eps=eps, momentum=momentum, track_running_stats=track)
         if op == "lrelu":
             return nn.LeakyReLU(float(pos[0]) if pos else 0.2)
         if op in _ACTIVATIONS:
@@ -146,7 +151,7 @@ def build_body(layers: Sequence[str], in_shape: Shape) -> tuple[nn.Sequential, S
         layer.eval()  # probe the shape without touching batch-norm statistics
         with torch.no_grad():
             try:
-                shape = tuple(layer(torch.zeros(1, *shape)).shape[1:])
+                shape = tuple(layer(torch.zeros(2, *shape)).shape[1:])  # 2: batch norm
             except RuntimeError as err:
                 raise ConfigError(f"layer {spec!r} does not fit its input {shape}: "
                                   f"{str(err).splitlines()[0]}") from None

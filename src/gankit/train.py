@@ -200,7 +200,7 @@ class FitResult:
     """How a call to :meth:`Trainer.fit` ended."""
 
     step: int
-    interrupted: bool
+    interrupted: bool  # stopped by SIGINT/SIGTERM (a time budget running out is not)
     last_row: dict
     checkpoint: Path | None
 
@@ -429,7 +429,10 @@ class Trainer:
         ckpt: Path | None = None
         t_last, step_last = time.perf_counter(), self.step
         try:
-            while self.step < self.total_steps and self._stop_signal is None:
+            budget = tc.max_seconds or math.inf
+            started = time.perf_counter()
+            while (self.step < self.total_steps and self._stop_signal is None
+                   and time.perf_counter() - started < budget):
                 self.train_step()
                 if self.step % tc.log_every == 0 or self.step == self.total_steps:
                     now = time.perf_counter()
