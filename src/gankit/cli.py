@@ -113,16 +113,22 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _run_parser(sub, name: str, help: str) -> argparse.ArgumentParser:
+    """A sub-command that reads a trained run: RUN_DIR and --device."""
+    p = sub.add_parser(name, help=help)
+    p.add_argument("run_dir", help="a run folder written by `gankit train`")
+    p.add_argument("--device", default="cpu", help="where to load the model (default cpu)")
+    return p
+
+
 def _add_sample(sub) -> None:
-    p = sub.add_parser("sample", help="generate images from a trained run")
-    p.add_argument("run_dir")
+    p = _run_parser(sub, "sample", "generate images from a trained run")
     p.add_argument("--n", type=int, default=64, help="number of images (default 64)")
     p.add_argument("--out", help="FILE.npz (uint8 'images' (N, H, W), 'labels' for a "
                    "conditional model) or DIR/ for one PNG per image")
     p.add_argument("--grid", metavar="FILE.png", help="also write one grid of the images")
     p.add_argument("--label", type=int, help="conditional model: the class to generate")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="cpu")
 
 
 def cmd_sample(args: argparse.Namespace) -> int:
@@ -169,14 +175,12 @@ def cmd_sample(args: argparse.Namespace) -> int:
 
 
 def _add_interpolate(sub) -> None:
-    p = sub.add_parser("interpolate", help="walk between latent points of a trained run")
-    p.add_argument("run_dir")
+    p = _run_parser(sub, "interpolate", "walk between latent points of a trained run")
     p.add_argument("--out", required=True, metavar="FILE.png")
     p.add_argument("--rows", type=int, default=8, help="number of walks (default 8)")
     p.add_argument("--steps", type=int, default=10, help="images per walk (default 10)")
     p.add_argument("--mode", choices=["slerp", "lerp"], default="slerp")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="cpu")
 
 
 def cmd_interpolate(args: argparse.Namespace) -> int:
@@ -202,12 +206,10 @@ def cmd_interpolate(args: argparse.Namespace) -> int:
 
 
 def _add_latent(sub) -> None:
-    p = sub.add_parser("latent", help="plot the codes of test images (AE, VAE, BiGAN)")
-    p.add_argument("run_dir")
+    p = _run_parser(sub, "latent", "plot the codes of test images (AE, VAE, BiGAN)")
     p.add_argument("--out", required=True, metavar="FILE.png")
     p.add_argument("--data", help="data set to encode (default: the run's, test split)")
     p.add_argument("--n", type=int, default=5000, help="images to encode (default 5000)")
-    p.add_argument("--device", default="cpu")
 
 
 def cmd_latent(args: argparse.Namespace) -> int:
