@@ -179,10 +179,6 @@ class GenerativeModel(nn.Module):
     def phases(self) -> list[Phase]:
         raise NotImplementedError
 
-    def describe_step(self, stats: dict[str, float]) -> dict[str, float]:
-        """The subset of logged values worth showing in the progress bar."""
-        return stats
-
 
 class Reconstructing:
     """For models with an encoder: x → E(x) → G(E(x)), through the mean code."""
