@@ -150,11 +150,6 @@ class GenerativeModel(nn.Module):
             self.ema.register_buffer("ema_updates", torch.zeros((), dtype=torch.long))
             self._ema_updates = 0
 
-    def ema_loaded(self) -> None:
-        """Re-read the EMA update count after loading its state dict."""
-        if self.ema is not None:
-            self._ema_updates = int(self.ema.ema_updates)
-
     @torch.no_grad()
     def update_ema(self) -> None:
         """ema ← β·ema + (1 − β)·G, β = min(decay, (1 + n)/(10 + n)) after n updates.
@@ -174,6 +169,26 @@ class GenerativeModel(nn.Module):
             ema_buffers[name].copy_(b)
         self._ema_updates = n + 1
         self.ema.ema_updates.fill_(n + 1)
+
+    # -- weights as flat tensors (the checkpoint layout) --------------------------------
+    def weights(self) -> dict[str, Tensor]:
+        """Every network's state as ``net/NAME/KEY`` (and the EMA copy as ``ema/KEY``)."""
+        out = {f"net/{name}/{k}": v for name, net in self.nets.items()
+               for k, v in net.state_dict().items()}
+        if self.ema is not None:
+            out |= {f"ema/{k}": v for k, v in self.ema.state_dict().items()}
+        return out
+
+    def load_weights(self, tensors: dict[str, Tensor]) -> None:
+        """The inverse of :meth:`weights` (other keys in ``tensors`` are ignored)."""
+        def part(prefix: str) -> dict[str, Tensor]:
+            return {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
+
+        for name, net in self.nets.items():
+            net.load_state_dict(part(f"net/{name}/"))
+        if self.ema is not None:
+            self.ema.load_state_dict(part("ema/"))
+            self._ema_updates = int(self.ema.ema_updates)
 
     # -- to be defined by each family ---------------------------------------------------
     def phases(self) -> list[Phase]:

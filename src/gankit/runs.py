@@ -83,12 +83,6 @@ def load_run(run_dir: str | Path, device: str = "cpu", checkpoint_file: str | Pa
     tensors, meta = checkpoint.load_checkpoint(checkpoint_file, device=device)
     config = from_dict(RunConfig, meta["config"])
     model = build_model(config.model).to(device)
-    for name, net in model.nets.items():
-        prefix = f"net/{name}/"
-        net.load_state_dict({k[len(prefix):]: v for k, v in tensors.items()
-                             if k.startswith(prefix)})
-    if model.ema is not None:
-        model.ema.load_state_dict({k[4:]: v for k, v in tensors.items() if k.startswith("ema/")})
-        model.ema_loaded()
+    model.load_weights(tensors)
     model.eval()
     return Run(run_dir, config, model, meta["step"])

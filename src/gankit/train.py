@@ -342,13 +342,8 @@ class Trainer:
 
     def state(self) -> tuple[dict[str, torch.Tensor], dict]:
         """Everything needed to continue this run exactly: tensors and JSON metadata."""
-        tensors: dict[str, torch.Tensor] = {}
-        meta: dict = {}
-        for name, net in self.model.nets.items():
-            tensors |= {f"net/{name}/{k}": v for k, v in net.state_dict().items()}
-        if self.model.ema is not None:
-            tensors |= {f"ema/{k}": v for k, v in self.model.ema.state_dict().items()}
-        meta["optimizers"] = {}
+        tensors = self.model.weights()
+        meta: dict = {"optimizers": {}}
         for key, opt in self.optimizers.items():
             opt_tensors, skeleton = checkpoint.flatten_state_dict(f"optim/{key}",
                                                                   opt.state_dict())
@@ -374,18 +369,12 @@ class Trainer:
 
     def load_state(self, tensors: dict[str, torch.Tensor], meta: dict) -> None:
         """Restore a state written by :meth:`state` (the inverse, on this trainer's device)."""
-        def part(prefix: str) -> dict[str, torch.Tensor]:
-            return {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
-
-        for name, net in self.model.nets.items():
-            net.load_state_dict(part(f"net/{name}/"))
-        if self.model.ema is not None:
-            self.model.ema.load_state_dict(part("ema/"))
-            self.model.ema_loaded()
+        self.model.load_weights(tensors)
         for key, opt in self.optimizers.items():
             opt.load_state_dict(checkpoint.unflatten_state_dict(
                 tensors, meta["optimizers"][key]))
-        checkpoint.restore_rng_state(part("rng/"), meta["rng"])
+        checkpoint.restore_rng_state({k[4:]: v for k, v in tensors.items()
+                                      if k.startswith("rng/")}, meta["rng"])
         self.rng.set_state(tensors["rng/trainer"].cpu())
         self.fixed_z = tensors["fixed/z"].to(self.device)
         self.fixed_real = tensors["fixed/real"].to(self.device)
