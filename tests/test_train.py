@@ -37,8 +37,8 @@ def test_each_family_trains_on_real_data(name, fashion, tmp_path):
     assert result.step == steps and not result.interrupted
     rows = read_metrics(tmp_path)
     assert [r["step"] for r in rows] == list(range(5, steps + 1, 5))
-    for row in rows:
-        assert all(math.isfinite(v) for v in row.values()), row
+    for row in rows:  # numbers are finite (a "warning" row field is text)
+        assert all(math.isfinite(v) for k, v in row.items() if k != "warning"), row
     before, after = _grid(tmp_path, 0), _grid(tmp_path, steps)
     assert np.abs(before - after).mean() > 5.0  # samples moved away from the untrained ones
     if name in ("ae", "vae"):

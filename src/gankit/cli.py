@@ -13,7 +13,10 @@ EPILOG = """examples:
   gankit train dcgan --data fashion-mnist
   gankit train gan-002 --data mnist-5k --set label_smoothing=0.2 --steps 3000
   gankit train --resume runs/dcgan-fashion-mnist-0001 --steps 4000
+  gankit train dcgan --data fashion-mnist --eval-every 500   (FID & co. while training)
   gankit sample runs/dcgan-fashion-mnist-0001 --n 10000 --out samples.npz
+  gankit eval runs/dcgan-fashion-mnist-0001
+  gankit compare runs/*
   gankit presets            (every model and preset, with what it is)
 """
 
@@ -44,6 +47,13 @@ def _add_train(sub) -> None:
     p.add_argument("--sample-every", type=int, metavar="N", help="sample grid every N steps")
     p.add_argument("--checkpoint-every", type=int, metavar="N")
     p.add_argument("--log-every", type=int, metavar="N")
+    p.add_argument("--eval-every", type=int, metavar="N", help="FID, KID, precision/recall, "
+                   "class coverage every N steps on --eval-samples images; keeps "
+                   "checkpoints/best.safetensors (the first use builds the data's evaluator)")
+    p.add_argument("--eval-samples", type=int, metavar="N", help="images per evaluation "
+                   "during training (default 2000)")
+    p.add_argument("--evaluator", metavar="FILE", help="evaluator file to use instead of "
+                   "gankit's own for the data")
     p.add_argument("--out", help="run folder (default: runs/MODEL-DATA-NNNN, numbered)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out run")
     p.add_argument("--config", metavar="FILE.toml", help="TOML file of config values")
@@ -62,8 +72,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     from gankit.train import Trainer, resume_trainer
 
     if args.resume:
-        ignored = [f"--{k.replace('_', '-')}" for k in ("data", "batch_size", "lr", "lr_g",
-                   "lr_d", "seed", "config", "epochs", "out", "max_seconds") if getattr(args, k)]
+        ignored = [f"--{k.replace('_', '-')}" for k in (
+            "data", "batch_size", "lr", "lr_g", "lr_d", "seed", "config", "epochs", "out",
+            "max_seconds", "eval_every", "eval_samples", "evaluator") if getattr(args, k)]
         if args.model or ignored or args.set:
             raise GankitError("--resume continues a run with its saved config; only --steps, "
                               f"--device and --no-progress apply (got {args.model or ''} "
@@ -81,6 +92,8 @@ def cmd_train(args: argparse.Namespace) -> int:
             "batch_size": args.batch_size, "seed": args.seed,
             "device": args.device, "sample_every": args.sample_every,
             "checkpoint_every": args.checkpoint_every, "log_every": args.log_every,
+            "eval_every": args.eval_every, "eval_samples": args.eval_samples,
+            "evaluator": args.evaluator,
             "model.opt_g.lr": args.lr_g or args.lr, "model.opt_d.lr": args.lr_d or args.lr,
         }.items() if v is not None}
         if args.epochs is not None:
@@ -110,6 +123,11 @@ def cmd_train(args: argparse.Namespace) -> int:
               f"{trainer.run_dir}")
     print(f"done: step {result.step}, {trainer.elapsed:.0f} s of training. {row}\n"
           f"samples: {trainer.run_dir / 'samples'}  checkpoint: {result.checkpoint}")
+    if trainer.best["step"] is not None:
+        share = trainer.eval_seconds / max(trainer.elapsed + trainer.eval_seconds, 1e-9)
+        print(f"best FID {trainer.best['fid']:.4g} at step {trainer.best['step']} "
+              f"(checkpoints/best.safetensors); evaluation took {trainer.eval_seconds:.0f} s, "
+              f"{share:.0%} of the run")
     return 0
 
 
@@ -244,6 +262,131 @@ def cmd_latent(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_eval(sub) -> None:
+    p = sub.add_parser("eval", help="FID, KID, precision/recall, coverage … of a run or samples",
+                       description="Evaluate a trained run (or any .npz of samples) against the "
+                       "real test split, on the features of gankit's evaluator for the data. "
+                       "Prints a table and writes eval.json.")
+    p.add_argument("run_dir", nargs="?", help="a run folder written by `gankit train`")
+    p.add_argument("--samples", metavar="FILE.npz", help="evaluate these images instead: a "
+                   "uint8 'images' array (N, H, W) [and 'labels' that were requested]")
+    p.add_argument("--data", help="the real data to compare with (default: the run's)")
+    p.add_argument("--data-dir")
+    p.add_argument("--n", type=int, default=10_000, help="samples to generate (default 10000)")
+    p.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
+    p.add_argument("--checkpoint", default="latest", help="latest (default), best, or a file")
+    p.add_argument("--evaluator", metavar="FILE", help="an evaluator file instead of gankit's")
+    p.add_argument("--inception", action="store_true", help="also compute Inception FID "
+                   "(needs torch-fidelity and its downloaded weights)")
+    p.add_argument("--out", metavar="FILE.json", help="where to write the report (default: "
+                   "RUN_DIR/eval.json, or beside the samples file)")
+    p.add_argument("--device", default="cpu")
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from gankit.evaluation import (
+        evaluate_images,
+        evaluate_run,
+        format_report,
+        inception_fid,
+        load_samples,
+        open_evaluation,
+        write_report,
+    )
+    from gankit.runs import load_run
+
+    if bool(args.run_dir) == bool(args.samples):
+        raise GankitError("give a run folder or --samples FILE.npz (one of them)")
+    if args.n < 10:
+        raise GankitError(f"--n {args.n}: evaluate at least 10 samples (thousands for stable "
+                          "numbers)")
+    if args.samples:
+        if not args.data:
+            raise GankitError("--samples needs --data NAME: the real data to compare with")
+        evaluation = open_evaluation(args.data, args.data_dir, 28, args.device, args.evaluator)
+        images, labels = load_samples(args.samples)
+        report = evaluate_images(evaluation, images, labels, samples=args.samples,
+                                 data=args.data)
+        out = Path(args.out or Path(args.samples).with_suffix(".eval.json"))
+    else:
+        ckpt = None
+        if args.checkpoint == "best":
+            ckpt = Path(args.run_dir) / "checkpoints" / "best.safetensors"
+            if not ckpt.exists():
+                raise GankitError(f"{args.run_dir} has no best checkpoint: it is written by "
+                                  "training with --eval-every")
+        elif args.checkpoint != "latest":
+            ckpt = Path(args.checkpoint)
+        run = load_run(args.run_dir, args.device, ckpt)
+        tc = run.config.train
+        data = args.data or tc.data
+        evaluation = open_evaluation(data, args.data_dir or tc.data_dir or None,
+                                     run.config.model.image_size, args.device,
+                                     args.evaluator or tc.evaluator or None)
+        report = evaluate_run(run, evaluation, args.n, args.seed)
+        report["checkpoint"] = args.checkpoint
+        out = Path(args.out or Path(args.run_dir) / "eval.json")
+    if args.inception:
+        fake = load_samples(args.samples)[0] if args.samples else run.sample(args.n, None,
+                                                                              args.seed)
+        from gankit.data import load_dataset
+
+        real = load_dataset(report["reference"].rsplit(":", 1)[0], "test", args.data_dir)
+        report["metrics"] |= inception_fid(fake, real.images)
+    print(format_report(report))
+    write_report(report, out)
+    print(f"\nwrote {out} ({report['seconds']:.1f} s)")
+    return 0
+
+
+def _add_compare(sub) -> None:
+    p = sub.add_parser("compare", help="one table of metrics across runs (Markdown, CSV)")
+    p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
+    p.add_argument("--csv", metavar="FILE.csv", help="also write the table as CSV (every "
+                   "column)")
+    p.add_argument("--all", action="store_true", help="show every column (stds, NN medians)")
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from gankit.evaluation import COMPARE_COLUMNS, compare_rows, rows_to_csv, rows_to_markdown
+
+    rows = compare_rows(args.run_dirs)
+    print(rows_to_markdown(rows, None if args.all else COMPARE_COLUMNS))
+    if args.csv:
+        rows_to_csv(rows, args.csv)
+        print(f"\nwrote {args.csv}")
+    return 0
+
+
+def _add_evaluator(sub) -> None:
+    p = sub.add_parser("evaluator", help="build or describe the feature network of a data set")
+    p.add_argument("action", choices=["build", "info"])
+    p.add_argument("data", help="data set name (fashion-mnist, mnist, …) or, for info, a file")
+    p.add_argument("--data-dir")
+    p.add_argument("--image-size", type=int, default=28)
+    p.add_argument("--rebuild", action="store_true", help="train anew even if cached")
+    p.add_argument("--out", metavar="FILE", help="build: also save the evaluator here")
+    p.add_argument("--device", default="cpu")
+
+
+def cmd_evaluator(args: argparse.Namespace) -> int:
+    import json
+
+    from gankit.evaluator import describe, get_evaluator, load_evaluator, save_evaluator
+
+    if args.action == "info" and Path(args.data).is_file():
+        net = load_evaluator(args.data)
+    else:
+        net = get_evaluator(args.data, args.data_dir, args.image_size, args.device,
+                            rebuild=args.action == "build" and args.rebuild)
+    if args.action == "build" and args.out:
+        save_evaluator(net, args.out)
+        print(f"saved {args.out}")
+    print(net.name)
+    print(json.dumps(describe(net) | {"recipe": net.info.get("recipe")}, indent=2))
+    return 0
+
+
 def _add_presets(sub) -> None:
     p = sub.add_parser("presets", help="list models and presets, or show one as TOML")
     p.add_argument("name", nargs="?", help="show this preset's full config")
@@ -268,7 +411,8 @@ def cmd_presets(args: argparse.Namespace) -> int:
 
 
 COMMANDS = {"train": cmd_train, "sample": cmd_sample, "interpolate": cmd_interpolate,
-            "latent": cmd_latent, "presets": cmd_presets}
+            "latent": cmd_latent, "eval": cmd_eval, "compare": cmd_compare,
+            "evaluator": cmd_evaluator, "presets": cmd_presets}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -276,7 +420,8 @@ def build_parser() -> argparse.ArgumentParser:
                                      "classic generative image models.")
     parser.add_argument("--version", action="version", version=f"gankit {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for add in (_add_train, _add_sample, _add_interpolate, _add_latent, _add_presets):
+    for add in (_add_train, _add_sample, _add_interpolate, _add_latent, _add_eval, _add_compare,
+                _add_evaluator, _add_presets):
         add(sub)
     return parser
 

@@ -167,6 +167,9 @@ class TrainConfig:
     checkpoint_every: int = 1000
     keep_checkpoints: int = 3
     grid_size: int = 64  # images in each sample grid (from one fixed noise batch)
+    eval_every: int = 0  # compute FID & co. every N steps (0 = never); keeps a best checkpoint
+    eval_samples: int = 2000  # generated images per evaluation during training
+    evaluator: str = ""  # evaluator file ("" = gankit's evaluator of the data, built once)
 
     def __post_init__(self) -> None:
         _check(self.batch_size >= 1, "train.batch_size", self.batch_size, "an integer >= 1")
@@ -175,6 +178,9 @@ class TrainConfig:
         _check(self.max_seconds >= 0, "train.max_seconds", self.max_seconds, "a number >= 0")
         _check(self.data_limit >= 0, "train.data_limit", self.data_limit, "an integer >= 0")
         _check(self.threads >= 0, "train.threads", self.threads, "an integer >= 0")
+        _check(self.eval_every >= 0, "train.eval_every", self.eval_every, "an integer >= 0")
+        _check(self.eval_samples >= 10, "train.eval_samples", self.eval_samples,
+               "an integer >= 10 (thousands give stable numbers)")
         for key in ("log_every", "sample_every", "checkpoint_every", "keep_checkpoints",
                     "grid_size"):
             value = getattr(self, key)

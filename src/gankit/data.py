@@ -35,6 +35,7 @@ __all__ = [
     "SYSTEM_DATA_DIRS",
     "Dataset",
     "IdxSet",
+    "cache_dir",
     "dataset_search_dirs",
     "download_file",
     "load_dataset",
@@ -319,9 +320,9 @@ _FORMS = ("mnist", "fashion-mnist", "mnist-5k", "folder:PATH", "npz:PATH")
 _TRUTHY = {"1", "true", "yes", "on"}
 
 
-def _cache_dir(name: str) -> Path:
-    """The download cache of one set: $GANKIT_CACHE, else $XDG_CACHE_HOME/gankit, else
-    ~/.cache/gankit; then /<name>."""
+def cache_dir(name: str) -> Path:
+    """gankit's cache folder for ``name`` (a data set's downloads, ``evaluators``):
+    $GANKIT_CACHE, else $XDG_CACHE_HOME/gankit, else ~/.cache/gankit; then /<name>."""
     root = os.environ.get("GANKIT_CACHE")
     if root:
         return Path(root).expanduser() / name
@@ -346,7 +347,7 @@ def dataset_search_dirs(name: str, data_dir: str | os.PathLike | None = None) ->
     if given is not None:
         base = Path(given).expanduser()
         dirs += [base / name, *(base / sub for sub in info.subdirs), base]
-    dirs.append(_cache_dir(name))
+    dirs.append(cache_dir(name))
     dirs += SYSTEM_DATA_DIRS.get(name, ())
     unique: list[Path] = []
     for d in dirs:
@@ -402,7 +403,7 @@ def _download_split(name: str, files: tuple[str, str], errors: list[str]) -> Pat
     info = DATASETS[name]
     mirror = os.environ.get("GANKIT_MIRROR")
     mirrors = (mirror,) if mirror else info.mirrors
-    cache = _cache_dir(name)
+    cache = cache_dir(name)
     for fname in files:
         if _locate(cache, fname) is not None:
             continue

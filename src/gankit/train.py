@@ -23,6 +23,7 @@ import torch
 from gankit import __version__, checkpoint
 from gankit.config import OptimConfig, RunConfig, from_dict, save_toml, to_dict
 from gankit.data import Dataset, load_dataset
+from gankit.diagnostics import Alarms
 from gankit.errors import CheckpointError, ConfigError, GankitError
 from gankit.models import Context, GenerativeModel, Phase, build_model
 from gankit.viz import pair_grid, save_grid
@@ -252,6 +253,11 @@ class Trainer:
         self.callbacks = list(callbacks)
         self.progress = progress
         self.log = MetricsLog(self.run_dir, tensorboard)
+        self.evaluation = self._open_evaluation() if tc.eval_every else None
+        self.best: dict = {"fid": math.inf, "step": None}  # the best evaluation so far
+        self.last_eval: dict = {}
+        self.eval_seconds = 0.0
+        self.alarms = Alarms(mc.num_classes if mc.conditional else data.num_classes)
         self._make_fixed_inputs()
         self._sums: dict[str, torch.Tensor] = {}
         self._counts: dict[str, int] = {}
@@ -266,6 +272,19 @@ class Trainer:
             per_step = self.batches_per_step * tc.batch_size
             return max(1, math.ceil(tc.epochs * len(self.data) / per_step))
         raise ConfigError("the run has no length: set --steps N or --epochs N")
+
+    def _open_evaluation(self):
+        from gankit.evaluation import open_evaluation
+
+        tc, mc = self.config.train, self.config.model
+        evaluation = open_evaluation(tc.data, tc.data_dir or None, mc.image_size, self.device,
+                                     tc.evaluator or None, progress=self.progress)
+        shape = tuple(evaluation.evaluator.image_shape)
+        if shape != (mc.channels, mc.image_size, mc.image_size):
+            raise ConfigError(f"the evaluator takes images of shape {shape}, the model makes "
+                              f"{(mc.channels, mc.image_size, mc.image_size)}: pass an "
+                              "evaluator built for this image size (--evaluator)")
+        return evaluation
 
     def _make_fixed_inputs(self) -> None:
         """One noise batch for every sample grid and a few real images for reconstructions."""
@@ -361,6 +380,7 @@ class Trainer:
             "total_steps": self.total_steps,
             "elapsed": self.elapsed,
             "batches": self.batches.state(),
+            "best": self.best,
             "config": to_dict(self.config),
             "versions": {"gankit": __version__, "torch": torch.__version__},
             "device": str(self.device),
@@ -382,6 +402,7 @@ class Trainer:
             self.fixed_y = tensors["fixed/y"].to(self.device)
         self.step, self.elapsed = meta["step"], meta["elapsed"]
         self.batches.load_state(meta["batches"])
+        self.best = dict(meta.get("best") or self.best)
 
     def save_checkpoint(self) -> Path:
         """Write ``checkpoints/step-N.safetensors`` atomically and prune old ones."""
@@ -392,6 +413,42 @@ class Trainer:
                                           tensors, meta)
         checkpoint.prune_checkpoints(folder, self.config.train.keep_checkpoints)
         return path
+
+    # -- evaluation -----------------------------------------------------------------------
+    def evaluate(self) -> dict:
+        """FID & co. of ``eval_samples`` images from a fixed noise batch, logged as a row;
+        a better FID than any before writes ``checkpoints/best.safetensors``."""
+        tc, mc = self.config.train, self.config.model
+        started = time.perf_counter()
+        gen = torch.Generator(self.device).manual_seed(derive_seed(tc.seed, 5))
+        labels = (torch.arange(tc.eval_samples, device=self.device) % mc.num_classes
+                  if mc.conditional else None)
+        images = self.model.sample(tc.eval_samples, labels, gen)
+        values = self.evaluation(images, labels, memorisation=False, kid_subsets=20)
+        seconds = time.perf_counter() - started
+        self.eval_seconds += seconds
+        row = {"step": self.step} | {f"eval/{k}": v for k, v in values.items()}
+        row |= {"eval/n": tc.eval_samples, "eval/seconds": round(seconds, 2)}
+        if values["fid"] < self.best["fid"]:
+            self.best = {"fid": values["fid"], "step": self.step}
+            folder = self.run_dir / "checkpoints"
+            folder.mkdir(parents=True, exist_ok=True)
+            checkpoint.save_checkpoint(folder / "best.safetensors", *self.state())
+        warnings = self.alarms.on_eval(row)
+        if warnings:
+            row["warning"] = " ".join(warnings)
+        self.log.write(row)
+        for callback in self.callbacks:
+            callback(row)
+        self._warn(warnings)
+        self.last_eval = row
+        return row
+
+    def _warn(self, warnings: list[str]) -> None:
+        from tqdm.auto import tqdm
+
+        for text in warnings:
+            tqdm.write(f"warning: {text}", file=sys.stderr)
 
     def _last_checkpoint_text(self) -> str:
         last = checkpoint.list_checkpoints(self.run_dir / "checkpoints")
@@ -408,10 +465,12 @@ class Trainer:
         tc = self.config.train
         self.run_dir.mkdir(parents=True, exist_ok=True)
         save_toml(self.config, self.run_dir / "config.toml")
+        self.log.truncate_after(self.step)
         if self.step == 0:
             save_grid(self.fixed_real.cpu(), self.run_dir / "real.png", scale=2)
             self.save_grids()  # the untrained model's grid, for comparison
-        self.log.truncate_after(self.step)
+            if self.evaluation is not None:
+                self.evaluate()  # the untrained model's numbers: where the curves start
         handlers = self._install_signal_handlers()
         bar = self._progress_bar()
         last_row: dict = {}
@@ -429,8 +488,15 @@ class Trainer:
                     rate = (self.step - step_last) / max(now - t_last, 1e-9)
                     t_last, step_last = now, self.step
                     last_row = self._log_row(rate)
+                    if self.evaluation is not None and (self.step % tc.eval_every == 0
+                                                        or self.step == self.total_steps):
+                        self.evaluate()
+                        t_last += self.last_eval["eval/seconds"]  # not training time
                     bar.set_postfix_str(self._postfix(last_row), refresh=False)
                     self._log_line(last_row)
+                elif self.evaluation is not None and self.step % tc.eval_every == 0:
+                    self.evaluate()
+                    t_last += self.last_eval["eval/seconds"]
                 if self.step % tc.sample_every == 0:
                     self.save_grids()
                 if self.step % tc.checkpoint_every == 0 and self.step < self.total_steps:
@@ -454,14 +520,21 @@ class Trainer:
                "images_per_s": round(steps_per_s * self.batches_per_step
                                      * self.config.train.batch_size, 1),
                "elapsed_s": round(self.elapsed, 2)} | values
+        warnings = self.alarms.on_log(row)
+        if warnings:
+            row["warning"] = " ".join(warnings)
         self.log.write(row)
         for callback in self.callbacks:
             callback(row)
+        self._warn(warnings)
         return row
 
     def _postfix(self, row: dict) -> str:
         shown = {k: v for k, v in row.items() if k.startswith(("loss/", "D(", "critic"))}
         parts = [f"{k.removeprefix('loss/')}={v:.3g}" for k, v in shown.items()]
+        if self.last_eval:
+            ev = self.last_eval
+            parts.append(f"FID={ev['eval/fid']:.3g} classes={ev['eval/classes_covered']}")
         return " ".join(parts + [f"{row['images_per_s']:.0f} img/s"])
 
     def _progress_bar(self):
