@@ -249,11 +249,11 @@ def load_evaluator(path: str | os.PathLike, device: str | torch.device = "cpu") 
 
 def get_evaluator(data: str, data_dir: str | None = None, image_size: int = 28,
                   device: str | torch.device = "cpu", rebuild: bool = False,
-                  progress: bool = True, splits: tuple[Dataset, Dataset] | None = None
-                  ) -> Evaluator:
+                  progress: bool = True, splits: tuple[Dataset, Dataset] | None = None,
+                  recipe: dict = RECIPE) -> Evaluator:
     """The cached evaluator of a data set, trained first if there is none (or ``rebuild``)."""
     train, test = splits or load_splits(data, data_dir, image_size)
-    key = evaluator_key(train, test)
+    key = evaluator_key(train, test, recipe)
     path = evaluator_cache() / f"{_slug(data)}-{image_size}-{key}.safetensors"
     if path.exists() and not rebuild:
         try:
@@ -265,7 +265,7 @@ def get_evaluator(data: str, data_dir: str | None = None, image_size: int = 28,
     if progress:
         print(f"building the {data} evaluator on {len(train)} training images (once; cached "
               f"as {path})", file=sys.stderr, flush=True)
-    net = build_evaluator(train, test, device=str(device), progress=progress, data=data)
+    net = build_evaluator(train, test, recipe, str(device), progress, data)
     net.info["file"] = str(path)
     save_evaluator(net, path)
     return net

@@ -211,7 +211,7 @@ class Trainer:
 
     def __init__(self, config: RunConfig, run_dir: str | Path, model: GenerativeModel | None = None,
                  data: Dataset | None = None, callbacks: Iterable[Callback] = (),
-                 progress: bool = True, tensorboard: bool = True):
+                 progress: bool = True, tensorboard: bool = True, evaluation=None):
         tc, mc = config.train, config.model
         self.config, self.run_dir = config, Path(run_dir)
         self.device = resolve_device(tc.device)
@@ -253,7 +253,9 @@ class Trainer:
         self.callbacks = list(callbacks)
         self.progress = progress
         self.log = MetricsLog(self.run_dir, tensorboard)
-        self.evaluation = self._open_evaluation() if tc.eval_every else None
+        self.evaluation = None
+        if tc.eval_every:  # a given gankit.evaluation.Evaluation saves loading one
+            self.evaluation = self._check_evaluation(evaluation or self._open_evaluation())
         self.best: dict = {"fid": math.inf, "step": None}  # the best evaluation so far
         self.last_eval: dict = {}
         self.eval_seconds = 0.0
@@ -277,8 +279,11 @@ class Trainer:
         from gankit.evaluation import open_evaluation
 
         tc, mc = self.config.train, self.config.model
-        evaluation = open_evaluation(tc.data, tc.data_dir or None, mc.image_size, self.device,
-                                     tc.evaluator or None, progress=self.progress)
+        return open_evaluation(tc.data, tc.data_dir or None, mc.image_size, self.device,
+                               tc.evaluator or None, progress=self.progress)
+
+    def _check_evaluation(self, evaluation):
+        mc = self.config.model
         shape = tuple(evaluation.evaluator.image_shape)
         if shape != (mc.channels, mc.image_size, mc.image_size):
             raise ConfigError(f"the evaluator takes images of shape {shape}, the model makes "
