@@ -13,6 +13,7 @@ import torch
 from PIL import Image
 
 import gankit
+from gankit.checkpoint import load_checkpoint
 from gankit.train import Batches, Trainer, TrainingDiverged, read_metrics, resume_trainer
 
 # A few hundred updates of each family on real Fashion-MNIST: enough to move far from the
@@ -113,21 +114,80 @@ def test_sigint_finishes_the_step_checkpoints_and_resumes(fashion, tmp_path):
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handler restored
 
 
-def test_non_finite_loss_stops_the_run_naming_step_and_checkpoint(fashion, tmp_path):
-    config = gankit.configure("gan-002", steps=40, batch_size=32, log_every=5,
-                              checkpoint_every=10)
+def _poisoner(at_step: int, net: str, times: int = 1):
+    """A callback that fills one weight of ``net`` with NaN when row ``at_step`` is logged."""
+    state = {"left": times, "trainer": None}
 
     def poison(row):
-        if row["step"] == 15:
+        if row["step"] == at_step and "loss/D" in row and state["left"] > 0:
+            state["left"] -= 1
+            model = state["trainer"].model
+            module = model.ema if net == "ema" else model.nets[net]
             with torch.no_grad():
-                next(trainer.model.nets["discriminator"].parameters()).fill_(float("nan"))
+                next(module.parameters()).fill_(float("nan"))
 
-    trainer = Trainer(config, tmp_path, data=fashion.subset(2000), callbacks=[poison],
-                      progress=False, tensorboard=False)
-    with pytest.raises(TrainingDiverged, match=r"step 20: .*non-finite.*step-00000010"):
+    return poison, state
+
+
+def test_non_finite_loss_stops_the_run_naming_step_network_and_checkpoint(fashion, tmp_path):
+    config = gankit.configure("gan-002", steps=40, batch_size=32, log_every=5,
+                              checkpoint_every=10)
+    poison, state = _poisoner(15, "discriminator")
+    trainer = state["trainer"] = Trainer(config, tmp_path, data=fashion.subset(2000),
+                                         callbacks=[poison], progress=False, tensorboard=False)
+    good = tmp_path / "checkpoints" / "step-00000010.safetensors"
+    with pytest.raises(TrainingDiverged, match=r"step 20: .*non-finite.*weights of .*"
+                       r"discriminator.*step-00000010.*untouched"):
         trainer.fit()
     names = sorted(p.name for p in (tmp_path / "checkpoints").iterdir())
     assert names == ["step-00000010.safetensors"]  # the last good one, untouched
+    load_checkpoint(good)
+
+
+def test_non_finite_weights_stop_the_run_before_a_checkpoint_is_written(fashion, tmp_path):
+    """The EMA copy takes no part in any loss: only the weight check can see it go bad, and
+    it must do so before the checkpoint due at the same step."""
+    config = gankit.configure("dcgan", steps=30, batch_size=32, log_every=10,
+                              checkpoint_every=5, sample_every=100)
+    poison, state = _poisoner(10, "ema")
+    trainer = state["trainer"] = Trainer(config, tmp_path, data=fashion.subset(2000),
+                                         callbacks=[poison], progress=False, tensorboard=False)
+    with pytest.raises(TrainingDiverged, match=r"step 10: the weights of ema hold NaN"):
+        trainer.fit()
+    names = sorted(p.name for p in (tmp_path / "checkpoints").iterdir())
+    assert names == ["step-00000005.safetensors"]
+    assert all(math.isfinite(v) for r in read_metrics(tmp_path) for k, v in r.items()
+               if k.startswith("loss/"))
+
+
+def test_rollback_reloads_the_last_good_checkpoint_and_lowers_learning_rates(fashion, tmp_path):
+    config = gankit.configure("gan-002", steps=40, batch_size=32, log_every=5,
+                              checkpoint_every=10, on_divergence="rollback")
+    poison, state = _poisoner(15, "discriminator")
+    trainer = state["trainer"] = Trainer(config, tmp_path, data=fashion.subset(2000),
+                                         callbacks=[poison], progress=False, tensorboard=False)
+    result = trainer.fit()
+    assert result.step == 40 and not trainer._nonfinite_nets()
+    rows = read_metrics(tmp_path)
+    rollbacks = [r for r in rows if "rollback" in r]
+    assert rollbacks == [{"step": 10, "rollback": 1, "diverged_at": 20, "lr_scale": 0.5}]
+    steps = [r["step"] for r in rows if "loss/D" in r]
+    assert steps == list(range(5, 41, 5))  # the diverged rows were dropped, then redone
+    for key, opt in trainer.optimizers.items():
+        base = getattr(config.model, f"opt_{key}").lr
+        assert all(g["lr"] == pytest.approx(0.5 * base) for g in opt.param_groups)
+    assert load_checkpoint(result.checkpoint)[1]["lr_scale"] == 0.5
+
+
+def test_rollbacks_are_bounded(fashion, tmp_path):
+    config = gankit.configure("gan-002", steps=40, batch_size=32, log_every=5,
+                              checkpoint_every=10, on_divergence="rollback", max_rollbacks=2)
+    poison, state = _poisoner(15, "discriminator", times=10)
+    trainer = state["trainer"] = Trainer(config, tmp_path, data=fashion.subset(2000),
+                                         callbacks=[poison], progress=False, tensorboard=False)
+    with pytest.raises(TrainingDiverged, match="step 20"):
+        trainer.fit()
+    assert [r["lr_scale"] for r in read_metrics(tmp_path) if "rollback" in r] == [0.5, 0.25]
 
 
 def test_length_from_epochs_counts_real_batches_per_step(fashion):

@@ -54,6 +54,9 @@ def _add_train(sub) -> None:
                    "during training (default 2000)")
     p.add_argument("--evaluator", metavar="FILE", help="evaluator file to use instead of "
                    "gankit's own for the data")
+    p.add_argument("--on-divergence", choices=["stop", "rollback"], help="when a loss or "
+                   "weight becomes NaN/inf: stop (default), or reload the last good checkpoint "
+                   "and halve the learning rates (at most 3 times)")
     p.add_argument("--out", help="run folder (default: runs/MODEL-DATA-NNNN, numbered)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out run")
     p.add_argument("--config", metavar="FILE.toml", help="TOML file of config values")
@@ -93,7 +96,7 @@ def cmd_train(args: argparse.Namespace) -> int:
             "device": args.device, "sample_every": args.sample_every,
             "checkpoint_every": args.checkpoint_every, "log_every": args.log_every,
             "eval_every": args.eval_every, "eval_samples": args.eval_samples,
-            "evaluator": args.evaluator,
+            "evaluator": args.evaluator, "on_divergence": args.on_divergence,
             "model.opt_g.lr": args.lr_g or args.lr, "model.opt_d.lr": args.lr_d or args.lr,
         }.items() if v is not None}
         if args.epochs is not None:

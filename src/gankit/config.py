@@ -170,6 +170,9 @@ class TrainConfig:
     eval_every: int = 0  # compute FID & co. every N steps (0 = never); keeps a best checkpoint
     eval_samples: int = 2000  # generated images per evaluation during training
     evaluator: str = ""  # evaluator file ("" = gankit's evaluator of the data, built once)
+    on_divergence: Literal["stop", "rollback"] = "stop"  # NaN/inf: stop, or reload & lower lr
+    rollback_lr_factor: float = 0.5  # learning rates × this at each rollback
+    max_rollbacks: int = 3  # then stop
 
     def __post_init__(self) -> None:
         _check(self.batch_size >= 1, "train.batch_size", self.batch_size, "an integer >= 1")
@@ -178,6 +181,10 @@ class TrainConfig:
         _check(self.max_seconds >= 0, "train.max_seconds", self.max_seconds, "a number >= 0")
         _check(self.data_limit >= 0, "train.data_limit", self.data_limit, "an integer >= 0")
         _check(self.threads >= 0, "train.threads", self.threads, "an integer >= 0")
+        _check(0 < self.rollback_lr_factor < 1, "train.rollback_lr_factor",
+               self.rollback_lr_factor, "a number in (0, 1)")
+        _check(self.max_rollbacks >= 1, "train.max_rollbacks", self.max_rollbacks,
+               "an integer >= 1")
         _check(self.eval_every >= 0, "train.eval_every", self.eval_every, "an integer >= 0")
         _check(self.eval_samples >= 10, "train.eval_samples", self.eval_samples,
                "an integer >= 10 (thousands give stable numbers)")

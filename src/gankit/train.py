@@ -32,7 +32,11 @@ Callback = Callable[[dict], None]
 
 
 class TrainingDiverged(GankitError):
-    """A loss or weight became NaN or infinite."""
+    """A loss or weight became NaN or infinite; ``cause`` says which, at which step."""
+
+    def __init__(self, message: str, cause: str = ""):
+        super().__init__(message)
+        self.cause = cause or message
 
 
 # --------------------------------------------------------------------------- set-up helpers
@@ -259,6 +263,7 @@ class Trainer:
         self.best: dict = {"fid": math.inf, "step": None}  # the best evaluation so far
         self.last_eval: dict = {}
         self.eval_seconds = 0.0
+        self.rollbacks, self.lr_scale = 0, 1.0  # divergence rollbacks so far, lr multiplier
         self.alarms = Alarms(mc.num_classes if mc.conditional else data.num_classes)
         self._make_fixed_inputs()
         self._sums: dict[str, torch.Tensor] = {}
@@ -337,6 +342,8 @@ class Trainer:
         self.step += 1
 
     def _flush_stats(self) -> dict[str, float]:
+        """The logged window's mean statistics; stops a run whose losses or weights are no
+        longer finite (one host sync per log row)."""
         if not self._sums:
             return {}
         keys = list(self._sums)
@@ -344,13 +351,35 @@ class Trainer:
         self._sums, self._counts = {}, {}
         out = dict(zip(keys, values, strict=True))
         bad = [k for k, v in out.items() if not math.isfinite(v)]
-        if bad:
-            raise TrainingDiverged(
-                f"training diverged at step {self.step}: {', '.join(bad)} became non-finite. "
-                f"The last good checkpoint is {self._last_checkpoint_text()}; resume from it "
-                "with a lower learning rate (--lr) or a stabler loss (e.g. --set "
-                "loss.gan=hinge, --set spectral_norm=true).")
+        nets = self._nonfinite_nets()
+        if bad or nets:
+            raise self._diverged(" and ".join(
+                ([f"{', '.join(bad)} became non-finite"] if bad else [])
+                + ([f"the weights of {', '.join(nets)} hold NaN or inf"] if nets else [])))
         return out
+
+    def _nonfinite_nets(self) -> list[str]:
+        """The networks (and the EMA copy) holding a NaN or infinite weight."""
+        nets = dict(self.model.nets.items()) | ({"ema": self.model.ema}
+                                                if self.model.ema is not None else {})
+        norms = [torch.stack(torch._foreach_norm([p.detach() for p in net.parameters()])).sum()
+                 for net in nets.values()]
+        finite = torch.isfinite(torch.stack(norms)).tolist()
+        return [name for name, ok in zip(nets, finite, strict=True) if not ok]
+
+    def _check_weights(self) -> None:
+        """Stop before a checkpoint or an evaluation if any weight is NaN or infinite."""
+        nets = self._nonfinite_nets()
+        if nets:
+            raise self._diverged(f"the weights of {', '.join(nets)} hold NaN or inf")
+
+    def _diverged(self, what: str) -> TrainingDiverged:
+        cause = f"training diverged at step {self.step}: {what}"
+        return TrainingDiverged(
+            f"{cause}. The last good checkpoint is {self._last_checkpoint_text()} (left "
+            "untouched); resume from it with a lower learning rate (--lr), a stabler loss "
+            "(e.g. --set loss.gan=hinge, --set spectral_norm=true), or train with "
+            "--on-divergence rollback.", cause)
 
     # -- outputs ------------------------------------------------------------------------
     def save_grids(self) -> None:
@@ -386,6 +415,8 @@ class Trainer:
             "elapsed": self.elapsed,
             "batches": self.batches.state(),
             "best": self.best,
+            "rollbacks": self.rollbacks,
+            "lr_scale": self.lr_scale,
             "config": to_dict(self.config),
             "versions": {"gankit": __version__, "torch": torch.__version__},
             "device": str(self.device),
@@ -408,9 +439,12 @@ class Trainer:
         self.step, self.elapsed = meta["step"], meta["elapsed"]
         self.batches.load_state(meta["batches"])
         self.best = dict(meta.get("best") or self.best)
+        self.rollbacks, self.lr_scale = meta.get("rollbacks", 0), meta.get("lr_scale", 1.0)
 
     def save_checkpoint(self) -> Path:
-        """Write ``checkpoints/step-N.safetensors`` atomically and prune old ones."""
+        """Write ``checkpoints/step-N.safetensors`` atomically and prune old ones (never with
+        non-finite weights: the previous checkpoint stays the last good one)."""
+        self._check_weights()
         folder = self.run_dir / "checkpoints"
         folder.mkdir(parents=True, exist_ok=True)
         tensors, meta = self.state()
@@ -476,48 +510,87 @@ class Trainer:
             self.save_grids()  # the untrained model's grid, for comparison
             if self.evaluation is not None:
                 self.evaluate()  # the untrained model's numbers: where the curves start
+            if tc.on_divergence == "rollback":
+                self.save_checkpoint()  # somewhere to roll back to from the first steps
         handlers = self._install_signal_handlers()
-        bar = self._progress_bar()
-        last_row: dict = {}
+        self._bar = self._progress_bar()
+        self._last_row: dict = {}
         ckpt: Path | None = None
-        t_last, step_last = time.perf_counter(), self.step
+        self._t_last, self._step_last = time.perf_counter(), self.step
         try:
             budget = tc.max_seconds or math.inf
             started = time.perf_counter()
             while (self.step < self.total_steps and self._stop_signal is None
                    and time.perf_counter() - started < budget):
-                self.train_step()
-                if self.step % tc.log_every == 0 or self.step == self.total_steps:
-                    now = time.perf_counter()
-                    self.elapsed += now - t_last
-                    rate = (self.step - step_last) / max(now - t_last, 1e-9)
-                    t_last, step_last = now, self.step
-                    last_row = self._log_row(rate)
-                    if self.evaluation is not None and (self.step % tc.eval_every == 0
-                                                        or self.step == self.total_steps):
-                        self.evaluate()
-                        t_last += self.last_eval["eval/seconds"]  # not training time
-                    bar.set_postfix_str(self._postfix(last_row), refresh=False)
-                    self._log_line(last_row)
-                elif self.evaluation is not None and self.step % tc.eval_every == 0:
-                    self.evaluate()
-                    t_last += self.last_eval["eval/seconds"]
-                if self.step % tc.sample_every == 0:
-                    self.save_grids()
-                if self.step % tc.checkpoint_every == 0 and self.step < self.total_steps:
-                    ckpt = self.save_checkpoint()
-                bar.update(1)
+                try:
+                    ckpt = self._advance() or ckpt
+                except TrainingDiverged as err:
+                    if tc.on_divergence != "rollback" or self.rollbacks >= tc.max_rollbacks:
+                        raise
+                    self._roll_back(err)
             if self._sums:  # interrupted between logs: keep the window's values
-                last_row = self._log_row(0.0)
-            self.elapsed += time.perf_counter() - t_last
+                self._last_row = self._log_row(0.0)
+            self.elapsed += time.perf_counter() - self._t_last
             if self.step % tc.sample_every != 0:
                 self.save_grids()
             ckpt = self.save_checkpoint()
         finally:
-            bar.close()
+            self._bar.close()
             self.log.close()
             self._restore_signal_handlers(handlers)
-        return FitResult(self.step, self._stop_signal is not None, last_row, ckpt)
+        return FitResult(self.step, self._stop_signal is not None, self._last_row, ckpt)
+
+    def _advance(self) -> Path | None:
+        """One training step and whatever falls due after it: log, evaluation, grid,
+        checkpoint (returned when one is written)."""
+        tc = self.config.train
+        self.train_step()
+        due_eval = self.evaluation is not None and (self.step % tc.eval_every == 0 or
+                                                    self.step == self.total_steps)
+        if self.step % tc.log_every == 0 or self.step == self.total_steps:
+            now = time.perf_counter()
+            self.elapsed += now - self._t_last
+            rate = (self.step - self._step_last) / max(now - self._t_last, 1e-9)
+            self._t_last, self._step_last = now, self.step
+            self._last_row = self._log_row(rate)
+            self._bar.set_postfix_str(self._postfix(self._last_row), refresh=False)
+            self._log_line(self._last_row)
+        if due_eval:
+            self._check_weights()
+            self.evaluate()
+            self._t_last += self.last_eval["eval/seconds"]  # not training time
+        if self.step % tc.sample_every == 0:
+            self.save_grids()
+        ckpt = None
+        if self.step % tc.checkpoint_every == 0 and self.step < self.total_steps:
+            ckpt = self.save_checkpoint()
+        self._bar.update(1)
+        return ckpt
+
+    def _roll_back(self, err: TrainingDiverged) -> None:
+        """Reload the newest good checkpoint and lower every learning rate."""
+        tc = self.config.train
+        path = checkpoint.latest_checkpoint(self.run_dir / "checkpoints")
+        if path is None:
+            raise err
+        diverged_at, rollbacks, scale = self.step, self.rollbacks, self.lr_scale
+        self.load_state(*checkpoint.load_checkpoint(path, device=str(self.device)))
+        self._sums, self._counts = {}, {}
+        self.rollbacks, self.lr_scale = rollbacks + 1, scale * tc.rollback_lr_factor
+        base = {"g": self.config.model.opt_g.lr, "d": self.config.model.opt_d.lr}
+        for key, opt in self.optimizers.items():
+            for group in opt.param_groups:
+                group["lr"] = base[key] * self.lr_scale
+        self.log.truncate_after(self.step)
+        row = {"step": self.step, "rollback": self.rollbacks, "diverged_at": diverged_at,
+               "lr_scale": self.lr_scale}
+        self.log.write(row)
+        self._warn([f"{err.cause}. Rolled back to step {self.step} ({path.name}) with "
+                    f"learning rates × {self.lr_scale:g} (rollback {self.rollbacks} of "
+                    f"{tc.max_rollbacks})."])
+        self._bar.reset(total=self.total_steps)
+        self._bar.update(self.step)
+        self._t_last, self._step_last = time.perf_counter(), self.step
 
     def _log_row(self, steps_per_s: float) -> dict:
         values = self._flush_stats()
