@@ -219,3 +219,25 @@ def test_time_budget_stops_with_a_checkpoint_that_resumes(fashion, tmp_path, dat
     resumed = resume_trainer(tmp_path, progress=False, tensorboard=False)
     assert resumed.step == result.step
     assert resumed.fit().step > result.step  # a second budget continues the same run
+
+
+def test_an_unwritable_or_full_output_folder_is_refused_before_training(tiny_data, tmp_path,
+                                                                        monkeypatch):
+    import shutil
+    from collections import namedtuple
+
+    from gankit.errors import ConfigError
+    from gankit.runs import new_run_dir
+
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    with pytest.raises(ConfigError, match="not writable"):
+        new_run_dir(blocker / "run", "x")  # a file where a parent folder should be
+    config = gankit.configure("gan", steps=5, batch_size=16)
+    trainer = Trainer(config, tmp_path / "run", data=tiny_data, progress=False,
+                      tensorboard=False)
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(shutil, "disk_usage", lambda p: usage(10 * 2**20, 9 * 2**20, 2**20))
+    with pytest.raises(ConfigError, match=r"has 1 MiB free but this run needs about \d+ MiB"):
+        trainer.fit()
+    assert trainer.step == 0 and not (tmp_path / "run" / "checkpoints").exists()

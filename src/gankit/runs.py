@@ -7,7 +7,6 @@ an encoder, and ``checkpoints/step-N.safetensors``.
 
 from __future__ import annotations
 
-import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,10 +40,28 @@ def new_run_dir(out: str | Path | None, name: str, root: str | Path = "runs",
                 raise ConfigError(f"--out {path} already holds a run: pass --overwrite to "
                                   "replace it, --resume to continue it, or another --out")
             _clear_run(path)
-    path.mkdir(parents=True, exist_ok=True)
-    if not os.access(path, os.W_OK):
-        raise ConfigError(f"run folder {path} is not writable: choose another --out")
+    check_writable(path)
     return path
+
+
+def check_writable(path: Path, need_bytes: int = 0) -> None:
+    """Make ``path`` and prove it writable (a probe file: permission bits do not bind root,
+    and a read-only mount shows only on writing) with ``need_bytes`` free; else ConfigError."""
+    import shutil
+
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = path / ".gankit-write-probe"
+        probe.write_bytes(b"ok")
+        probe.unlink()
+    except OSError as err:
+        raise ConfigError(f"run folder {path} is not writable ({err.strerror or err}): "
+                          "choose another --out") from None
+    free = shutil.disk_usage(path).free
+    if free < need_bytes:
+        raise ConfigError(f"run folder {path} has {free / 2**20:.0f} MiB free but this run needs "
+                          f"about {need_bytes / 2**20:.0f} MiB (checkpoints, grids, logs): free "
+                          "some space, lower --set keep_checkpoints, or choose another --out")
 
 
 def _clear_run(path: Path) -> None:

@@ -501,8 +501,10 @@ class Trainer:
 
     def fit(self) -> FitResult:
         """Train up to ``total_steps``; returns early (with a checkpoint) on SIGINT/SIGTERM."""
+        from gankit.runs import check_writable
+
         tc = self.config.train
-        self.run_dir.mkdir(parents=True, exist_ok=True)
+        check_writable(self.run_dir, self._space_needed())
         save_toml(self.config, self.run_dir / "config.toml")
         self.log.truncate_after(self.step)
         if self.step == 0:
@@ -539,6 +541,15 @@ class Trainer:
             self.log.close()
             self._restore_signal_handlers(handlers)
         return FitResult(self.step, self._stop_signal is not None, self._last_row, ckpt)
+
+    def _space_needed(self) -> int:
+        """Bytes a run may hold at once: the kept checkpoints, one being written and the best
+        (each ≈ weights + optimiser moments + EMA), plus 16 MiB for grids and logs."""
+        weights = sum(t.numel() * t.element_size() for t in self.model.weights().values())
+        moments = sum(t.numel() * t.element_size() for opt in self.optimizers.values()
+                      for group in opt.param_groups for t in group["params"]) * 2
+        per_checkpoint = weights + moments
+        return per_checkpoint * (self.config.train.keep_checkpoints + 2) + 16 * 2**20
 
     def _advance(self) -> Path | None:
         """One training step and whatever falls due after it: log, evaluation, grid,
