@@ -556,3 +556,18 @@ def test_prune_keeps_newest_and_protected(tmp_path: Path) -> None:
 
 def test_checkpoint_error_is_a_gankit_error() -> None:
     assert issubclass(CheckpointError, GankitError)
+
+
+def test_stale_temporary_files_of_a_killed_write_are_removed(tmp_path: Path) -> None:
+    from gankit.checkpoint import remove_stale_temp_files
+
+    good = save_checkpoint(tmp_path / "step-00000001.safetensors", {"w": torch.ones(2)}, {})
+    stale = [tmp_path / ".step-00000002.safetensors.0123456789ab.tmp", tmp_path / ".tmpAbC123"]
+    for path in stale:
+        path.write_bytes(b"half a checkpoint")
+    keep = [tmp_path / "notes.tmp", tmp_path / ".hidden"]
+    for path in keep:
+        path.write_text("the user's")
+    assert sorted(remove_stale_temp_files(tmp_path)) == sorted(stale)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        [good.name] + [p.name for p in keep])

@@ -249,6 +249,9 @@ def test_cli_eval_compare_and_evaluator_info(evaluation, run_dir, tmp_path, caps
     report = json.loads((run_dir / "eval.json").read_text())
     assert report["n"] == 300 and report["evaluator"]["key"] == key
 
+    api = gankit.evaluate(run_dir, n=300, progress=False)
+    assert api["metrics"] == pytest.approx(report["metrics"])
+
     assert main(["eval", str(run_dir), *args, "--checkpoint", "best", "--out",
                  str(tmp_path / "best.json")]) == 0
     assert json.loads((tmp_path / "best.json").read_text())["checkpoint"] == "best"

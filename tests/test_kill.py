@@ -107,12 +107,14 @@ def test_sigkill_at_random_moments_always_leaves_a_resumable_run(data_dir, tmp_p
                           "--out", str(run), env=env)
         else:  # the resumed process is killed too: crash → resume → crash ...
             proc = _spawn("--resume", str(run), "--steps", NEVER_ENDS, "--no-progress", env=env)
-        _wait_for_checkpoint_after(proc, folder, done_step)
-        time.sleep(rng.uniform(0.0, 1.5))  # from just after start-up to ~a dozen steps in
-        if kill % 2:  # every other kill aims at a checkpoint write in progress
-            _wait_for_new_temp_file(folder, seen_temp, 2.0)
-        proc.send_signal(signal.SIGKILL)
-        proc.communicate(timeout=60)
+        try:
+            _wait_for_checkpoint_after(proc, folder, done_step)
+            time.sleep(rng.uniform(0.0, 1.5))  # from just after start-up to dozens of steps in
+            if kill % 2:  # every other kill aims at a checkpoint write in progress
+                _wait_for_new_temp_file(folder, seen_temp, 2.0)
+        finally:
+            proc.send_signal(signal.SIGKILL)
+            proc.communicate(timeout=60)
         assert proc.returncode == -signal.SIGKILL
 
         temps = {p.name for p in _temp_files(folder)}
@@ -143,10 +145,15 @@ def test_sigterm_stops_with_a_checkpoint_and_a_resume_hint(data_dir, tmp_path):
                   "--out", str(run), env=env)
     deadline = time.monotonic() + 120
     metrics = run / "metrics.jsonl"
-    while not metrics.exists() or metrics.read_text().count("\n") < 3:  # logged inside the
-        assert proc.poll() is None, proc.communicate()  # loop: signal handlers are set
-        assert time.monotonic() < deadline, "training did not start within 120 s"
-        time.sleep(0.01)
+    try:  # rows are logged inside the loop, so its signal handlers are installed by then
+        while not metrics.exists() or metrics.read_text().count("\n") < 3:
+            assert proc.poll() is None, proc.communicate()
+            assert time.monotonic() < deadline, "training did not start within 120 s"
+            time.sleep(0.01)
+    except BaseException:
+        proc.kill()
+        proc.communicate()
+        raise
     proc.send_signal(signal.SIGTERM)
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, err

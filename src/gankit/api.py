@@ -72,9 +72,23 @@ def resume(run_dir: str | Path, steps: int | None = None, progress: bool = True,
     return _as_run(trainer)
 
 
+def evaluate(run: Run | str | Path, n: int = 10_000, seed: int = 0, data: str | None = None,
+             evaluator: str | Path | None = None, progress: bool = True) -> dict:
+    """The metrics report of a run (what ``gankit eval`` prints): FID, KID, precision/recall,
+    density/coverage, classifier score, mode coverage, memorisation, reconstruction."""
+    from gankit.evaluation import evaluate_run, open_evaluation
+
+    run = run if isinstance(run, Run) else load_run(run)
+    tc = run.config.train
+    evaluation = open_evaluation(data or tc.data, tc.data_dir or None,
+                                 run.config.model.image_size, run.model.device,
+                                 evaluator or tc.evaluator or None, progress)
+    return evaluate_run(run, evaluation, n, seed)
+
+
 def _as_run(trainer: Trainer) -> Run:
     trainer.model.eval()
     return Run(trainer.run_dir, trainer.config, trainer.model, trainer.step)
 
 
-__all__ = ["FitResult", "Run", "build", "configure", "load_run", "resume", "train"]
+__all__ = ["FitResult", "Run", "build", "configure", "evaluate", "load_run", "resume", "train"]

@@ -90,6 +90,22 @@ def prune_checkpoints(
     return deleted
 
 
+# Temporary files a write killed mid-way can leave: ours, and the one safetensors makes
+_TEMP_FILE = re.compile(r"^\.[\w.-]+\.safetensors\.[0-9a-f]{12}\.tmp$|^\.tmp\w{6,}$")
+
+
+def remove_stale_temp_files(folder: str | os.PathLike) -> list[Path]:
+    """Delete temporary checkpoint files left by a killed process; call only when no other
+    process writes to ``folder``. Returns what was deleted."""
+    root = Path(folder)
+    if not root.is_dir():
+        return []
+    stale = [p for p in root.iterdir() if _TEMP_FILE.match(p.name) and p.is_file()]
+    for path in stale:
+        path.unlink(missing_ok=True)
+    return stale
+
+
 def latest_checkpoint(folder: str | os.PathLike) -> Path | None:
     """Return the newest step checkpoint in ``folder`` that loads and verifies, or None."""
     for path in reversed(list_checkpoints(folder)):

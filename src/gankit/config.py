@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import sys
 import types
 import typing
@@ -30,9 +31,23 @@ Family = Literal["ae", "vae", "gan", "bigan"]
 GanLoss = Literal["nonsaturating", "minimax", "wasserstein", "hinge", "least-squares"]
 
 
+INT_RANGE = (-(2**63), 2**63 - 1)  # TOML's integers: what a config file can hold
+
+
+def _show(value: Any, limit: int = 100) -> str:
+    """``repr(value)`` for a message: short, even for a huge integer or a deeply nested list."""
+    if isinstance(value, int) and value.bit_length() > 64:
+        return f"<a {value.bit_length()}-bit integer>"  # repr() refuses over 4300 digits
+    try:
+        text = repr(value)
+    except (ValueError, RecursionError):  # such an integer, or nesting, inside a list/dict
+        return f"<a {type(value).__name__}>"
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 def _check(ok: bool, key: str, value: Any, allowed: str) -> None:
     if not ok:
-        raise ConfigError(f"{key} = {value!r} is out of range: expected {allowed}")
+        raise ConfigError(f"{key} = {_show(value)} is out of range: expected {allowed}")
 
 
 @dataclass
@@ -84,6 +99,7 @@ class OptimConfig:
         _check(self.eps > 0, "eps", self.eps, "a number > 0")
         _check(self.weight_decay >= 0, "weight_decay", self.weight_decay, "a number >= 0")
         _check(0 <= self.momentum < 1, "momentum", self.momentum, "a number in [0, 1)")
+        _check(0 <= self.alpha < 1, "alpha", self.alpha, "a number in [0, 1)")
 
 
 @dataclass
@@ -215,7 +231,7 @@ def to_dict(config: Any) -> dict:
 def from_dict(cls: type, data: dict, prefix: str = "") -> Any:
     """Build dataclass ``cls`` from nested dicts, checking every key and value type."""
     if not isinstance(data, dict):
-        raise ConfigError(f"{prefix or 'config'} must be a table of keys, got {data!r}")
+        raise ConfigError(f"{prefix or 'config'} must be a table of keys, got {_show(data)}")
     hints = typing.get_type_hints(cls)
     names = [f.name for f in dataclasses.fields(cls)]
     kwargs = {}
@@ -242,9 +258,10 @@ def _coerce(tp: Any, value: Any, path: str) -> Any:
     if origin is Literal:
         allowed = get_args(tp)
         if value not in allowed:
-            hint = difflib.get_close_matches(str(value), [str(a) for a in allowed], n=1)
+            hint = (difflib.get_close_matches(value, [str(a) for a in allowed], n=1)
+                    if isinstance(value, str) else [])
             extra = f" (did you mean {hint[0]!r}?)" if hint else ""
-            raise ConfigError(f"{path} = {value!r} is not allowed: choose one of "
+            raise ConfigError(f"{path} = {_show(value)} is not allowed: choose one of "
                               f"{', '.join(map(repr, allowed))}{extra}")
         return value
     if origin in (Union, types.UnionType):
@@ -253,31 +270,42 @@ def _coerce(tp: Any, value: Any, path: str) -> Any:
                 return _coerce(arg, value, path)
             except ConfigError:
                 continue
-        raise ConfigError(f"{path} = {value!r} has the wrong type: expected {tp}")
+        raise ConfigError(f"{path} = {_show(value)} has the wrong type: expected {tp}")
     if origin is list:
         if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{path} = {value!r} has the wrong type: expected a list")
+            raise ConfigError(f"{path} = {_show(value)} has the wrong type: expected a list")
         (item,) = get_args(tp)
         return [_coerce(item, v, f"{path}[{i}]") for i, v in enumerate(value)]
     if tp is type(None):
         if value is not None:
-            raise ConfigError(f"{path} = {value!r}: expected nothing")
+            raise ConfigError(f"{path} = {_show(value)}: expected nothing")
         return None
     if tp is bool:
         if not isinstance(value, bool):
-            raise ConfigError(f"{path} = {value!r} has the wrong type: expected true or false")
+            raise ConfigError(f"{path} = {_show(value)} has the wrong type: expected true or "
+                              "false")
         return value
     if tp is int:
         if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"{path} = {value!r} has the wrong type: expected an integer")
+            raise ConfigError(f"{path} = {_show(value)} has the wrong type: expected an integer")
+        if not INT_RANGE[0] <= value <= INT_RANGE[1]:
+            raise ConfigError(f"{path} = {_show(value)} is out of range: expected a 64-bit "
+                              "integer")
         return value
     if tp is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"{path} = {value!r} has the wrong type: expected a number")
-        return float(value)
+            raise ConfigError(f"{path} = {_show(value)} has the wrong type: expected a number")
+        try:
+            number = float(value)
+        except OverflowError:  # an integer beyond any float
+            number = math.inf
+        if not math.isfinite(number):
+            raise ConfigError(f"{path} = {_show(value)} is out of range: expected a finite "
+                              "number")
+        return number
     if tp is str:
         if not isinstance(value, str):
-            raise ConfigError(f"{path} = {value!r} has the wrong type: expected a string")
+            raise ConfigError(f"{path} = {_show(value)} has the wrong type: expected a string")
         return value
     raise TypeError(f"unsupported annotation {tp} at {path}")  # a bug in gankit, not user input
 
@@ -299,7 +327,9 @@ def load_toml(path: str | Path) -> dict:
         return tomllib.loads(path.read_text())
     except FileNotFoundError:
         raise ConfigError(f"config file {path} does not exist") from None
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as err:
+    except OSError as err:
+        raise ConfigError(f"config file {path} cannot be read: {err.strerror or err}") from None
+    except (ValueError, RecursionError) as err:  # bad TOML or UTF-8, huge ints, deep nesting
         raise ConfigError(f"config file {path} is not valid TOML: {err}") from None
 
 
@@ -354,6 +384,8 @@ def parse_set(item: str) -> dict:
         value = tomllib.loads(f"v = {raw.strip()}")["v"]
     except tomllib.TOMLDecodeError:
         value = raw.strip()  # a bare word: take it as a string
+    except (ValueError, RecursionError) as err:  # a 5000-digit integer, nesting too deep
+        raise ConfigError(f"--set {path}: its value cannot be read ({err})") from None
     nested: dict = {}
     node = nested
     *parents, leaf = path.split(".")

@@ -179,9 +179,10 @@ class MetricsLog:
         """Drop rows logged after ``step`` (they belong to a future a resume will redo)."""
         if not self.path.exists():
             return
-        rows = [line for line in self.path.read_text().splitlines()
-                if line.strip() and json.loads(line)["step"] <= step]
-        self.path.write_text("".join(r + "\n" for r in rows))
+        rows = [json.dumps(row) for row in _parse_rows(self.path) if row["step"] <= step]
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        tmp.write_text("".join(r + "\n" for r in rows))
+        os.replace(tmp, self.path)  # a kill mid-way leaves the old file whole
 
     def close(self) -> None:
         if self._writer is not None:
@@ -194,7 +195,18 @@ def read_metrics(run_dir: str | Path) -> list[dict]:
     path = Path(run_dir) / "metrics.jsonl"
     if not path.exists():
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return _parse_rows(path)
+
+
+def _parse_rows(path: Path) -> list[dict]:
+    """JSON rows of a metrics file, skipping a line torn by a process killed mid-write."""
+    rows = []
+    for line in path.read_text().splitlines():
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return rows
 
 
 # --------------------------------------------------------------------------- the trainer
@@ -505,6 +517,7 @@ class Trainer:
 
         tc = self.config.train
         check_writable(self.run_dir, self._space_needed())
+        checkpoint.remove_stale_temp_files(self.run_dir / "checkpoints")  # from a killed run
         save_toml(self.config, self.run_dir / "config.toml")
         self.log.truncate_after(self.step)
         if self.step == 0:
