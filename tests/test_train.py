@@ -114,6 +114,27 @@ def test_sigint_finishes_the_step_checkpoints_and_resumes(fashion, tmp_path):
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handler restored
 
 
+def test_a_second_ctrl_c_stops_at_once_leaving_the_last_checkpoint(fashion, tmp_path):
+    config = gankit.configure("gan-002", steps=50, batch_size=32, log_every=5,
+                              checkpoint_every=10)
+
+    def interrupt_twice(row):
+        if row["step"] == 15:
+            os.kill(os.getpid(), signal.SIGINT)
+            os.kill(os.getpid(), signal.SIGINT)
+
+    trainer = Trainer(config, tmp_path, data=fashion.subset(2000), callbacks=[interrupt_twice],
+                      progress=False, tensorboard=False)
+    with pytest.raises(KeyboardInterrupt):
+        trainer.fit()
+    names = sorted(p.name for p in (tmp_path / "checkpoints").iterdir())
+    assert names == ["step-00000010.safetensors"]  # no checkpoint at 15: it stopped at once
+    assert load_checkpoint(tmp_path / "checkpoints" / names[0])[1]["step"] == 10
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    assert resume_trainer(tmp_path, progress=False, tensorboard=False,
+                          data=fashion.subset(2000)).step == 10
+
+
 def _poisoner(at_step: int, net: str, times: int = 1):
     """A callback that fills one weight of ``net`` with NaN when row ``at_step`` is logged."""
     state = {"left": times, "trainer": None}
