@@ -229,13 +229,19 @@ def test_reconstruction_metrics_improve_with_training(evaluation, tmp_path):
     data = evaluation.train.subset(3000)
     test_images = evaluation.train.images[50_000:51_000]
     config = gankit.configure("vae", steps=150, batch_size=64, log_every=50,
-                              sample_every=150, checkpoint_every=150)
+                              sample_every=150, checkpoint_every=150, eval_every=150,
+                              eval_samples=500)
     untrained = gankit.build(config).reconstruction_metrics(test_images)
-    trainer = Trainer(config, tmp_path, data=data, progress=False, tensorboard=False)
+    trainer = Trainer(config, tmp_path, data=data, progress=False, tensorboard=False,
+                      evaluation=evaluation)
     trainer.fit()
     trained = trainer.model.reconstruction_metrics(test_images)
     assert trained["recon_mse"] < 0.5 * untrained["recon_mse"]
     assert trained["elbo"] > untrained["elbo"] and trained["elbo"] < 0 and trained["kl"] > 0
+    logged = [r for r in read_metrics(tmp_path) if "eval/recon_mse" in r]  # on test images
+    assert [r["step"] for r in logged] == [0, 150]
+    assert logged[1]["eval/recon_mse"] < 0.5 * logged[0]["eval/recon_mse"]
+    assert logged[1]["eval/elbo"] > logged[0]["eval/elbo"]
 
 
 def test_cli_eval_compare_and_evaluator_info(evaluation, run_dir, tmp_path, capsys,

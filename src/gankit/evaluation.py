@@ -67,6 +67,7 @@ class Evaluation:
     def __init__(self, evaluator: Evaluator, reference: Dataset, train: Dataset | None = None,
                  cache: bool = True):
         self.evaluator, self.cache = evaluator, cache
+        self.reference_images = reference.images  # uint8 (N, C, H, W): for reconstructions
         self.reference: RealFeatures = real_features(evaluator, reference, cache)
         self.reference_stats = metrics.gaussian_stats(self.reference.features)
         self.train = train
@@ -170,10 +171,8 @@ def evaluate_run(run, evaluation: Evaluation, n: int = 10_000, seed: int = 0,
                              model=config.preset, family=config.model.family,
                              data=config.train.data, step=run.step, seed=seed)
     if hasattr(model, "reconstruction_metrics"):
-        if test is None:
-            test = load_splits(config.train.data, config.train.data_dir or None,
-                               config.model.image_size)[1]
-        report["metrics"] |= model.reconstruction_metrics(test.images)
+        images = evaluation.reference_images if test is None else test.images
+        report["metrics"] |= model.reconstruction_metrics(images)
     report["seconds"] = round(time.perf_counter() - started, 2)
     return report
 

@@ -476,6 +476,8 @@ class Trainer:
                   if mc.conditional else None)
         images = self.model.sample(tc.eval_samples, labels, gen)
         values = self.evaluation(images, labels, memorisation=False, kid_subsets=20)
+        if hasattr(self.model, "reconstruction_metrics"):  # AE, VAE, BiGAN
+            values |= self.model.reconstruction_metrics(self.evaluation.reference_images[:1000])
         seconds = time.perf_counter() - started
         self.eval_seconds += seconds
         row = {"step": self.step} | {f"eval/{k}": v for k, v in values.items()}
