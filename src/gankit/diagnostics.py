@@ -14,8 +14,8 @@ RISING_ROWS = 3  # G's loss rising over this many consecutive logged rows
 class Alarms:
     """Watches logged rows and evaluations; :meth:`on_log`/:meth:`on_eval` return warnings."""
 
-    def __init__(self, num_classes: int | None = None):
-        self.num_classes = num_classes
+    def __init__(self, num_classes: int | None = None, adversarial: bool = True):
+        self.num_classes, self.adversarial = num_classes, adversarial
         self._window: list[tuple[float, float]] = []  # (D(G(z)), G's loss) of the last rows
         self._d_wins = False  # inside a "D wins" episode (warned already)
         self._coverage: list[int] = []
@@ -60,8 +60,11 @@ class Alarms:
             return []
         self._collapsing = True
         total = f"/{self.num_classes}" if self.num_classes else ""
+        advice = ("consider stopping, more D updates (--set n_critic=2), a lower G learning "
+                  "rate, or wgan-gp" if self.adversarial else "an autoencoder's samples from "
+                  "the prior cover the classes only as well as its codes fill the prior: a VAE "
+                  "(or a larger KL weight) fixes that")
         return [f"step {row['step']}: mode collapse may be starting: the samples now cover "
                 f"{covered}{total} classes, down from {peak}{total} (see the class histogram "
                 "in metrics.jsonl). The best checkpoint so far is kept as checkpoints/"
-                "best.safetensors; consider stopping, more D updates (--set n_critic=2), "
-                "a lower G learning rate, or wgan-gp."]
+                f"best.safetensors; {advice}."]

@@ -276,7 +276,8 @@ class Trainer:
         self.last_eval: dict = {}
         self.eval_seconds = 0.0
         self.rollbacks, self.lr_scale = 0, 1.0  # divergence rollbacks so far, lr multiplier
-        self.alarms = Alarms(mc.num_classes if mc.conditional else data.num_classes)
+        self.alarms = Alarms(mc.num_classes if mc.conditional else data.num_classes,
+                             adversarial=mc.family in ("gan", "bigan"))
         self._make_fixed_inputs()
         self._sums: dict[str, torch.Tensor] = {}
         self._counts: dict[str, int] = {}
