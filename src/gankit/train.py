@@ -488,14 +488,7 @@ class Trainer:
             folder = self.run_dir / "checkpoints"
             folder.mkdir(parents=True, exist_ok=True)
             checkpoint.save_checkpoint(folder / "best.safetensors", *self.state())
-        warnings = self.alarms.on_eval(row)
-        if warnings:
-            row["warning"] = " ".join(warnings)
-        self.log.write(row)
-        for callback in self.callbacks:
-            callback(row)
-        self._warn(warnings)
-        self.last_eval = row
+        self.last_eval = self._emit(row, self.alarms.on_eval(row))
         return row
 
     def _warn(self, warnings: list[str]) -> None:
@@ -625,7 +618,10 @@ class Trainer:
                "images_per_s": round(steps_per_s * self.batches_per_step
                                      * self.config.train.batch_size, 1),
                "elapsed_s": round(self.elapsed, 2)} | values
-        warnings = self.alarms.on_log(row)
+        return self._emit(row, self.alarms.on_log(row))
+
+    def _emit(self, row: dict, warnings: list[str]) -> dict:
+        """Log a row (with its warnings as text), hand it to the callbacks, show warnings."""
         if warnings:
             row["warning"] = " ".join(warnings)
         self.log.write(row)
