@@ -360,3 +360,17 @@ def test_every_metric_returns_json_ready_values(sets):
     for out in results:
         assert json.loads(json.dumps(out)) == out
         assert all(type(v) in (float, int, list) for v in out.values())
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_manifold_metrics_in_one_pass_equal_the_separate_functions(dtype, monkeypatch):
+    gen = torch.Generator().manual_seed(5)
+    real = torch.randn(300, 6, generator=gen, dtype=dtype)
+    fake = (torch.randn(250, 6, generator=gen, dtype=dtype) * 1.3 + 0.4)
+    separate = metrics.precision_recall(real, fake, 3) | metrics.density_coverage(real, fake, 5)
+    assert 0 < separate["recall"] < 1 and 0 < separate["coverage"] < 1  # cases that can fail
+    monkeypatch.setattr(metrics, "CHUNK_ENTRIES", 7 * 300)  # several blocks
+    fused = metrics.manifold_metrics(real, fake, 3, 5)
+    assert fused == pytest.approx(separate, abs=1.0 / 250 if dtype == torch.float32 else 1e-12)
+    copies = metrics.manifold_metrics(real, real.clone())
+    assert copies["precision"] == copies["recall"] == copies["coverage"] == 1.0

@@ -115,8 +115,7 @@ class Evaluation:
         real, radii_pr, radii_dc = self._manifold(len(features))
         out = metrics.fid_from_stats(self.reference_stats, features)
         out |= metrics.kid(self.reference.features, features, subsets=kid_subsets)
-        out |= metrics.precision_recall(real, features, PR_K, real_radii=radii_pr)
-        out |= metrics.density_coverage(real, features, DC_K, real_radii=radii_dc)
+        out |= metrics.manifold_metrics(real, features, PR_K, DC_K, radii_pr, radii_dc)
         out |= metrics.classifier_score(probs)
         out |= metrics.mode_coverage(probs.argmax(1), self.evaluator.num_classes,
                                      self.real_classes, requested, COVERED_SHARE)

@@ -198,6 +198,38 @@ def density_coverage(real: Tensor, fake: Tensor, k: int = 5,
     return {"density": float(density), "coverage": float(coverage)}
 
 
+def manifold_metrics(real: Tensor, fake: Tensor, k_pr: int = 3, k_dc: int = 5,
+                     real_radii_pr: Tensor | None = None,
+                     real_radii_dc: Tensor | None = None) -> dict:
+    """Precision, recall, density and coverage together, with one pass over the fake × real
+    distances instead of four; same definitions as `precision_recall` and `density_coverage`.
+    """
+    _features(fake, "fake")
+    radii_pr = knn_radii(real, k_pr) if real_radii_pr is None else real_radii_pr  # (N,)
+    radii_dc = knn_radii(real, k_dc) if real_radii_dc is None else real_radii_dc  # (N,)
+    fake_radii = knn_radii(fake, k_pr)  # (M,)
+    device = fake.device
+    radii_pr, radii_dc = radii_pr.to(device), radii_dc.to(device)
+    in_real = torch.zeros(len(fake), dtype=torch.bool, device=device)  # precision
+    balls = torch.zeros(len(fake), dtype=torch.long, device=device)  # density
+    in_fake = torch.zeros(len(real), dtype=torch.bool, device=device)  # recall
+    nearest = torch.full((len(real),), math.inf, device=device)  # coverage: nearest fake
+    nearest_idx = torch.zeros(len(real), dtype=torch.long, device=device)
+    for i, d in _distance_blocks(fake, real):  # d: (r, N) from fake rows i… to every real
+        in_real[i:i + len(d)] = (d <= radii_pr.to(d)).any(1)
+        balls[i:i + len(d)] = (d <= radii_dc.to(d)).sum(1)
+        in_fake |= (d <= fake_radii[i:i + len(d), None].to(d)).any(0)
+        low, idx = d.min(0)
+        better = low < nearest
+        nearest = torch.where(better, low.to(nearest), nearest)
+        nearest_idx = torch.where(better, idx + i, nearest_idx)
+    exact = _gathered_norm(real, fake, nearest_idx)  # (N,) as `nearest_distances` computes it
+    return {"precision": float(in_real.double().mean()),
+            "recall": float(in_fake.double().mean()),
+            "density": float(balls.sum().double() / (k_dc * len(fake))),
+            "coverage": float((exact <= radii_dc.to(exact)).double().mean())}
+
+
 # --------------------------------------------------------------------------- classifier
 
 
