@@ -144,9 +144,12 @@ def load_splits(name: str, data_dir: str | None = None, image_size: int = 28
     return part(~held, "train"), part(held, "test")
 
 
-def evaluator_key(train: Dataset, test: Dataset, recipe: dict = RECIPE) -> str:
-    """16 hex digits naming the evaluator that ``recipe`` trains on these splits."""
-    text = json.dumps(recipe, sort_keys=True) + fingerprint(train) + fingerprint(test)
+def evaluator_key(train: Dataset, test: Dataset, recipe: dict = RECIPE,
+                  prints: tuple[str, str] | None = None) -> str:
+    """16 hex digits naming the evaluator that ``recipe`` trains on these splits
+    (``prints``: their fingerprints, when already computed)."""
+    train_print, test_print = prints or (fingerprint(train), fingerprint(test))
+    text = json.dumps(recipe, sort_keys=True) + train_print + test_print
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
@@ -173,7 +176,8 @@ def build_evaluator(train: Dataset, test: Dataset, recipe: dict = RECIPE, device
     if num_classes < 2:
         raise DataError(f"{train.name}: an evaluator needs at least 2 classes, found "
                         f"{num_classes}")
-    key = evaluator_key(train, test, recipe)
+    prints = (fingerprint(train), fingerprint(test))
+    key = evaluator_key(train, test, recipe, prints)
     torch.manual_seed(recipe["seed"])
     x = train.images.float().div_(255.0)
     mean, std = x.mean().item(), x.std().item()
@@ -208,7 +212,7 @@ def build_evaluator(train: Dataset, test: Dataset, recipe: dict = RECIPE, device
     net.info = {"data": data or train.name.split(":")[0], "key": key, "recipe": recipe,
                 "test_accuracy": accuracy, "train": train.name, "test": test.name,
                 "n_train": len(train), "n_test": len(test), "classes": train.classes,
-                "train_fingerprint": fingerprint(train), "test_fingerprint": fingerprint(test),
+                "train_fingerprint": prints[0], "test_fingerprint": prints[1],
                 "build_seconds": round(time.perf_counter() - started, 1)}
     return net
 
@@ -275,12 +279,6 @@ def describe(net: Evaluator) -> dict:
     """The facts that make a metric reproducible: which evaluator, its accuracy and data."""
     keep = ("data", "key", "test_accuracy", "train", "test", "n_train", "n_test", "file")
     return {k: net.info[k] for k in keep if k in net.info} | {"feature_dim": net.feature_dim}
-
-
-def accuracy_ok(net: Evaluator, minimum: float = 0.0) -> bool:
-    """Whether the evaluator's recorded test accuracy is known and at least ``minimum``."""
-    acc = net.info.get("test_accuracy")
-    return acc is not None and math.isfinite(acc) and acc >= minimum
 
 
 @dataclass

@@ -356,29 +356,36 @@ class Trainer:
 
     def _flush_stats(self) -> dict[str, float]:
         """The logged window's mean statistics; stops a run whose losses or weights are no
-        longer finite (one host sync per log row)."""
+        longer finite (one host sync per log row for both)."""
         if not self._sums:
             return {}
         keys = list(self._sums)
-        values = torch.stack([self._sums[k] / self._counts[k] for k in keys]).tolist()
+        nets, norms = self._weight_norms()
+        values = torch.stack([self._sums[k] / self._counts[k] for k in keys] + norms).tolist()
         self._sums, self._counts = {}, {}
-        out = dict(zip(keys, values, strict=True))
+        out = dict(zip(keys, values[:len(keys)], strict=True))
         bad = [k for k, v in out.items() if not math.isfinite(v)]
-        nets = self._nonfinite_nets()
+        nets = [n for n, v in zip(nets, values[len(keys):], strict=True) if not math.isfinite(v)]
         if bad or nets:
             raise self._diverged(" and ".join(
                 ([f"{', '.join(bad)} became non-finite"] if bad else [])
                 + ([f"the weights of {', '.join(nets)} hold NaN or inf"] if nets else [])))
         return out
 
-    def _nonfinite_nets(self) -> list[str]:
-        """The networks (and the EMA copy) holding a NaN or infinite weight."""
+    def _weight_norms(self) -> tuple[list[str], list[torch.Tensor]]:
+        """Each network's (and the EMA copy's) summed weight norms, on the device: NaN or inf
+        there means a NaN or inf weight."""
         nets = dict(self.model.nets.items()) | ({"ema": self.model.ema}
                                                 if self.model.ema is not None else {})
-        norms = [torch.stack(torch._foreach_norm([p.detach() for p in net.parameters()])).sum()
-                 for net in nets.values()]
+        return list(nets), [torch.stack(torch._foreach_norm([p.detach() for p in
+                                                              net.parameters()])).sum()
+                            for net in nets.values()]
+
+    def _nonfinite_nets(self) -> list[str]:
+        """The networks (and the EMA copy) holding a NaN or infinite weight."""
+        names, norms = self._weight_norms()
         finite = torch.isfinite(torch.stack(norms)).tolist()
-        return [name for name, ok in zip(nets, finite, strict=True) if not ok]
+        return [name for name, ok in zip(names, finite, strict=True) if not ok]
 
     def _check_weights(self) -> None:
         """Stop before a checkpoint or an evaluation if any weight is NaN or infinite."""
@@ -454,16 +461,17 @@ class Trainer:
         self.best = dict(meta.get("best") or self.best)
         self.rollbacks, self.lr_scale = meta.get("rollbacks", 0), meta.get("lr_scale", 1.0)
 
-    def save_checkpoint(self) -> Path:
-        """Write ``checkpoints/step-N.safetensors`` atomically and prune old ones (never with
-        non-finite weights: the previous checkpoint stays the last good one)."""
+    def save_checkpoint(self, name: str | None = None) -> Path:
+        """Write ``checkpoints/step-N.safetensors`` (or ``checkpoints/NAME``) atomically and
+        prune old step files (never with non-finite weights: the previous checkpoint stays
+        the last good one)."""
         self._check_weights()
         folder = self.run_dir / "checkpoints"
         folder.mkdir(parents=True, exist_ok=True)
-        tensors, meta = self.state()
-        path = checkpoint.save_checkpoint(checkpoint.checkpoint_path(folder, self.step),
-                                          tensors, meta)
-        checkpoint.prune_checkpoints(folder, self.config.train.keep_checkpoints)
+        path = folder / name if name else checkpoint.checkpoint_path(folder, self.step)
+        path = checkpoint.save_checkpoint(path, *self.state())
+        if name is None:
+            checkpoint.prune_checkpoints(folder, self.config.train.keep_checkpoints)
         return path
 
     # -- evaluation -----------------------------------------------------------------------
@@ -471,6 +479,7 @@ class Trainer:
         """FID & co. of ``eval_samples`` images from a fixed noise batch, logged as a row;
         a better FID than any before writes ``checkpoints/best.safetensors``."""
         tc, mc = self.config.train, self.config.model
+        self._check_weights()  # no numbers from (or best checkpoint of) a diverged model
         started = time.perf_counter()
         gen = torch.Generator(self.device).manual_seed(derive_seed(tc.seed, 5))
         labels = (torch.arange(tc.eval_samples, device=self.device) % mc.num_classes
@@ -485,9 +494,7 @@ class Trainer:
         row |= {"eval/n": tc.eval_samples, "eval/seconds": round(seconds, 2)}
         if values["fid"] < self.best["fid"]:
             self.best = {"fid": values["fid"], "step": self.step}
-            folder = self.run_dir / "checkpoints"
-            folder.mkdir(parents=True, exist_ok=True)
-            checkpoint.save_checkpoint(folder / "best.safetensors", *self.state())
+            self.save_checkpoint("best.safetensors")
         self.last_eval = self._emit(row, self.alarms.on_eval(row))
         return row
 
@@ -576,7 +583,6 @@ class Trainer:
             self._bar.set_postfix_str(self._postfix(self._last_row), refresh=False)
             self._log_line(self._last_row)
         if due_eval:
-            self._check_weights()
             self.evaluate()
             self._t_last += self.last_eval["eval/seconds"]  # not training time
         if self.step % tc.sample_every == 0:
