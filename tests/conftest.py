@@ -50,3 +50,16 @@ def tiny_data():
     images = torch.randint(0, 256, (256, 1, 28, 28), generator=gen, dtype=torch.uint8)
     labels = torch.arange(256) % 10
     return Dataset(images, labels, "tiny", [str(i) for i in range(10)])
+
+
+@pytest.fixture(scope="session")
+def evaluation(data_dir, tmp_path_factory):
+    """gankit's Fashion-MNIST evaluation, built once in the session's private cache (the
+    first test that needs it pays the evaluator's build, ~35 s on two cores)."""
+    from gankit.evaluation import open_evaluation
+
+    with pytest.MonkeyPatch.context() as mp:  # session fixtures run before the autouse one
+        mp.setenv("GANKIT_OFFLINE", "1")
+        mp.setenv("GANKIT_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
+        torch.set_num_threads(2)
+        return open_evaluation("fashion-mnist", str(data_dir), progress=False)

@@ -20,22 +20,12 @@ from gankit.cli import main
 from gankit.data import Dataset
 from gankit.diagnostics import Alarms
 from gankit.errors import GankitError
-from gankit.evaluation import Evaluation, evaluate_run, open_evaluation
+from gankit.evaluation import evaluate_run
 from gankit.evaluator import evaluator_key, get_evaluator, load_evaluator
 from gankit.runs import load_run
 from gankit.train import Trainer, read_metrics
 
 N = 2000  # samples per evaluation in these tests
-
-
-@pytest.fixture(scope="session")
-def evaluation(data_dir, tmp_path_factory) -> Evaluation:
-    """gankit's Fashion-MNIST evaluation, built once in the session's private cache."""
-    with pytest.MonkeyPatch.context() as mp:  # session fixtures run before the autouse one
-        mp.setenv("GANKIT_OFFLINE", "1")
-        mp.setenv("GANKIT_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
-        torch.set_num_threads(2)
-        return open_evaluation("fashion-mnist", str(data_dir), progress=False)
 
 
 def _blur(images: torch.Tensor, sigma: float) -> torch.Tensor:

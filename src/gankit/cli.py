@@ -413,9 +413,53 @@ def cmd_presets(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_bench(sub) -> None:
+    p = sub.add_parser("bench", help="training speed against the usual PyTorch way, FLOPs, "
+                       "GEMM peak share, sampling, evaluation and time to quality",
+                       description="Measure every default model and reference preset (or "
+                       "--models) on this machine: gankit's training throughput, the same "
+                       "model trained the usual PyTorch way, FLOPs per step and the share of "
+                       "the GEMM peak measured in the same run, sampling speed and peak "
+                       "memory; then the time to evaluate 10,000 samples and time to quality "
+                       "(default DCGAN vs a tutorial DCGAN, 5 minutes each). Measure on an "
+                       "idle machine: other busy programs slow every number.")
+    p.add_argument("--models", metavar="A,B", help="models or presets to measure (default: "
+                   "all)")
+    p.add_argument("--data", default="fashion-mnist", help="data to train on (default "
+                   "fashion-mnist; the throughput does not depend on it)")
+    p.add_argument("--quick", action="store_true", help="seconds instead of minutes: batches "
+                   "capped at 16, few repeats, 6-second time-to-quality runs (numbers are "
+                   "indicative only)")
+    p.add_argument("--ttq-seconds", type=float, metavar="S", help="budget of each "
+                   "time-to-quality run (default 300; 0 skips it)")
+    p.add_argument("--no-eval", action="store_true", help="skip the evaluation timing and "
+                   "time to quality (no evaluator needed)")
+    p.add_argument("--threads", type=int, default=0, help="CPU threads (default: all cores)")
+    p.add_argument("--json", metavar="FILE", help="also write the report as JSON (one row "
+                   "per model under \"rows\")")
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from gankit import bench
+
+    models = bench.resolve_models(args.models)
+    settings = bench.Settings.quick() if args.quick else bench.Settings()
+    if args.ttq_seconds is not None:
+        if args.ttq_seconds < 0:
+            raise GankitError("--ttq-seconds must be >= 0 (0 skips time to quality)")
+        settings.ttq_seconds = args.ttq_seconds
+    report = bench.run_bench(models, args.data, settings, args.threads,
+                             evaluation=not args.no_eval, ttq=not args.no_eval,
+                             log=lambda text: print(text, file=sys.stderr, flush=True))
+    print(bench.format_bench(report))
+    if args.json:
+        print(f"wrote {bench.write_json(report, args.json)}", file=sys.stderr)
+    return 0
+
+
 COMMANDS = {"train": cmd_train, "sample": cmd_sample, "interpolate": cmd_interpolate,
             "latent": cmd_latent, "eval": cmd_eval, "compare": cmd_compare,
-            "evaluator": cmd_evaluator, "presets": cmd_presets}
+            "evaluator": cmd_evaluator, "presets": cmd_presets, "bench": cmd_bench}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -424,7 +468,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"gankit {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for add in (_add_train, _add_sample, _add_interpolate, _add_latent, _add_eval, _add_compare,
-                _add_evaluator, _add_presets):
+                _add_evaluator, _add_presets, _add_bench):
         add(sub)
     return parser
 

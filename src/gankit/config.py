@@ -177,7 +177,8 @@ class TrainConfig:
     sampler: Literal["epoch", "random"] = "epoch"  # epoch shuffles, or draw each batch anew
     seed: int = 0
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    threads: int = 0  # CPU threads (0 = physical cores)
+    threads: int = 0  # CPU threads (0 = every core, fewer while other programs load them)
+    fast: bool = True  # fused optimisers, channels-last convolutions; false = PyTorch's plain
     log_every: int = 50
     sample_every: int = 500
     checkpoint_every: int = 1000

@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 import copy
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 import torch
@@ -33,6 +33,8 @@ class Context:
     z: Tensor  # (B, latent) noise
     y_fake: Tensor | None  # (B,) labels requested from a conditional generator
     rng: torch.Generator  # for any further randomness (VAE ε, gradient-penalty ε)
+    kept: dict[str, Tensor] = field(default_factory=dict)  # outputs, with their autograd
+    # graphs, that one phase computed for the next to reuse (e.g. G(z) from D's update)
 
 
 @dataclass
@@ -46,6 +48,7 @@ class Phase:
     repeat: int = 1  # consecutive updates per training step
     draw: Literal["batch", "noise", "none"] = "batch"  # fresh real batch + noise, noise, nothing
     after_step: Callable[[], None] | None = None  # e.g. weight clipping, EMA update
+    keeps: tuple[str, ...] = ()  # networks whose graphs this phase keeps for the next one
 
 
 class GenerativeModel(nn.Module):
@@ -56,6 +59,7 @@ class GenerativeModel(nn.Module):
         self.config = config
         self.nets = nn.ModuleDict()
         self.ema: nn.Module | None = None  # EMA copy of the generator, when config.ema > 0
+        self._reuse = False  # set by phases(): D's update keeps its forward pass for G's
 
     @property
     def image_shape(self) -> tuple[int, int, int]:
@@ -191,8 +195,27 @@ class GenerativeModel(nn.Module):
             self._ema_updates = int(self.ema.ema_updates)
 
     # -- to be defined by each family ---------------------------------------------------
-    def phases(self) -> list[Phase]:
+    def phases(self, reuse: bool = True) -> list[Phase]:
+        """The updates of one training step, in order. ``reuse``: where the next phase sees
+        the same inputs and networks, it reuses this phase's forward pass instead of running
+        it again (same gradients; a batch-norm layer updates its running statistics once)."""
         raise NotImplementedError
+
+
+def kept_or_run(ctx: Context, key: str, keep: bool, forward: Callable[[], Tensor]) -> Tensor:
+    """``forward()`` without gradient, or, when ``keep``, with its graph stored as
+    ``ctx.kept[key]`` for the next phase (see :func:`reused_or_run`); returned detached."""
+    if not keep:
+        with torch.no_grad():
+            return forward()
+    out = ctx.kept[key] = forward()
+    return out.detach()
+
+
+def reused_or_run(ctx: Context, key: str, forward: Callable[[], Tensor]) -> Tensor:
+    """The output the previous phase kept under ``key`` (once), else ``forward()``."""
+    out = ctx.kept.pop(key, None)
+    return forward() if out is None else out
 
 
 class Reconstructing:
@@ -268,7 +291,7 @@ class AutoEncoder(Reconstructing, GenerativeModel):
         return total, {"loss/recon": recon.detach(), "loss/kl": kl.detach(),
                        "loss/total": total.detach()}
 
-    def phases(self) -> list[Phase]:
+    def phases(self, reuse: bool = True) -> list[Phase]:
         return [Phase("AE", ("encoder", "generator"), "g", self.loss)]
 
     @torch.inference_mode()
@@ -327,8 +350,8 @@ class GAN(GenerativeModel):
         cfg = self.config.loss
         # A conditional D sees fakes made at the real batch's labels, so that real and fake
         # label distributions match and the penalty's interpolates have one label each.
-        with torch.no_grad():
-            fake = self.decode(ctx.z, ctx.y, use_ema=False)  # (B, C, H, W)
+        fake = kept_or_run(ctx, "fake", self._reuse,  # (B, C, H, W)
+                           lambda: self.decode(ctx.z, ctx.y, use_ema=False))
         real_logits, fake_logits = self.critic(ctx.x, ctx.y), self.critic(fake, ctx.y)
         loss = self.adv.d(real_logits, fake_logits, 1.0 - cfg.label_smoothing)
         stats = {"loss/D": loss.detach()}
@@ -340,7 +363,7 @@ class GAN(GenerativeModel):
         return loss, stats | _output_stats(self.adv.probabilistic, real_logits, fake_logits)
 
     def g_loss(self, ctx: Context) -> tuple[Tensor, Stats]:
-        fake = self.decode(ctx.z, ctx.y_fake, use_ema=False)
+        fake = reused_or_run(ctx, "fake", lambda: self.decode(ctx.z, ctx.y_fake, use_ema=False))
         loss = self.adv.g(self.critic(fake, ctx.y_fake))
         return loss, {"loss/G": loss.detach()}
 
@@ -352,11 +375,15 @@ class GAN(GenerativeModel):
         torch._foreach_clamp_min_(params, -c)
         torch._foreach_clamp_max_(params, c)
 
-    def phases(self) -> list[Phase]:
+    def phases(self, reuse: bool = True) -> list[Phase]:
         cfg = self.config
+        # G's update can take D's G(z) when it keeps D's noise and labels (conditional D sees
+        # fakes at the real labels, G's update asks for others)
+        self._reuse = reuse and cfg.reuse_noise and not cfg.conditional
         return [
             Phase("D", ("discriminator",), "d", self.d_loss, cfg.n_critic, "batch",
-                  self.clip_critic if cfg.loss.clip > 0 else None),
+                  self.clip_critic if cfg.loss.clip > 0 else None,
+                  ("generator",) if self._reuse else ()),
             Phase("G", ("generator",), "g", self.g_loss, cfg.g_steps,
                   "none" if cfg.reuse_noise else "noise", self.update_ema),
         ]
@@ -394,9 +421,8 @@ class BiGAN(Reconstructing, GenerativeModel):
         return self.nets["discriminator"](x, z).reshape(x.shape[0])
 
     def d_loss(self, ctx: Context) -> tuple[Tensor, Stats]:
-        with torch.no_grad():
-            code = self.nets["encoder"](ctx.x)  # (B, latent)
-            fake = self.nets["generator"](ctx.z)  # (B, C, H, W)
+        code = kept_or_run(ctx, "code", self._reuse, lambda: self.nets["encoder"](ctx.x))
+        fake = kept_or_run(ctx, "fake", self._reuse, lambda: self.nets["generator"](ctx.z))
         real_logits, fake_logits = self.critic(ctx.x, code), self.critic(fake, ctx.z)
         loss = self.adv.d(real_logits, fake_logits, 1.0 - self.config.loss.label_smoothing)
         stats = _output_stats(self.adv.probabilistic, real_logits, fake_logits,
@@ -404,15 +430,18 @@ class BiGAN(Reconstructing, GenerativeModel):
         return loss, {"loss/D": loss.detach()} | stats
 
     def eg_loss(self, ctx: Context) -> tuple[Tensor, Stats]:
-        real_logits = self.critic(ctx.x, self.nets["encoder"](ctx.x))
-        fake_logits = self.critic(self.nets["generator"](ctx.z), ctx.z)
+        code = reused_or_run(ctx, "code", lambda: self.nets["encoder"](ctx.x))
+        fake = reused_or_run(ctx, "fake", lambda: self.nets["generator"](ctx.z))
+        real_logits, fake_logits = self.critic(ctx.x, code), self.critic(fake, ctx.z)
         loss = self.adv.d(fake_logits, real_logits)  # D's loss with the roles swapped
         return loss, {"loss/EG": loss.detach()}
 
-    def phases(self) -> list[Phase]:
+    def phases(self, reuse: bool = True) -> list[Phase]:
         cfg = self.config
+        self._reuse = reuse and cfg.reuse_noise  # E(x) and G(z) as D's update computed them
         return [
-            Phase("D", ("discriminator",), "d", self.d_loss, cfg.n_critic, "batch"),
+            Phase("D", ("discriminator",), "d", self.d_loss, cfg.n_critic, "batch",
+                  keeps=("encoder", "generator") if self._reuse else ()),
             Phase("EG", ("encoder", "generator"), "g", self.eg_loss, cfg.g_steps,
                   "none" if cfg.reuse_noise else "batch", self.update_ema),
         ]

@@ -2,9 +2,11 @@
 
 A network body is a list of layer strings, read top to bottom, each ``op [args] [key=value]``::
 
-    fc N                      Linear to N units (input must be flat: use ``flatten``)
-    conv C kK [sS] [pP|same]  Conv2d to C channels, kernel K, stride S (1), padding P (0)
-    convT C kK [sS] [pP] [oO] ConvTranspose2d, output padding O (0)
+    fc N [nobias]             Linear to N units (input must be flat: use ``flatten``)
+    conv C kK [sS] [pP|same] [nobias]
+                              Conv2d to C channels, kernel K, stride S (1), padding P (0)
+    convT C kK [sS] [pP] [oO] [nobias]
+                              ConvTranspose2d, output padding O (0)
     maxpool K [sS]            MaxPool2d (stride defaults to K)
     upsample F                nearest-neighbour upsampling by F
     bn [eps=E] [momentum=M] [noscale] [batchstats]
@@ -13,7 +15,8 @@ A network body is a list of layer strings, read top to bottom, each ``op [args] 
     relu | lrelu A | tanh | sigmoid | elu | silu | gelu
     dropout P | flatten | reshape C H W
 
-Shapes are tracked while building, so the channel count of ``bn`` and the input width of
+``nobias`` drops the layer's bias: before batch norm it is redundant (the norm removes any
+constant shift, so its gradient is zero up to rounding). Shapes are tracked while building, so the channel count of ``bn`` and the input width of
 ``fc`` are inferred, and a layer that does not fit its input fails with the layer named.
 Wrappers turn a body into what the training loop calls: :class:`Generator` (z [, y] → image),
 :class:`Critic` (image [, y] → logit), :class:`JointCritic` (image, code → logit) and
@@ -89,16 +92,25 @@ def _parse_args(spec: str, tokens: list[str]) -> tuple[list[str], dict[str, str]
     return positional, options, flags
 
 
+_FLAGS = {"fc": {"nobias"}, "conv": {"nobias", "same"}, "convT": {"nobias"},
+          "bn": {"noscale", "batchstats"}}  # the words each op accepts
+
+
 def build_layer(spec: str, in_shape: Shape) -> nn.Module:
     """One layer from its spec string, for an input of shape ``in_shape`` (without batch)."""
     op, *tokens = spec.split()
     pos, opt, flags = _parse_args(spec, tokens)
+    unknown = flags - _FLAGS.get(op, set())
+    if unknown:
+        allowed = ", ".join(sorted(_FLAGS.get(op, set()))) or "none"
+        raise ConfigError(f"layer {spec!r}: unknown flag {', '.join(sorted(unknown))} "
+                          f"(flags of {op!r}: {allowed})")
     try:
         if op == "fc":
             if len(in_shape) != 1:
                 raise ConfigError(f"layer {spec!r} needs flat input but gets {in_shape}: "
                                   "add 'flatten' before it")
-            return nn.Linear(in_shape[0], int(pos[0]))
+            return nn.Linear(in_shape[0], int(pos[0]), bias="nobias" not in flags)
         if op in ("conv", "convT"):
             if len(in_shape) != 3:
                 raise ConfigError(f"layer {spec!r} needs (C, H, W) input but gets {in_shape}: "
@@ -106,9 +118,10 @@ def build_layer(spec: str, in_shape: Shape) -> nn.Module:
             k, s = int(opt["k"]), int(opt.get("s", 1))
             if op == "conv":
                 pad: int | str = "same" if "same" in flags else int(opt.get("p", 0))
-                return nn.Conv2d(in_shape[0], int(pos[0]), k, s, pad)
+                return nn.Conv2d(in_shape[0], int(pos[0]), k, s, pad,
+                                 bias="nobias" not in flags)
             return nn.ConvTranspose2d(in_shape[0], int(pos[0]), k, s, int(opt.get("p", 0)),
-                                      int(opt.get("o", 0)))
+                                      int(opt.get("o", 0)), bias="nobias" not in flags)
         if op == "maxpool":
             k = int(pos[0])
             return nn.MaxPool2d(k, int(opt.get("s", k)))
@@ -165,27 +178,33 @@ def build_body(layers: Sequence[str], in_shape: Shape) -> tuple[nn.Sequential, S
 # --------------------------------------------------------------------------- initialisation
 
 
+def _zero_bias(m: nn.Module) -> None:
+    if m.bias is not None:
+        nn.init.zeros_(m.bias)
+
+
 def _init_xavier_uniform(m: nn.Module) -> None:
     nn.init.xavier_uniform_(m.weight)
-    nn.init.zeros_(m.bias)
+    _zero_bias(m)
 
 
 def _init_he_normal(m: nn.Module) -> None:
     # N(0, 1/sqrt(fan_in / 2)): "Xavier" as some TF tutorials write it, He et al. 2015 in fact.
     fan_in = nn.init._calculate_fan_in_and_fan_out(m.weight)[0]
     nn.init.normal_(m.weight, 0.0, 1.0 / math.sqrt(fan_in / 2.0))
-    nn.init.zeros_(m.bias)
+    _zero_bias(m)
 
 
 def _init_dcgan(m: nn.Module) -> None:
     nn.init.normal_(m.weight, 0.0, 0.02)  # Radford et al. 2016
-    nn.init.zeros_(m.bias)
+    _zero_bias(m)
 
 
 def _trunc_normal(std: float) -> Callable[[nn.Module], None]:
     def init(m: nn.Module) -> None:
         for p in (m.weight, m.bias):  # weights and biases alike, cut at 2σ as TF does
-            nn.init.trunc_normal_(p, 0.0, std, -2 * std, 2 * std)
+            if p is not None:
+                nn.init.trunc_normal_(p, 0.0, std, -2 * std, 2 * std)
     return init
 
 

@@ -191,16 +191,18 @@ def _bigan_004() -> dict:
 # =========================================================================== gankit defaults
 
 # 28×28 conv stacks shared by the defaults (channels kept small: these train on laptop CPUs).
-CONV_G = ["fc 6272", "bn", "relu", "reshape 128 7 7",
-          "convT 64 k4 s2 p1", "bn", "relu",  # (64, 14, 14)
-          "convT 32 k4 s2 p1", "bn", "relu",  # (32, 28, 28)
+# No bias before batch norm: the norm removes it (its gradient is zero up to rounding).
+CONV_G = ["fc 6272 nobias", "bn", "relu", "reshape 128 7 7",
+          "convT 64 k4 s2 p1 nobias", "bn", "relu",  # (64, 14, 14)
+          "convT 32 k4 s2 p1 nobias", "bn", "relu",  # (32, 28, 28)
           "conv 1 k3 p1", "tanh", IMG]
 CONV_D = ["conv 64 k4 s2 p1", "lrelu 0.2",  # (64, 14, 14)
           "conv 128 k4 s2 p1", "lrelu 0.2",  # (128, 7, 7)
           "flatten"]
 CONV_D_BN = ["conv 64 k4 s2 p1", "lrelu 0.2",  # Radford et al. 2016: BN in D too
-             "conv 128 k4 s2 p1", "bn", "lrelu 0.2", "flatten"]
-CONV_E = ["conv 32 k4 s2 p1", "lrelu 0.2", "conv 64 k4 s2 p1", "bn", "lrelu 0.2", "flatten"]
+             "conv 128 k4 s2 p1 nobias", "bn", "lrelu 0.2", "flatten"]
+CONV_E = ["conv 32 k4 s2 p1", "lrelu 0.2", "conv 64 k4 s2 p1 nobias", "bn", "lrelu 0.2",
+          "flatten"]
 DEFAULT_TRAIN = {"data": "fashion-mnist", "batch_size": 64, "log_every": 50,
                  "sample_every": 500, "checkpoint_every": 1000}
 ADAM_GAN = {"name": "adam", "lr": 2e-4, "betas": [0.5, 0.999]}

@@ -19,9 +19,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torch import nn
+from torch.nn.utils import parametrize
 
 from gankit import __version__, checkpoint
 from gankit.config import OptimConfig, RunConfig, from_dict, save_toml, to_dict
+from gankit.cpu import ThreadGovernor, physical_cores
 from gankit.data import Dataset, load_dataset
 from gankit.diagnostics import Alarms
 from gankit.errors import CheckpointError, ConfigError, GankitError
@@ -53,10 +56,8 @@ def resolve_device(name: str) -> torch.device:
 
 
 def configure_threads(threads: int) -> int:
-    """Use ``threads`` CPU threads (0: every core this process may run on)."""
-    if not threads:
-        threads = (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
-                   else os.cpu_count() or 1)
+    """Use ``threads`` CPU threads (0: one per physical core this process may run on)."""
+    threads = threads or physical_cores()
     torch.set_num_threads(threads)
     return threads
 
@@ -74,30 +75,54 @@ def derive_seed(*keys: int) -> int:
                >> np.uint64(1))
 
 
-OPTIMIZERS: dict[str, Callable[[OptimConfig, list], torch.optim.Optimizer]] = {
-    "adam": lambda c, p: torch.optim.Adam(p, c.lr, betas=tuple(c.betas), eps=c.eps,
-                                          weight_decay=c.weight_decay, foreach=True),
-    "adamw": lambda c, p: torch.optim.AdamW(p, c.lr, betas=tuple(c.betas), eps=c.eps,
-                                            weight_decay=c.weight_decay, foreach=True),
-    "rmsprop": lambda c, p: torch.optim.RMSprop(p, c.lr, alpha=c.alpha, eps=c.eps,
-                                                weight_decay=c.weight_decay,
-                                                momentum=c.momentum, foreach=True),
-    "sgd": lambda c, p: torch.optim.SGD(p, c.lr, momentum=c.momentum,
-                                        weight_decay=c.weight_decay, foreach=True),
-}
+def make_optimizer(c: OptimConfig, params: list, fast: bool = True) -> torch.optim.Optimizer:
+    """The optimiser ``c`` describes. ``fast``: PyTorch's fused kernels (Adam, AdamW, SGD) or
+    its multi-tensor ``foreach`` path (RMSprop); else PyTorch's plain defaults."""
+    name, fused = c.name, ({"fused": True} if fast else {})
+    if name == "adam":
+        return torch.optim.Adam(params, c.lr, betas=tuple(c.betas), eps=c.eps,
+                                weight_decay=c.weight_decay, **fused)
+    if name == "adamw":
+        return torch.optim.AdamW(params, c.lr, betas=tuple(c.betas), eps=c.eps,
+                                 weight_decay=c.weight_decay, **fused)
+    if name == "rmsprop":
+        return torch.optim.RMSprop(params, c.lr, alpha=c.alpha, eps=c.eps,
+                                   weight_decay=c.weight_decay, momentum=c.momentum,
+                                   foreach=True if fast else None)
+    if name == "sgd":
+        return torch.optim.SGD(params, c.lr, momentum=c.momentum, weight_decay=c.weight_decay,
+                               **fused)
+    raise ConfigError(f"unknown optimiser {name!r}: use adam, adamw, rmsprop or sgd")
 
 
-def build_optimizers(model: GenerativeModel,
-                     phases: list[Phase]) -> dict[str, torch.optim.Optimizer]:
+def build_optimizers(model: GenerativeModel, phases: list[Phase],
+                     fast: bool = True) -> dict[str, torch.optim.Optimizer]:
     """One optimiser per key in the phases ("g", "d"), over the networks those phases train."""
     nets: dict[str, list[str]] = {}
     for phase in phases:
         nets.setdefault(phase.optimizer, [])
         nets[phase.optimizer] += [n for n in phase.nets if n not in nets[phase.optimizer]]
     configs = {"g": model.config.opt_g, "d": model.config.opt_d}
-    return {key: OPTIMIZERS[configs[key].name](
-        configs[key], [p for n in names for p in model.nets[n].parameters()])
-        for key, names in nets.items()}
+    return {key: make_optimizer(configs[key],
+                                [p for n in names for p in model.nets[n].parameters()], fast)
+            for key, names in nets.items()}
+
+
+def match_memory_format(optimizer: torch.optim.Optimizer) -> None:
+    """Give each loaded optimiser state tensor its parameter's memory layout: a checkpoint
+    stores them contiguous, and fused kernels assume the layouts agree."""
+    for group in optimizer.param_groups:
+        for p in group["params"]:
+            state = optimizer.state.get(p, {})
+            for key, value in state.items():
+                if (isinstance(value, torch.Tensor) and value.shape == p.shape
+                        and value.stride() != p.stride()):
+                    state[key] = torch.empty_like(p).copy_(value)
+
+
+def uses_convolutions(model: nn.Module) -> bool:
+    """Whether any network holds a 4-D (convolution) weight."""
+    return any(p.dim() == 4 for p in model.parameters())
 
 
 # --------------------------------------------------------------------------- batches
@@ -231,7 +256,11 @@ class Trainer:
         tc, mc = config.train, config.model
         self.config, self.run_dir = config, Path(run_dir)
         self.device = resolve_device(tc.device)
-        configure_threads(tc.threads)
+        threads = configure_threads(tc.threads)
+        # threads = 0: follow the load of other programs (spinning threads on a taken core
+        # slow every step); a fixed count keeps float rounding identical run to run
+        self.governor = (ThreadGovernor(threads) if not tc.threads and threads > 1
+                         and self.device.type == "cpu" else None)
         seed_everything(tc.seed)
         if self.device.type == "cuda":
             torch.backends.cudnn.benchmark = True
@@ -255,9 +284,12 @@ class Trainer:
         self.data = data
 
         self.model = (model or build_model(mc)).to(self.device)
+        self.memory_format = (torch.channels_last if tc.fast and uses_convolutions(self.model)
+                              else torch.contiguous_format)
+        self.model.to(memory_format=self.memory_format)  # oneDNN's fast convolution layout
         self.model.train()
-        self.phases = self.model.phases()
-        self.optimizers = build_optimizers(self.model, self.phases)
+        self.phases = self.model.phases(reuse=tc.fast)
+        self.optimizers = build_optimizers(self.model, self.phases, tc.fast)
         self.rng = torch.Generator(self.device).manual_seed(derive_seed(tc.seed, 2))
         labels = data.labels.to(self.device) if data.labels is not None else None
         self.batches = Batches(data.images.to(self.device), labels, tc.batch_size, tc.seed,
@@ -323,17 +355,19 @@ class Trainer:
     # -- one step -----------------------------------------------------------------------
     def _set_trainable(self, phase: Phase) -> None:
         for name, net in self.model.nets.items():
-            net.requires_grad_(name in phase.nets)
+            net.requires_grad_(name in phase.nets or name in phase.keeps)
 
     def update(self, phase: Phase, ctx: Context | None) -> Context:
         """One optimiser update of ``phase``; returns the context it used (for the next one)."""
         if ctx is None or phase.draw == "batch":
             images, labels = self.batches.next()
-            ctx = self.model.context(self.model.prepare(images), labels, self.rng)
+            x = self.model.prepare(images).contiguous(memory_format=self.memory_format)
+            ctx = self.model.context(x, labels, self.rng)
         elif phase.draw == "noise":
             self.model.refresh_noise(ctx)
         optimizer = self.optimizers[phase.optimizer]
-        loss, stats = phase.loss(ctx)
+        with parametrize.cached():  # spectral norm: one power iteration per update
+            loss, stats = phase.loss(ctx)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -449,6 +483,7 @@ class Trainer:
         for key, opt in self.optimizers.items():
             opt.load_state_dict(checkpoint.unflatten_state_dict(
                 tensors, meta["optimizers"][key]))
+            match_memory_format(opt)
         checkpoint.restore_rng_state({k[4:]: v for k, v in tensors.items()
                                       if k.startswith("rng/")}, meta["rng"])
         self.rng.set_state(tensors["rng/trainer"].cpu())
@@ -537,9 +572,9 @@ class Trainer:
         self._t_last, self._step_last = time.perf_counter(), self.step
         try:
             budget = tc.max_seconds or math.inf
-            started = time.perf_counter()
+            started, evaluating = time.perf_counter(), self.eval_seconds
             while (self.step < self.total_steps and self._stop_signal is None
-                   and time.perf_counter() - started < budget):
+                   and time.perf_counter() - started - (self.eval_seconds - evaluating) < budget):
                 try:
                     ckpt = self._advance() or ckpt
                 except TrainingDiverged as err:
@@ -572,6 +607,8 @@ class Trainer:
         checkpoint (returned when one is written)."""
         tc = self.config.train
         self.train_step()
+        if self.governor is not None:
+            self._follow_load()
         due_eval = self.evaluation is not None and (self.step % tc.eval_every == 0 or
                                                     self.step == self.total_steps)
         if self.step % tc.log_every == 0 or self.step == self.total_steps:
@@ -592,6 +629,15 @@ class Trainer:
             ckpt = self.save_checkpoint()
         self._bar.update(1)
         return ckpt
+
+    def _follow_load(self) -> None:
+        """Fewer threads while other programs use cores, all of them again once they stop."""
+        threads = self.governor.poll()
+        if threads is not None and threads < self.governor.max_threads and \
+                len(self.governor.changes) == 1:
+            self._warn([f"other programs are using the CPU: training on {threads} of "
+                        f"{self.governor.max_threads} threads while they do (spinning threads "
+                        "on a taken core would slow every step; --threads N fixes the count)"])
 
     def _roll_back(self, err: TrainingDiverged) -> None:
         """Reload the newest good checkpoint and lower every learning rate."""
@@ -623,7 +669,7 @@ class Trainer:
         row = {"step": self.step, "epoch": round(self.batches.drawn / self.batches.per_epoch, 4),
                "images_per_s": round(steps_per_s * self.batches_per_step
                                      * self.config.train.batch_size, 1),
-               "elapsed_s": round(self.elapsed, 2)} | values
+               "elapsed_s": round(self.elapsed, 2), "threads": torch.get_num_threads()} | values
         return self._emit(row, self.alarms.on_log(row))
 
     def _emit(self, row: dict, warnings: list[str]) -> dict:
