@@ -19,7 +19,7 @@ from gankit.errors import GankitError
 from gankit.train import Trainer, uses_convolutions
 
 
-def _trained(name: str, fast: bool, data, folder, steps: int = 3,
+def _trained(name: str, fast: bool, data, folder, steps: int = 1,
              seed: int = 3) -> tuple[dict, dict]:
     """Parameters before and after ``steps`` steps."""
     config = gankit.configure(name, batch_size=32, steps=steps, seed=seed, log_every=1,
@@ -43,8 +43,9 @@ def _trained(name: str, fast: bool, data, folder, steps: int = 3,
 @pytest.mark.parametrize("name", ["gan", "dcgan", "vae", "gan-000", "bigan-004"])
 def test_fast_path_trains_the_same_parameters_as_plain_pytorch(name, fashion, tmp_path):
     """Fused optimisers, channels-last convolutions, one spectral-norm weight per update and
-    (for reuse_noise presets: gan-000, bigan-004) G(z) reused from D's update: the same
-    parameters as PyTorch's defaults after a few steps, same seed and batches.
+    (for reuse_noise presets: the dcgan default, gan-000, bigan-004) G(z) reused from D's
+    update: one step (D's update, then G's) lands on the same parameters as PyTorch's
+    defaults, same seed and batch.
 
     Each tensor's update must agree to 2% of its size; another seed's differ by > 100%.
     The rounding of channels-last convolutions differs from NCHW's at 1e-7, but Adam moves
@@ -120,3 +121,21 @@ def test_bench_quick_runs_end_to_end_and_writes_its_table(evaluation, data_dir, 
 def test_bench_refuses_unknown_models():
     with pytest.raises(GankitError, match="unknown nope"):
         bench.resolve_models("gan,nope")
+
+
+def test_bf16_autocast_trains_close_to_fp32(fashion, tmp_path, capsys):
+    """precision = bf16 runs the losses under autocast (on a CPU with a warning): a step
+    lands near the fp32 one, not on it."""
+    runs = {}
+    for precision in ("fp32", "bf16"):
+        config = gankit.configure("gan", batch_size=32, steps=1, seed=0, threads=2)
+        config.train.precision = precision
+        trainer = Trainer(config, tmp_path / precision, data=fashion.subset(256),
+                          progress=False, tensorboard=False)
+        start = torch.cat([p.detach().flatten().clone() for p in trainer.model.parameters()])
+        trainer.train_step()
+        runs[precision] = torch.cat([p.detach().flatten() for p in trainer.model.parameters()])
+    assert "bf16" in capsys.readouterr().err
+    fp32, bf16 = runs["fp32"] - start, runs["bf16"] - start
+    assert torch.isfinite(bf16).all() and not torch.equal(fp32, bf16)
+    assert float((fp32 - bf16).norm()) < 0.5 * float(fp32.norm())

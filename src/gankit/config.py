@@ -179,6 +179,7 @@ class TrainConfig:
     device: Literal["auto", "cpu", "cuda"] = "auto"
     threads: int = 0  # CPU threads (0 = every core, fewer while other programs load them)
     fast: bool = True  # fused optimisers, channels-last convolutions; false = PyTorch's plain
+    precision: Literal["fp32", "bf16"] = "fp32"  # bf16: autocast on CUDA (slow on most CPUs)
     log_every: int = 50
     sample_every: int = 500
     checkpoint_every: int = 1000

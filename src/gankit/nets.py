@@ -16,8 +16,9 @@ A network body is a list of layer strings, read top to bottom, each ``op [args] 
     dropout P | flatten | reshape C H W
 
 ``nobias`` drops the layer's bias: before batch norm it is redundant (the norm removes any
-constant shift, so its gradient is zero up to rounding). Shapes are tracked while building, so the channel count of ``bn`` and the input width of
-``fc`` are inferred, and a layer that does not fit its input fails with the layer named.
+constant shift, so its gradient is zero up to rounding). Shapes are tracked while building,
+so the channel count of ``bn`` and the input width of ``fc`` are inferred, and a layer that
+does not fit its input fails with the layer named.
 Wrappers turn a body into what the training loop calls: :class:`Generator` (z [, y] → image),
 :class:`Critic` (image [, y] → logit), :class:`JointCritic` (image, code → logit) and
 :class:`Encoder` (image → code).

@@ -249,10 +249,15 @@ def _defaults() -> list[dict]:
         _default_gan(
             "dcgan", "DCGAN for 28×28: G fc 7·7·128 → two 4×4 stride-2 transposed convs "
             "(64, 32) → 3×3 conv, batch norm; D two 4×4 stride-2 convs (64, 128), batch norm "
-            "on the second; non-saturating loss, Adam 2e-4 β1 0.5, EMA of G (0.999).",
+            "on the second; non-saturating loss, EMA of G (0.999). Tuned for quality per "
+            "wall-clock minute on a CPU: batch 16 and Adam 1e-3 β1 0.5 (more, faster updates "
+            "beat bigger batches: FID 52 after 150 s on two cores, against 145 with batch 64 "
+            "and 2e-4), G's update reusing D's noise and G(z); about 5 minutes on two cores.",
             {"generator": {"layers": tanh_out},
-             "discriminator": {"layers": CONV_D_BN + ["fc 1"]}},
-            {"steps": 2000}),
+             "discriminator": {"layers": CONV_D_BN + ["fc 1"]},
+             "opt_g": ADAM_GAN | {"lr": 1e-3}, "opt_d": ADAM_GAN | {"lr": 1e-3},
+             "reuse_noise": True},
+            {"steps": 10000, "batch_size": 16, "sample_every": 1000, "checkpoint_every": 2000}),
         _default_gan(
             "wgan", "WGAN with weight clipping (c 0.01) on the DCGAN networks (no batch norm "
             "in the critic); RMSprop 5e-5; 5 critic updates per G update.",

@@ -6,6 +6,7 @@ the checkpoint (batch order, noise, RNG states), so an interrupted run resumes w
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -263,7 +264,10 @@ class Trainer:
                          and self.device.type == "cpu" else None)
         seed_everything(tc.seed)
         if self.device.type == "cuda":
-            torch.backends.cudnn.benchmark = True
+            torch.backends.cudnn.benchmark = True  # pick the fastest kernels for these shapes
+        if tc.precision == "bf16" and self.device.type == "cpu":
+            print("warning: train.precision = 'bf16' on a CPU: most CPUs have no bf16 "
+                  "arithmetic and run it many times slower than fp32", file=sys.stderr)
 
         if data is None:
             data = load_dataset(tc.data, "train", tc.data_dir or None, mc.image_size)
@@ -353,6 +357,12 @@ class Trainer:
         self.fixed_real = self.data.images[order].to(self.device)
 
     # -- one step -----------------------------------------------------------------------
+    def _autocast(self):
+        """bf16 autocast when ``train.precision`` asks for it, else nothing."""
+        if self.config.train.precision == "bf16":
+            return torch.autocast(self.device.type, dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
     def _set_trainable(self, phase: Phase) -> None:
         for name, net in self.model.nets.items():
             net.requires_grad_(name in phase.nets or name in phase.keeps)
@@ -366,7 +376,7 @@ class Trainer:
         elif phase.draw == "noise":
             self.model.refresh_noise(ctx)
         optimizer = self.optimizers[phase.optimizer]
-        with parametrize.cached():  # spectral norm: one power iteration per update
+        with parametrize.cached(), self._autocast():  # spectral norm: one power iteration
             loss, stats = phase.loss(ctx)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
