@@ -538,8 +538,9 @@ def format_bench(report: dict) -> str:
                 cells.append(str(value))
         lines.append("| " + " | ".join(cells) + " |")
     lines.append("")
+    batch = report["rows"][0]["baseline_batch_size"] if report["rows"] else BASELINE_BATCH
     lines.append(f"usual way: a per-sample DataLoader with ToTensor/Normalize-style transforms, "
-                 f"batch {BASELINE_BATCH}, PyTorch's default optimisers, .item() per update.")
+                 f"batch {batch}, PyTorch's default optimisers, .item() per update.")
     if "evaluation" in report:
         ev = report["evaluation"]
         lines.append(f"evaluation of {ev['n']:,} samples, every metric: {ev['seconds']:.2f} s "
