@@ -14,6 +14,7 @@ from PIL import Image
 
 import gankit
 from gankit.checkpoint import load_checkpoint
+from gankit.errors import ConfigError
 from gankit.train import Batches, Trainer, TrainingDiverged, read_metrics, resume_trainer
 
 # A few hundred updates of each family on real Fashion-MNIST: enough to move far from the
@@ -64,6 +65,25 @@ def test_batches_cover_each_epoch_once_and_depend_only_on_seed_and_counters():
     assert [restored.next()[0].flatten().tolist() for _ in range(5)] == after
     other = Batches(images, None, 3, seed=8)
     assert [other.next()[0].flatten().tolist() for _ in range(3)] != epoch.view(3, 3).tolist()
+
+
+@pytest.mark.parametrize("sampler", ["epoch", "random"])
+def test_processes_share_each_global_batch_disjointly_in_the_same_order(sampler):
+    """With K processes each rank draws its part of the one-process batch: joined in rank
+    order they are that batch, for every step, labels alike (the data-parallel contract)."""
+    images = torch.arange(40, dtype=torch.uint8).view(40, 1, 1, 1)
+    labels = torch.arange(40) % 10
+    single = Batches(images, labels, 8, seed=3, sampler=sampler)
+    ranks = [Batches(images, labels, 8, seed=3, sampler=sampler, rank=r, world=4)
+             for r in range(4)]
+    for _ in range(12):  # past an epoch boundary
+        x, y = single.next()
+        parts = [b.next() for b in ranks]
+        assert torch.equal(torch.cat([p[0] for p in parts]), x)
+        assert torch.equal(torch.cat([p[1] for p in parts]), y)
+        assert all(len(p[0]) == 2 for p in parts)
+    with pytest.raises(ConfigError, match="multiple of 3"):
+        Batches(images, labels, 8, seed=3, rank=0, world=3)
 
 
 def _weights(model):

@@ -134,14 +134,20 @@ class Batches:
 
     ``epoch`` sampler: a fresh permutation per epoch, the last partial batch dropped.
     ``random`` sampler: every batch drawn anew without replacement. The order depends only on
-    the seed and the counters in :meth:`state`, so a resumed run sees the same batches.
+    the seed and the counters in :meth:`state`, so a resumed run sees the same batches. With
+    ``world`` processes, ``batch_size`` is the global batch and process ``rank`` gets its
+    contiguous share of each one: together they see exactly the single-process batches.
     """
 
     def __init__(self, images: torch.Tensor, labels: torch.Tensor | None, batch_size: int,
-                 seed: int, sampler: str = "epoch"):
+                 seed: int, sampler: str = "epoch", rank: int = 0, world: int = 1):
         if batch_size > len(images):
             raise ConfigError(f"train.batch_size = {batch_size} is larger than the data set "
                               f"({len(images)} images): lower it")
+        if batch_size % world:
+            raise ConfigError(f"train.batch_size = {batch_size} is the global batch and must "
+                              f"split evenly over {world} processes: use a multiple of {world}")
+        self.rank, self.world = rank, world
         self.images, self.labels = images, labels
         self.batch_size, self.seed, self.sampler = batch_size, seed, sampler
         self.epoch, self.pos, self.drawn = 0, 0, 0
@@ -168,6 +174,8 @@ class Batches:
             idx = self._perm[self.pos:self.pos + self.batch_size]
             self.pos += self.batch_size
         self.drawn += 1
+        if self.world > 1:  # this process's share of the global batch, in the same order
+            idx = idx.view(self.world, -1)[self.rank]
         return self.images[idx], (self.labels[idx] if self.labels is not None else None)
 
     def state(self) -> dict:
