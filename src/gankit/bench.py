@@ -44,7 +44,7 @@ from gankit.errors import ConfigError
 from gankit.flops import sample_flops, step_flops
 from gankit.models import build_model
 from gankit.presets import DEFAULT_NAMES, preset_names
-from gankit.train import Trainer, configure_threads, make_optimizer
+from gankit.train import Trainer, build_optimizers, configure_threads
 
 BASELINE_BATCH = 64  # the batch size of the usual example code
 
@@ -222,13 +222,7 @@ class UsualWay:
         self.model = build_model(mc).to(device).train()
         self.device = device
         self.phases = self.model.phases(reuse=False)
-        configs = {"g": mc.opt_g, "d": mc.opt_d}
-        self.optimizers = {}
-        for phase in self.phases:
-            params = [p for n in phase.nets for p in self.model.nets[n].parameters()]
-            if phase.optimizer not in self.optimizers:
-                self.optimizers[phase.optimizer] = make_optimizer(configs[phase.optimizer],
-                                                                  params, fast=False)
+        self.optimizers = build_optimizers(self.model, self.phases, fast=False)
         self.loader = torch.utils.data.DataLoader(
             ExampleStyleImages(data, normalize=mc.data_range == "tanh"), batch_size=batch_size,
             shuffle=True, num_workers=0, drop_last=True)

@@ -428,13 +428,14 @@ def _add_bench(sub) -> None:
     p.add_argument("--data", default="fashion-mnist", help="data to train on (default "
                    "fashion-mnist; the throughput does not depend on it)")
     p.add_argument("--quick", action="store_true", help="seconds instead of minutes: batches "
-                   "capped at 16, few repeats, 6-second time-to-quality runs (numbers are "
+                   "capped at 16, few repeats, 4-second time-to-quality runs (numbers are "
                    "indicative only)")
     p.add_argument("--ttq-seconds", type=float, metavar="S", help="budget of each "
                    "time-to-quality run (default 300; 0 skips it)")
     p.add_argument("--no-eval", action="store_true", help="skip the evaluation timing and "
                    "time to quality (no evaluator needed)")
-    p.add_argument("--threads", type=int, default=0, help="CPU threads (default: all cores)")
+    p.add_argument("--threads", type=int, default=0, help="CPU threads (default: one per "
+                   "physical core)")
     p.add_argument("--json", metavar="FILE", help="also write the report as JSON (one row "
                    "per model under \"rows\")")
 

@@ -77,15 +77,14 @@ class ThreadGovernor:
         self.max_threads, self.interval = max_threads, interval
         self.cpus = set(usable_cpus())
         self.tick = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
-        self.enabled = _busy_ticks(self.cpus) is not None and _own_ticks() is not None
         self.threads = max_threads
         self.changes: list[tuple[float, int]] = []  # (time, new thread count)
         self._mark()
+        self.enabled = self._busy is not None and self._own is not None  # /proc readable
 
     def _mark(self) -> None:
         self._time = time.monotonic()
-        self._busy = _busy_ticks(self.cpus) if self.enabled else None
-        self._own = _own_ticks() if self.enabled else None
+        self._busy, self._own = _busy_ticks(self.cpus), _own_ticks()
 
     def others(self) -> float | None:
         """Cores' worth of CPU other programs used since the last mark."""
