@@ -18,6 +18,8 @@ EPILOG = """examples:
   gankit eval runs/dcgan-fashion-mnist-0001
   gankit compare runs/*
   gankit presets            (every model and preset, with what it is)
+  gankit sweep dcgan --data fashion-mnist --param lr=loguniform:1e-5:1e-3 --trials 20 \\
+      --seeds 3 --storage sqlite:///sweep.db --study dcgan-lr   (see gankit sweep -h)
 """
 
 
@@ -30,6 +32,15 @@ def _add_train(sub) -> None:
     p.add_argument("model", nargs="?", help="model or preset name (see `gankit presets`)")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue this run from its newest "
                    "checkpoint (--steps then sets the new total)")
+    p.add_argument("--out", help="run folder (default: runs/MODEL-DATA-NNNN, numbered)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out run")
+    p.add_argument("--dry-run", action="store_true",
+                   help="print the resolved config as TOML and exit")
+    _add_run_options(p)
+
+
+def _add_run_options(p: argparse.ArgumentParser) -> None:
+    """The options that shape a training run: `gankit train` and every run of `gankit sweep`."""
     p.add_argument("--data", help="fashion-mnist, mnist, mnist-5k, folder:PATH or npz:PATH")
     p.add_argument("--data-dir", help="folder holding the data files (else $GANKIT_DATA, the "
                    "cache ~/.cache/gankit, system copies, then a download)")
@@ -57,22 +68,50 @@ def _add_train(sub) -> None:
     p.add_argument("--on-divergence", choices=["stop", "rollback"], help="when a loss or "
                    "weight becomes NaN/inf: stop (default), or reload the last good checkpoint "
                    "and halve the learning rates (at most 3 times)")
-    p.add_argument("--out", help="run folder (default: runs/MODEL-DATA-NNNN, numbered)")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing --out run")
     p.add_argument("--config", metavar="FILE.toml", help="TOML file of config values")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="any config value, e.g. --set n_critic=5 --set model.opt_d.lr=1e-4 "
                    "(repeatable; values in TOML syntax)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    p.add_argument("--dry-run", action="store_true",
-                   help="print the resolved config as TOML and exit")
+
+
+def _run_overrides(args: argparse.Namespace) -> dict:
+    """The run options given on the command line, as config overrides by dotted key."""
+    overrides = {k: v for k, v in {
+        "data": args.data, "data_dir": args.data_dir, "steps": args.steps,
+        "epochs": args.epochs, "max_seconds": args.max_seconds,
+        "batch_size": args.batch_size, "seed": args.seed,
+        "device": args.device, "sample_every": args.sample_every,
+        "checkpoint_every": args.checkpoint_every, "log_every": args.log_every,
+        "eval_every": args.eval_every, "eval_samples": args.eval_samples,
+        "evaluator": args.evaluator, "on_divergence": args.on_divergence,
+        "model.opt_g.lr": args.lr_g or args.lr, "model.opt_d.lr": args.lr_d or args.lr,
+    }.items() if v is not None}
+    if args.epochs is not None:
+        overrides["steps"] = 0  # --epochs replaces the preset's step count
+    return overrides
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    """Train (or resume) one run; under torchrun, one of its K processes (see Scale out)."""
+    from gankit import distributed
+
+    try:
+        return _train(args, distributed.init())
+    finally:
+        distributed.shutdown()
+
+
+def _train(args: argparse.Namespace, world) -> int:
+    from functools import partial
+
+    from gankit import distributed
     from gankit.api import configure
     from gankit.config import to_dict
     from gankit.runs import new_run_dir
     from gankit.train import Trainer, resume_trainer
+
+    say = partial(distributed.say, world)  # process 0 speaks for the run
 
     if args.resume:
         ignored = [f"--{k.replace('_', '-')}" for k in (
@@ -84,53 +123,128 @@ def cmd_train(args: argparse.Namespace) -> int:
                               f"{' '.join(ignored + args.set)})".replace("  ", " "))
         trainer = resume_trainer(args.resume, args.steps, args.device,
                                  progress=not args.no_progress)
-        print(f"resuming {trainer.run_dir} at step {trainer.step} of {trainer.total_steps}")
+        say(f"resuming {trainer.run_dir} at step {trainer.step} of {trainer.total_steps}")
     else:
         if not args.model:
             raise GankitError("name a model or preset (e.g. `gankit train dcgan`), or pass "
                               "--resume RUN_DIR; `gankit presets` lists them")
-        overrides = {k: v for k, v in {
-            "data": args.data, "data_dir": args.data_dir, "steps": args.steps,
-            "epochs": args.epochs, "max_seconds": args.max_seconds,
-            "batch_size": args.batch_size, "seed": args.seed,
-            "device": args.device, "sample_every": args.sample_every,
-            "checkpoint_every": args.checkpoint_every, "log_every": args.log_every,
-            "eval_every": args.eval_every, "eval_samples": args.eval_samples,
-            "evaluator": args.evaluator, "on_divergence": args.on_divergence,
-            "model.opt_g.lr": args.lr_g or args.lr, "model.opt_d.lr": args.lr_d or args.lr,
-        }.items() if v is not None}
-        if args.epochs is not None:
-            overrides["steps"] = 0  # --epochs replaces the preset's step count
         config = configure(args.model, args.config, args.set,
-                           **{k.replace(".", "__"): v for k, v in overrides.items()})
+                           **{k.replace(".", "__"): v for k, v in _run_overrides(args).items()})
         if args.dry_run:
             import tomli_w
 
-            print(tomli_w.dumps(to_dict(config)), end="")
+            say(tomli_w.dumps(to_dict(config)), end="")
             return 0
-        run_dir = new_run_dir(args.out, f"{config.preset}-{config.train.data}",
-                              overwrite=args.overwrite)
+        run_dir = distributed.on_main(world, lambda: new_run_dir(
+            args.out, f"{config.preset}-{config.train.data}", overwrite=args.overwrite),
+            "choosing the run folder")
         trainer = Trainer(config, run_dir, progress=not args.no_progress)
-        print(f"training {config.preset} on {trainer.data.name} ({len(trainer.data)} images) "
-              f"for {trainer.total_steps} steps on {trainer.device} -> {run_dir}")
+        where = (f"{world.size} processes ({trainer.device.type}, "
+                 f"{config.train.batch_size // world.size} images each)"
+                 if world.parallel else trainer.device)
+        say(f"training {config.preset} on {trainer.data.name} ({len(trainer.data)} images) "
+            f"for {trainer.total_steps} steps on {where} -> {run_dir}")
     result = trainer.fit()
+    launcher = f"torchrun --nproc-per-node {world.local_size} -m " if world.parallel else ""
     row = " ".join(f"{k}={v:.4g}" for k, v in result.last_row.items()
                    if k.startswith(("loss/", "D(", "critic")))
     if result.interrupted:
-        print(f"\nstopped at step {result.step}; checkpoint {result.checkpoint}\n"
-              f"resume with: gankit train --resume {trainer.run_dir}")
+        say(f"\nstopped at step {result.step}; checkpoint {result.checkpoint}\n"
+            f"resume with: {launcher}gankit train --resume {trainer.run_dir}")
         return 130
     if result.step < trainer.total_steps:
-        print(f"time budget of {trainer.config.train.max_seconds:g} s used at step "
-              f"{result.step} of {trainer.total_steps}; continue with: gankit train --resume "
-              f"{trainer.run_dir}")
-    print(f"done: step {result.step}, {trainer.elapsed:.0f} s of training. {row}\n"
-          f"samples: {trainer.run_dir / 'samples'}  checkpoint: {result.checkpoint}")
+        say(f"time budget of {trainer.config.train.max_seconds:g} s used at step "
+            f"{result.step} of {trainer.total_steps}; continue with: {launcher}gankit train "
+            f"--resume {trainer.run_dir}")
+    say(f"done: step {result.step}, {trainer.elapsed:.0f} s of training. {row}\n"
+        f"samples: {trainer.run_dir / 'samples'}  checkpoint: {result.checkpoint}")
     if trainer.best["step"] is not None:
         share = trainer.eval_seconds / max(trainer.elapsed + trainer.eval_seconds, 1e-9)
-        print(f"best FID {trainer.best['fid']:.4g} at step {trainer.best['step']} "
-              f"(checkpoints/best.safetensors); evaluation took {trainer.eval_seconds:.0f} s, "
-              f"{share:.0%} of the run")
+        say(f"best FID {trainer.best['fid']:.4g} at step {trainer.best['step']} "
+            f"(checkpoints/best.safetensors); evaluation took {trainer.eval_seconds:.0f} s, "
+            f"{share:.0%} of the run")
+    return 0
+
+
+SWEEP_EPILOG = """examples:
+  gankit sweep dcgan --data fashion-mnist --steps 2000 --trials 20 --seeds 3 \\
+      --param lr=loguniform:1e-5:1e-3 --param n_critic=int:1:5 \\
+      --storage sqlite:///sweep.db --study dcgan-lr
+  (start the same command in more terminals, or on more machines with a PostgreSQL
+   --storage such as postgresql+psycopg2://USER@HOST/DB, to run trials in parallel)
+  gankit sweep report --storage sqlite:///sweep.db --study dcgan-lr
+
+--param NAME=SPEC, SPEC one of: loguniform:LO:HI, uniform:LO:HI, int:LO:HI[:log],
+choice:A,B,C (TOML values). NAME: any key --set takes, or lr (both optimisers), lr_g, lr_d.
+Each trial is one run (one configuration, one seed) in OUT/trial-NNNN, resumable with
+`gankit train --resume`; the objective is the FID of its last evaluation.
+"""
+
+
+def _add_sweep(sub) -> None:
+    p = sub.add_parser("sweep", help="hyper-parameter sweep on Optuna (many workers may join)",
+                       formatter_class=argparse.RawDescriptionHelpFormatter,
+                       description="Train --trials configurations of MODEL, each with --seeds "
+                       "seeds, drawn by Optuna from the --param ranges, ranked by FID. Every "
+                       "option of `gankit train` applies to each run. `gankit sweep report` "
+                       "prints the results.", epilog=SWEEP_EPILOG)
+    p.add_argument("model", help="model or preset name (see `gankit presets`)")
+    p.add_argument("--param", action="append", default=[], required=True,
+                   metavar="NAME=SPEC", help="a swept value (repeatable), e.g. "
+                   "lr=loguniform:1e-5:1e-3")
+    p.add_argument("--trials", type=int, required=True, metavar="N",
+                   help="configurations to try (runs: N × seeds)")
+    p.add_argument("--seeds", type=int, default=1, metavar="S", help="seeds per configuration: "
+                   "--seed (default the preset's), +1, … (default 1)")
+    p.add_argument("--storage", required=True, metavar="URL", help="Optuna storage shared by "
+                   "the workers: sqlite:///FILE.db (one machine) or postgresql+psycopg2://"
+                   "USER:PASSWORD@HOST/DB (many)")
+    p.add_argument("--study", required=True, metavar="NAME", help="study name in the storage")
+    p.add_argument("--out", metavar="FOLDER", help="where the runs go (default sweeps/STUDY)")
+    p.add_argument("--sampler", choices=["tpe", "random"], default="tpe",
+                   help="how configurations are drawn (default tpe)")
+    p.add_argument("--pruner", choices=["median", "none"], default="median",
+                   help="stop runs whose FID is worse than the median of earlier runs at the "
+                   "same step (default median)")
+    p.add_argument("--heartbeat", type=int, default=60, metavar="S", help="a running trial "
+                   "reports every S seconds; one silent for 2×S (a killed worker) is marked "
+                   "failed (default 60)")
+    _add_run_options(p)
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from gankit.sweep import require_optuna, sweep
+
+    optuna = require_optuna()
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # gankit prints each trial itself
+    outcomes = sweep(args.model, storage=args.storage, study=args.study, params=args.param,
+                     trials=args.trials, seeds=args.seeds, out=args.out, sampler=args.sampler,
+                     pruner=args.pruner, heartbeat=args.heartbeat, config_file=args.config,
+                     sets=args.set, progress=not args.no_progress,
+                     **{k.replace(".", "__"): v for k, v in _run_overrides(args).items()})
+    ran = ", ".join(f"{o.number} {o.state.lower()}" for o in outcomes) or "none"
+    print(f"no trial left to take; this worker ran: {ran}\n"
+          f"results: gankit sweep report --storage {args.storage} --study {args.study}")
+    return 0
+
+
+def _add_sweep_report(sub) -> None:
+    p = sub.add_parser("sweep-report", help="results of a sweep (also: gankit sweep report)",
+                       description="Print a sweep's best configuration, its trials, FID mean "
+                       "± std over seeds per configuration and parameter importances; write a "
+                       "sensitivity plot.")
+    p.add_argument("--storage", required=True, metavar="URL")
+    p.add_argument("--study", required=True, metavar="NAME")
+    p.add_argument("--plot", metavar="FILE.png", help="where the sensitivity plot goes "
+                   "(default: sensitivity.png in the sweep folder, else sweep-STUDY.png)")
+
+
+def cmd_sweep_report(args: argparse.Namespace) -> int:
+    from gankit.sweep import format_sweep_report, require_optuna, sweep_report
+
+    optuna = require_optuna()
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    print(format_sweep_report(sweep_report(args.storage, args.study, args.plot)))
     return 0
 
 
@@ -460,7 +574,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 COMMANDS = {"train": cmd_train, "sample": cmd_sample, "interpolate": cmd_interpolate,
             "latent": cmd_latent, "eval": cmd_eval, "compare": cmd_compare,
-            "evaluator": cmd_evaluator, "presets": cmd_presets, "bench": cmd_bench}
+            "evaluator": cmd_evaluator, "presets": cmd_presets, "bench": cmd_bench,
+            "sweep": cmd_sweep, "sweep-report": cmd_sweep_report}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -469,13 +584,16 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"gankit {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for add in (_add_train, _add_sample, _add_interpolate, _add_latent, _add_eval, _add_compare,
-                _add_evaluator, _add_presets, _add_bench):
+                _add_evaluator, _add_presets, _add_bench, _add_sweep, _add_sweep_report):
         add(sub)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``gankit`` console script."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:2] == ["sweep", "report"]:  # `gankit sweep report` is the sweep-report command
+        argv = ["sweep-report", *argv[2:]]
     args = build_parser().parse_args(argv)
     try:
         return COMMANDS[args.command](args)

@@ -431,3 +431,34 @@ def plot_losses(rows: list[dict], path: PathLike, keys: list[str] | None = None)
     axes.grid(True, alpha=0.3)
     axes.legend(loc="best", fontsize="small")
     return _save_figure(figure, path)
+
+
+def plot_sensitivity(panels: list[dict], path: PathLike, title: str = "") -> Path:
+    """FID against each swept parameter, one panel each, as a PNG.
+
+    A panel is a dict: ``name``, ``values`` (one per configuration), ``fid`` (their means),
+    ``std`` (error bars), ``log`` (log x axis) and ``range`` ((low, high) searched, or None).
+    Non-numeric values (a ``choice`` of words) are placed as categories along the x axis.
+    """
+    if not panels:
+        raise GankitError("no parameters to plot")
+    figure = _new_figure((4.2 * len(panels), 3.8))
+    for index, panel in enumerate(panels, start=1):
+        axes = figure.add_subplot(1, len(panels), index)
+        numeric = all(_is_number(x) for x in panel["values"])
+        xs = panel["values"] if numeric else [str(x) for x in panel["values"]]
+        axes.errorbar(xs, panel["fid"], yerr=panel["std"], fmt="o", capsize=3,
+                      color="tab:blue")
+        if numeric and panel["log"]:
+            axes.set_xscale("log")
+        if numeric and panel.get("range"):  # the whole searched range: where the points fell
+            low, high = panel["range"]
+            pad = (high / low) ** 0.05 if panel["log"] else (high - low) * 0.05
+            axes.set_xlim(*((low / pad, high * pad) if panel["log"] else (low - pad, high + pad)))
+        axes.tick_params(axis="x", which="both", labelrotation=30, labelsize="small")
+        axes.set_xlabel(panel["name"])
+        axes.set_ylabel("FID" if index == 1 else "")
+        axes.grid(True, alpha=0.3)
+    if title:
+        figure.suptitle(title, fontsize="medium")
+    return _save_figure(figure, path)
