@@ -100,7 +100,7 @@ def test_two_workers_run_each_configuration_and_seed_exactly_once(evaluation, da
     expected = sorted((statistics.fmean(f), statistics.stdev(f)) for f in (
         [t.value for t in trials if t.user_attrs["config"] == c] for c in configs))
     for row, (mean, std) in zip(means, expected, strict=True):
-        assert f"{mean:.4g} ± {std:.2g}" in row and row.endswith("| 2/2 |")
+        assert f"{mean:.4g} ± {std:.3g}" in row and row.endswith("| 2/2 |")
     assert "best configuration: " in out and f"FID {expected[0][0]:.4g} ±" in out
     plot = tmp_path / "sweeps/two/sensitivity.png"
     assert "sensitivity plot: sweeps/two/sensitivity.png" in out
@@ -129,6 +129,24 @@ def test_a_diverging_trial_is_pruned_with_its_reason_and_the_worker_goes_on(
     assert "non-finite" in diverged.user_attrs["note"]
     assert fine.state.name == "COMPLETE" and fine.value > 0
     check_run_folder(fine)
+
+
+def test_a_pruned_trial_keeps_a_resumable_checkpoint_at_its_step(evaluation, data_dir,
+                                                                 tmp_path):
+    storage = f"sqlite:///{tmp_path}/sweep.db"
+    outcomes = sweep("gan-002", storage=storage, study="prune", params=["lr=choice:2e-4"],
+                     trials=1, pruner=optuna.pruners.ThresholdPruner(upper=0.0),
+                     out=tmp_path / "runs", data_dir=str(data_dir), log=lambda text: None,
+                     **TINY_KW)
+    assert [(o.number, o.state) for o in outcomes] == [(0, "PRUNED")]
+    (trial,) = load(storage, "prune").get_trials()
+    assert trial.state.name == "PRUNED" and trial.user_attrs["steps"] == 10
+    assert trial.user_attrs["note"].startswith("pruned at step 10: FID ")
+    assert list(trial.intermediate_values) == [10]
+    assert load_run(trial.user_attrs["run_dir"]).step == 10  # resumable where it stopped
+    assert main(["train", "--resume", trial.user_attrs["run_dir"], "--steps", "12",
+                 "--no-progress"]) == 0
+    assert load_run(trial.user_attrs["run_dir"]).step == 12
 
 
 def test_a_killed_worker_leaves_a_failed_trial_and_the_study_goes_on(evaluation, data_dir,

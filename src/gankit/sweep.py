@@ -283,6 +283,11 @@ def _shown(url: str) -> str:
         return url
 
 
+def _name(choice) -> str:
+    """A sampler's or pruner's name as the study records it."""
+    return choice if isinstance(choice, str) else type(choice).__name__
+
+
 def _sampler(name):
     """Optuna's sampler by name (``tpe``, ``random``), or a sampler object as it is."""
     optuna = require_optuna()
@@ -295,8 +300,11 @@ def _sampler(name):
     raise ConfigError(f"--sampler {name!r}: use tpe or random")
 
 
-def _pruner(name: str):
+def _pruner(name):
+    """Optuna's pruner by name (``median``, ``none``), or a pruner object as it is."""
     optuna = require_optuna()
+    if isinstance(name, optuna.pruners.BasePruner):
+        return name
     if name == "median":  # prune below the median of earlier trials at the same step
         return optuna.pruners.MedianPruner(n_startup_trials=5)
     if name == "none":
@@ -304,8 +312,7 @@ def _pruner(name: str):
     raise ConfigError(f"--pruner {name!r}: use median or none")
 
 
-def open_study(storage, name: str, record: dict, out: Path, sampler="tpe",
-               pruner: str = "median"):
+def open_study(storage, name: str, record: dict, out: Path, sampler="tpe", pruner="median"):
     """Create the study with its N configuration slots, or join it when another worker did:
     then ``record`` must match the creator's (else a ConfigError naming the differences)."""
     optuna = require_optuna()
@@ -443,7 +450,7 @@ class _Reporter:
         if step < self.total_steps and self.trial.should_prune():
             optuna = require_optuna()
             raise optuna.TrialPruned(f"pruned at step {step}: FID {fid:.4g} is worse than "
-                                     "the median of earlier trials there")
+                                     "earlier trials there")
 
 
 def _evaluation(config: RunConfig, cache: dict, progress: bool):
@@ -540,7 +547,7 @@ def _tell(study, trial, state, value: float | None, note: str, log: Callable[[st
 
 def sweep(model: str, *, storage: str, study: str, params: Iterable[str], trials: int,
           seeds: int = 1, out: str | Path | None = None, sampler="tpe",
-          pruner: str = "median", heartbeat: int = 60, config_file: str | Path | None = None,
+          pruner="median", heartbeat: int = 60, config_file: str | Path | None = None,
           sets: Iterable[str] = (), progress: bool = False,
           log: Callable[[str], None] = print, **overrides) -> list[TrialOutcome]:
     """Run trials of a sweep until none is left; returns those this worker ran.
@@ -549,7 +556,8 @@ def sweep(model: str, *, storage: str, study: str, params: Iterable[str], trials
     each trained with ``seeds`` seeds (the base seed, +1, …) into ``out/trial-NNNN`` (default
     ``sweeps/STUDY``). ``overrides`` and ``sets`` apply to every run as in
     :func:`gankit.api.configure`. ``sampler``: ``"tpe"``, ``"random"`` or any Optuna sampler
-    that draws enqueued trials (GridSampler does not). Start the same call in more processes,
+    that draws enqueued trials (GridSampler does not); ``pruner``: ``"median"``, ``"none"`` or
+    any Optuna pruner. Start the same call in more processes,
     on this machine or others sharing ``storage``, to run trials in parallel.
     """
     require_optuna()
@@ -561,8 +569,8 @@ def sweep(model: str, *, storage: str, study: str, params: Iterable[str], trials
         raise ConfigError(f"--heartbeat {heartbeat!r}: expected whole seconds >= 1")
     out = Path(out) if out else Path("sweeps") / (re.sub(r"[^A-Za-z0-9_.-]+", "-", study)
                                                   or "sweep")
-    record = spec.record() | {"sampler": sampler if isinstance(sampler, str) else
-                              type(sampler).__name__, "pruner": pruner, "heartbeat": heartbeat}
+    record = spec.record() | {"sampler": _name(sampler), "pruner": _name(pruner),
+                              "heartbeat": heartbeat}
     store = open_storage(storage, heartbeat)
     found = open_study(store, study, record, out, sampler, pruner)
     log(f"sweep {study!r} in {_shown(storage)}: {trials} configurations × {seeds} seeds; "
@@ -679,8 +687,10 @@ def _importances(study, configs: list[dict]) -> tuple[dict[str, float], str]:
             importances = optuna.importance.get_param_importances(study, evaluator=evaluator)
         except (ValueError, RuntimeError) as err:
             return {}, f"parameter importances could not be computed: {err}"
-    note = " ".join(str(w.message).splitlines()[0] for w in caught)
-    return dict(importances), note
+    notes = [str(w.message).splitlines()[0] for w in caught]
+    if len(importances) == 1:
+        notes.append("one parameter: its importance is 1 by definition")
+    return dict(importances), " ".join(notes)
 
 
 def _plot(configs: list[dict], params: list[Param], path: Path, study: str) -> Path:
@@ -712,8 +722,10 @@ def format_sweep_report(report: SweepReport) -> str:
     best = report.configs[0] if report.configs and report.configs[0]["fid"] is not None else None
     if best:
         values = " ".join(f"{n}={format_value(best[n])}" for n in names)
+        runs = [t["run"] for t in report.trials if t["config"] == best["config"]
+                and t["fid"] is not None]
         lines.append(f"best configuration: {best['config']} ({values}): FID "
-                     f"{_mean_std(best)} over {best['seeds']} seed(s)")
+                     f"{_mean_std(best)} over {best['seeds']} seed(s); runs: {', '.join(runs)}")
     lines += ["", "trials:", rows_to_markdown(report.trials, ["trial", "state", "config",
                                                               "seed", *names, "fid", "steps",
                                                               "run", "note"])]
@@ -734,4 +746,4 @@ def _mean_std(config: dict) -> str:
     if config["fid"] is None:
         return "-"
     std = config["std"]
-    return f"{config['fid']:.4g} ± {std:.2g}" if std is not None else f"{config['fid']:.4g}"
+    return f"{config['fid']:.4g} ± {std:.3g}" if std is not None else f"{config['fid']:.4g}"
