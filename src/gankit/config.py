@@ -170,7 +170,7 @@ class TrainConfig:
     data: str = "fashion-mnist"
     data_dir: str = ""  # "" = GANKIT_DATA, then the cache, then system copies, then download
     data_limit: int = 0  # train on the first N images only (0 = all)
-    batch_size: int = 64
+    batch_size: int = 64  # the global batch: K processes (torchrun) take batch_size / K each
     steps: int = 0  # total steps of the run (0 = derive from epochs)
     epochs: float = 0.0  # used when steps == 0
     max_seconds: float = 0.0  # stop (with a checkpoint) after this much training time; 0 = off
@@ -180,6 +180,7 @@ class TrainConfig:
     threads: int = 0  # CPU threads (0 = every core, fewer while other programs load them)
     fast: bool = True  # fused optimisers, channels-last convolutions; false = PyTorch's plain
     precision: Literal["fp32", "bf16"] = "fp32"  # bf16: autocast on CUDA (slow on most CPUs)
+    sync_bn: bool = False  # K processes: batch norm over the global batch (CUDA only)
     log_every: int = 50
     sample_every: int = 500
     checkpoint_every: int = 1000

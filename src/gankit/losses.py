@@ -75,14 +75,23 @@ GAN_LOSSES: dict[str, GanLoss] = {
 }
 
 
+def mixing_weights(n: int, dim: int, generator: torch.Generator | None = None,
+                   device: torch.device | str | None = None,
+                   dtype: torch.dtype | None = None) -> Tensor:
+    """ε ~ U(0, 1), one per example, shaped (n, 1, …) to broadcast over ``dim``-D images."""
+    return torch.rand(n, *([1] * (dim - 1)), generator=generator, device=device, dtype=dtype)
+
+
 def gradient_penalty(critic: Callable[..., Tensor], real: Tensor, fake: Tensor,
-                     generator: torch.Generator | None = None, **critic_kwargs) -> Tensor:
+                     generator: torch.Generator | None = None, eps: Tensor | None = None,
+                     **critic_kwargs) -> Tensor:
     """E[(‖∇x̂ C(x̂)‖₂ − 1)²] at x̂ = εx + (1−ε)x̃, ε ~ U(0, 1) (Gulrajani et al. 2017, eq. 3).
 
+    ``eps`` (B, 1, …) gives the mixing weights, else they are drawn from ``generator``.
     Returned without the weight λ.
     """
-    eps = torch.rand(real.shape[0], *([1] * (real.dim() - 1)), generator=generator,
-                     device=real.device, dtype=real.dtype)  # (B, 1, 1, 1)
+    if eps is None:
+        eps = mixing_weights(real.shape[0], real.dim(), generator, real.device, real.dtype)
     mixed = (eps * real + (1 - eps) * fake).requires_grad_(True)
     out = critic(mixed, **critic_kwargs)
     (grad,) = torch.autograd.grad(out.sum(), mixed, create_graph=True)

@@ -37,6 +37,22 @@ class Context:
     # graphs, that one phase computed for the next to reuse (e.g. G(z) from D's update)
 
 
+@dataclass(frozen=True)
+class Shard:
+    """This process's share of every global batch in a K-process run: rows
+    [rank·n, (rank + 1)·n) of each random draw one process would make for all K·n rows, so
+    K processes together use exactly the single-process noise."""
+
+    rank: int = 0
+    world: int = 1
+
+    def draw(self, n: int, sample: Callable[[int], Tensor]) -> Tensor:
+        """``sample(m)`` draws m rows; returns this process's n of the K·n global ones."""
+        if self.world == 1:
+            return sample(n)
+        return sample(n * self.world)[self.rank * n:(self.rank + 1) * n]
+
+
 @dataclass
 class Phase:
     """One kind of update: which networks it trains, with which optimiser, on which loss."""
@@ -60,6 +76,8 @@ class GenerativeModel(nn.Module):
         self.nets = nn.ModuleDict()
         self.ema: nn.Module | None = None  # EMA copy of the generator, when config.ema > 0
         self._reuse = False  # set by phases(): D's update keeps its forward pass for G's
+        self.shard = Shard()  # set by a multi-process trainer
+        self._routes: dict[str, nn.Module] = {}  # see routed()
 
     @property
     def image_shape(self) -> tuple[int, int, int]:
@@ -104,18 +122,38 @@ class GenerativeModel(nn.Module):
 
     def context(self, x: Tensor | None, y: Tensor | None, rng: torch.Generator) -> Context:
         """A fresh context: real batch (possibly None) plus new noise (and fake labels)."""
-        n = x.shape[0] if x is not None else 1
-        return Context(x, y, self.sample_latent(n, rng), self.sample_labels(n, rng), rng)
+        ctx = Context(x, y, torch.empty(0), None, rng)
+        self.refresh_noise(ctx, x.shape[0] if x is not None else 1)
+        return ctx
 
-    def refresh_noise(self, ctx: Context) -> None:
+    def refresh_noise(self, ctx: Context, n: int | None = None) -> None:
         """New noise (and fake labels) for the next update, keeping the real batch."""
-        ctx.z = self.sample_latent(ctx.z.shape[0], ctx.rng)
-        ctx.y_fake = self.sample_labels(ctx.z.shape[0], ctx.rng)
+        n = n or ctx.z.shape[0]
+        ctx.z = self.shard.draw(n, lambda m: self.sample_latent(m, ctx.rng))
+        ctx.y_fake = (self.shard.draw(n, lambda m: self.sample_labels(m, ctx.rng))
+                      if self.config.conditional else None)
+
+    # -- networks -----------------------------------------------------------------------
+    def net(self, name: str) -> nn.Module:
+        """The network ``name`` to call in a loss: its data-parallel wrapper where the
+        current update trains it, else the network itself (see :meth:`routed`)."""
+        return self._routes.get(name) or self.nets[name]
+
+    @contextlib.contextmanager
+    def routed(self, wrappers: dict[str, nn.Module]):
+        """Call these wrappers (e.g. DistributedDataParallel) instead of their networks in
+        the block. Only the networks an update trains go through one, so their gradients
+        alone are all-reduced; frozen networks run as themselves."""
+        self._routes = wrappers
+        try:
+            yield
+        finally:
+            self._routes = {}
 
     # -- generation ---------------------------------------------------------------------
     def decode(self, z: Tensor, y: Tensor | None = None, use_ema: bool = True) -> Tensor:
         """Latent (B, latent) → images in the data range (B, C, H, W)."""
-        g = self.ema if (use_ema and self.ema is not None) else self.nets["generator"]
+        g = self.ema if (use_ema and self.ema is not None) else self.net("generator")
         return g(z, y) if self.config.conditional else g(z)
 
     @contextlib.contextmanager
@@ -139,12 +177,14 @@ class GenerativeModel(nn.Module):
         """n new uint8 images (n, C, H, W) from the prior (and labels, if conditional)."""
         if labels is None:
             labels = self.sample_labels(n, rng)
-        out = []
-        for i in range(0, n, batch_size):
-            z = self.sample_latent(min(batch_size, n - i), rng)
-            y = labels[i:i + len(z)] if labels is not None else None
-            out.append(self.generate(z, y))
-        return torch.cat(out)
+        return self.generate_batched(self.sample_latent(n, rng), labels, batch_size)
+
+    def generate_batched(self, z: Tensor, labels: Tensor | None = None,
+                         batch_size: int = 1000) -> Tensor:
+        """:meth:`generate` over latents (n, latent) in batches of at most ``batch_size``."""
+        return torch.cat([self.generate(z[i:i + batch_size], labels[i:i + batch_size]
+                                        if labels is not None else None)
+                          for i in range(0, len(z), batch_size)])
 
     # -- EMA ----------------------------------------------------------------------------
     def _make_ema(self) -> None:
@@ -269,7 +309,7 @@ class AutoEncoder(Reconstructing, GenerativeModel):
 
     def encode(self, x: Tensor) -> tuple[Tensor, Tensor | None]:
         """Images in the data range → (code, log-variance or None). The code is μ for a VAE."""
-        h = self.nets["encoder"](x)
+        h = self.net("encoder")(x)
         if self.variational:
             mu, logvar = h.chunk(2, dim=1)  # (B, D) each
             return mu, logvar
@@ -278,11 +318,12 @@ class AutoEncoder(Reconstructing, GenerativeModel):
     def loss(self, ctx: Context) -> tuple[Tensor, Stats]:
         code, logvar = self.encode(ctx.x)
         if self.variational:
-            eps = torch.randn(code.shape, generator=ctx.rng, device=code.device)
+            eps = self.shard.draw(len(code), lambda m: torch.randn(
+                (m, code.shape[1]), generator=ctx.rng, device=code.device))
             z = code + torch.exp(0.5 * logvar) * eps  # reparameterisation trick
         else:
             z = code
-        out = self.nets["generator"](z)  # (B, C, H, W): logits for BCE, pixels for MSE
+        out = self.net("generator")(z)  # (B, C, H, W): logits for BCE, pixels for MSE
         recon = losses.reconstruction(self.config.loss.recon, out, ctx.x)
         if not self.variational:
             return recon, {"loss/recon": recon.detach()}
@@ -342,7 +383,7 @@ class GAN(GenerativeModel):
 
     def critic(self, x: Tensor, y: Tensor | None = None) -> Tensor:
         """D's logits (B,) for images x (and labels y when conditional)."""
-        d = self.nets["discriminator"]
+        d = self.net("discriminator")
         out = d(x, y) if self.config.conditional else d(x)
         return out.reshape(x.shape[0])
 
@@ -357,7 +398,10 @@ class GAN(GenerativeModel):
         stats = {"loss/D": loss.detach()}
         if cfg.gp_weight > 0:
             kwargs = {"y": ctx.y} if self.config.conditional else {}
-            gp = losses.gradient_penalty(self.critic, ctx.x, fake, ctx.rng, **kwargs)
+            x = ctx.x
+            eps = self.shard.draw(len(x), lambda m: losses.mixing_weights(
+                m, x.dim(), ctx.rng, x.device, x.dtype))
+            gp = losses.gradient_penalty(self.critic, ctx.x, fake, eps=eps, **kwargs)
             loss = loss + cfg.gp_weight * gp
             stats["gp"] = gp.detach()
         return loss, stats | _output_stats(self.adv.probabilistic, real_logits, fake_logits)
@@ -415,14 +459,14 @@ class BiGAN(Reconstructing, GenerativeModel):
         self._make_ema()
 
     def encode(self, x: Tensor) -> tuple[Tensor, None]:
-        return self.nets["encoder"](x), None
+        return self.net("encoder")(x), None
 
     def critic(self, x: Tensor, z: Tensor) -> Tensor:
-        return self.nets["discriminator"](x, z).reshape(x.shape[0])
+        return self.net("discriminator")(x, z).reshape(x.shape[0])
 
     def d_loss(self, ctx: Context) -> tuple[Tensor, Stats]:
-        code = kept_or_run(ctx, "code", self._reuse, lambda: self.nets["encoder"](ctx.x))
-        fake = kept_or_run(ctx, "fake", self._reuse, lambda: self.nets["generator"](ctx.z))
+        code = kept_or_run(ctx, "code", self._reuse, lambda: self.net("encoder")(ctx.x))
+        fake = kept_or_run(ctx, "fake", self._reuse, lambda: self.net("generator")(ctx.z))
         real_logits, fake_logits = self.critic(ctx.x, code), self.critic(fake, ctx.z)
         loss = self.adv.d(real_logits, fake_logits, 1.0 - self.config.loss.label_smoothing)
         stats = _output_stats(self.adv.probabilistic, real_logits, fake_logits,
@@ -430,8 +474,8 @@ class BiGAN(Reconstructing, GenerativeModel):
         return loss, {"loss/D": loss.detach()} | stats
 
     def eg_loss(self, ctx: Context) -> tuple[Tensor, Stats]:
-        code = reused_or_run(ctx, "code", lambda: self.nets["encoder"](ctx.x))
-        fake = reused_or_run(ctx, "fake", lambda: self.nets["generator"](ctx.z))
+        code = reused_or_run(ctx, "code", lambda: self.net("encoder")(ctx.x))
+        fake = reused_or_run(ctx, "fake", lambda: self.net("generator")(ctx.z))
         real_logits, fake_logits = self.critic(ctx.x, code), self.critic(fake, ctx.z)
         loss = self.adv.d(fake_logits, real_logits)  # D's loss with the roles swapped
         return loss, {"loss/EG": loss.detach()}

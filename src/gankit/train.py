@@ -23,13 +23,13 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
-from gankit import __version__, checkpoint
+from gankit import __version__, checkpoint, distributed
 from gankit.config import OptimConfig, RunConfig, from_dict, save_toml, to_dict
 from gankit.cpu import ThreadGovernor, physical_cores
 from gankit.data import Dataset, load_dataset
 from gankit.diagnostics import Alarms
 from gankit.errors import CheckpointError, ConfigError, GankitError
-from gankit.models import Context, GenerativeModel, Phase, build_model
+from gankit.models import Context, GenerativeModel, Phase, Shard, build_model
 from gankit.viz import pair_grid, save_grid
 
 Callback = Callable[[dict], None]
@@ -56,9 +56,10 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def configure_threads(threads: int) -> int:
-    """Use ``threads`` CPU threads (0: one per physical core this process may run on)."""
-    threads = threads or physical_cores()
+def configure_threads(threads: int, processes: int = 1) -> int:
+    """Use ``threads`` CPU threads (0: this process's share of the physical cores it may run
+    on, with ``processes`` training processes on the machine)."""
+    threads = threads or max(1, physical_cores() // processes)
     torch.set_num_threads(threads)
     return threads
 
@@ -192,13 +193,16 @@ class Batches:
 class MetricsLog:
     """Scalars to ``metrics.jsonl`` (one JSON object per logged step) and to TensorBoard."""
 
-    def __init__(self, run_dir: Path, tensorboard: bool = True):
+    def __init__(self, run_dir: Path, tensorboard: bool = True, active: bool = True):
         self.path = run_dir / "metrics.jsonl"
         self.tb_dir = run_dir / "tensorboard"
         self.tensorboard = tensorboard
+        self.active = active  # False: writes nothing (processes other than 0 of a run)
         self._writer = None
 
     def write(self, row: dict) -> None:
+        if not self.active:
+            return
         with open(self.path, "a") as f:
             f.write(json.dumps(row) + "\n")
         if self.tensorboard:
@@ -211,7 +215,7 @@ class MetricsLog:
 
     def truncate_after(self, step: int) -> None:
         """Drop rows logged after ``step`` (they belong to a future a resume will redo)."""
-        if not self.path.exists():
+        if not self.active or not self.path.exists():
             return
         rows = [json.dumps(row) for row in _parse_rows(self.path) if row["step"] <= step]
         tmp = self.path.with_name(self.path.name + ".tmp")
@@ -257,20 +261,25 @@ class FitResult:
 
 
 class Trainer:
-    """Trains one model in one run folder; see :func:`gankit.api.train` for the short way."""
+    """Trains one model in one run folder; see :func:`gankit.api.train` for the short way.
+
+    Started by ``torchrun`` with K processes, it trains the same run data-parallel (see
+    :mod:`gankit.distributed`); process 0 alone writes the run folder and calls ``callbacks``.
+    """
 
     def __init__(self, config: RunConfig, run_dir: str | Path, model: GenerativeModel | None = None,
                  data: Dataset | None = None, callbacks: Iterable[Callback] = (),
                  progress: bool = True, tensorboard: bool = True, evaluation=None):
         tc, mc = config.train, config.model
         self.config, self.run_dir = config, Path(run_dir)
-        self.device = resolve_device(tc.device)
-        threads = configure_threads(tc.threads)
+        self.world = world = distributed.init()
+        self.device = distributed.device_for(world, resolve_device(tc.device))
+        threads = configure_threads(tc.threads, world.local_size)
         # threads = 0: follow the load of other programs (spinning threads on a taken core
         # slow every step); a fixed count keeps float rounding identical run to run
         self.governor = (ThreadGovernor(threads) if not tc.threads and threads > 1
-                         and self.device.type == "cpu" else None)
-        seed_everything(tc.seed)
+                         and self.device.type == "cpu" and not world.parallel else None)
+        seed_everything(tc.seed)  # the same on every process: the same networks
         if self.device.type == "cuda":
             torch.backends.cudnn.benchmark = True  # pick the fastest kernels for these shapes
         if tc.precision == "bf16" and self.device.type == "cpu":
@@ -295,26 +304,40 @@ class Trainer:
                                   f"model.num_classes = {mc.num_classes}")
         self.data = data
 
-        self.model = (model or build_model(mc)).to(self.device)
+        self.model = model or build_model(mc)
+        if tc.sync_bn and world.parallel and self.device.type == "cuda":
+            distributed.convert_sync_bn(self.model.nets)
+        self.model.to(self.device)
         self.memory_format = (torch.channels_last if tc.fast and uses_convolutions(self.model)
                               else torch.contiguous_format)
         self.model.to(memory_format=self.memory_format)  # oneDNN's fast convolution layout
         self.model.train()
+        self.model.shard = Shard(world.rank, world.size)
         self.phases = self.model.phases(reuse=tc.fast)
         self.optimizers = build_optimizers(self.model, self.phases, tc.fast)
+        distributed.broadcast_state(world, [self.model])  # process 0's (e.g. custom) networks
+        trained = {n for p in self.phases for n in p.nets}
+        wrappers = distributed.wrap(world, {n: self.model.nets[n] for n in sorted(trained)},
+                                    self.device, tc.sync_bn)
+        # each update calls the wrappers of the networks it trains (and of those whose graph
+        # it keeps for the next update): DDP all-reduces their gradients and no others
+        self._routes = {p.name: {n: wrappers[n] for n in (*p.nets, *p.keeps) if n in wrappers}
+                        for p in self.phases}
+        if world.rank:  # each process its own stream for dropout and the like
+            seed_everything(derive_seed(tc.seed, 6, world.rank))
         self.rng = torch.Generator(self.device).manual_seed(derive_seed(tc.seed, 2))
         labels = data.labels.to(self.device) if data.labels is not None else None
         self.batches = Batches(data.images.to(self.device), labels, tc.batch_size, tc.seed,
-                               tc.sampler)
+                               tc.sampler, world.rank, world.size)
         self.batches_per_step = sum(p.repeat for p in self.phases if p.draw == "batch")
         self.total_steps = self._resolve_steps()
         self.step = 0
         self.elapsed = 0.0  # training seconds over every session of this run
-        self.callbacks = list(callbacks)
-        self.progress = progress
-        self.log = MetricsLog(self.run_dir, tensorboard)
-        self.evaluation = None
-        if tc.eval_every:  # a given gankit.evaluation.Evaluation saves loading one
+        self.callbacks = list(callbacks) if world.main else []
+        self.progress = progress and world.main
+        self.log = MetricsLog(self.run_dir, tensorboard, active=world.main)
+        self.evaluation = None  # process 0 scores the samples every process makes
+        if tc.eval_every and world.main:  # a given Evaluation saves loading one
             self.evaluation = self._check_evaluation(evaluation or self._open_evaluation())
         self.best: dict = {"fid": math.inf, "step": None}  # the best evaluation so far
         self.last_eval: dict = {}
@@ -384,7 +407,8 @@ class Trainer:
         elif phase.draw == "noise":
             self.model.refresh_noise(ctx)
         optimizer = self.optimizers[phase.optimizer]
-        with parametrize.cached(), self._autocast():  # spectral norm: one power iteration
+        # spectral norm: one power iteration per update
+        with parametrize.cached(), self._autocast(), self.model.routed(self._routes[phase.name]):
             loss, stats = phase.loss(ctx)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -413,7 +437,8 @@ class Trainer:
             return {}
         keys = list(self._sums)
         nets, norms = self._weight_norms()
-        values = torch.stack([self._sums[k] / self._counts[k] for k in keys] + norms).tolist()
+        values = torch.stack([self._sums[k] / self._counts[k] for k in keys] + norms)
+        values = distributed.mean(self.world, values).tolist()  # the global batch's means
         self._sums, self._counts = {}, {}
         out = dict(zip(keys, values[:len(keys)], strict=True))
         bad = [k for k, v in out.items() if not math.isfinite(v)]
@@ -456,6 +481,8 @@ class Trainer:
     # -- outputs ------------------------------------------------------------------------
     def save_grids(self) -> None:
         """Sample grid from the fixed noise (and reconstructions of fixed real images)."""
+        if not self.world.main:
+            return
         name = f"step-{self.step:08d}.png"
         images = self.model.generate(self.fixed_z, self.fixed_y)
         nrow = 10 if self.config.model.conditional else None
@@ -474,8 +501,12 @@ class Trainer:
                                                                   opt.state_dict())
             tensors |= opt_tensors
             meta["optimizers"][key] = skeleton
-        rng_tensors, meta["rng"] = checkpoint.capture_rng_state()
-        tensors |= {f"rng/{k}": v for k, v in rng_tensors.items()}
+        # each process's global RNGs: rank 0's as in a one-process run, rank r's under rank{r}/
+        for rank, (rng_tensors, rng_meta) in enumerate(distributed.gather_objects(
+                self.world, checkpoint.capture_rng_state(), "gathering RNG states")):
+            prefix = f"rank{rank}/" if rank else ""
+            tensors |= {f"{prefix}rng/{k}": v for k, v in rng_tensors.items()}
+            meta[f"{prefix}rng"] = rng_meta
         tensors["rng/trainer"] = checkpoint.generator_state(self.rng)
         tensors["fixed/z"] = self.fixed_z
         tensors["fixed/real"] = self.fixed_real
@@ -492,6 +523,7 @@ class Trainer:
             "config": to_dict(self.config),
             "versions": {"gankit": __version__, "torch": torch.__version__},
             "device": str(self.device),
+            "processes": self.world.size,
         }
         return tensors, meta
 
@@ -502,8 +534,7 @@ class Trainer:
             opt.load_state_dict(checkpoint.unflatten_state_dict(
                 tensors, meta["optimizers"][key]))
             match_memory_format(opt)
-        checkpoint.restore_rng_state({k[4:]: v for k, v in tensors.items()
-                                      if k.startswith("rng/")}, meta["rng"])
+        self._restore_rng(tensors, meta)
         self.rng.set_state(tensors["rng/trainer"].cpu())
         self.fixed_z = tensors["fixed/z"].to(self.device)
         self.fixed_real = tensors["fixed/real"].to(self.device)
@@ -514,33 +545,64 @@ class Trainer:
         self.best = dict(meta.get("best") or self.best)
         self.rollbacks, self.lr_scale = meta.get("rollbacks", 0), meta.get("lr_scale", 1.0)
 
+    def _restore_rng(self, tensors: dict[str, torch.Tensor], meta: dict) -> None:
+        """This process's global RNG states from a checkpoint of as many processes; from
+        one of another count, process 0 takes rank 0's and the others start fresh streams."""
+        world, saved = self.world, meta.get("processes", 1)
+        prefix = f"rank{world.rank}/" if world.rank else ""
+        if saved == world.size or not world.rank:
+            checkpoint.restore_rng_state({k[len(prefix) + 4:]: v for k, v in tensors.items()
+                                          if k.startswith(f"{prefix}rng/")}, meta[f"{prefix}rng"])
+        else:
+            seed_everything(derive_seed(self.config.train.seed, 6, world.rank, meta["step"]))
+        if saved != world.size:
+            distributed.warn(world, (
+                f"this checkpoint was written by {saved} process(es) and training goes on with "
+                f"{world.size}: the weights, optimiser states, batch order and noise continue "
+                f"exactly (batch_size {self.config.train.batch_size} stays the global batch), "
+                "but each process's own random stream (dropout) starts afresh and batch-norm "
+                "layers normalise over a different share of the batch, so the run is no "
+                f"longer bit-identical to one continued on {saved}"))
+
+    def _sync_buffers(self) -> None:
+        """Process 0's batch-norm statistics (and other buffers) on every process: what a
+        checkpoint keeps and what every process samples with."""
+        if self.world.parallel:
+            distributed.broadcast_state(self.world, [self.model], buffers_only=True)
+
     def save_checkpoint(self, name: str | None = None) -> Path:
         """Write ``checkpoints/step-N.safetensors`` (or ``checkpoints/NAME``) atomically and
         prune old step files (never with non-finite weights: the previous checkpoint stays
-        the last good one)."""
+        the last good one). Every process takes part; process 0 writes."""
         self._check_weights()
+        self._sync_buffers()
         folder = self.run_dir / "checkpoints"
-        folder.mkdir(parents=True, exist_ok=True)
         path = folder / name if name else checkpoint.checkpoint_path(folder, self.step)
-        path = checkpoint.save_checkpoint(path, *self.state())
-        if name is None:
-            checkpoint.prune_checkpoints(folder, self.config.train.keep_checkpoints)
+        state = self.state()
+        if self.world.main:
+            folder.mkdir(parents=True, exist_ok=True)
+            path = checkpoint.save_checkpoint(path, *state)
+            if name is None:
+                checkpoint.prune_checkpoints(folder, self.config.train.keep_checkpoints)
         return path
+
+    def read_checkpoint(self, path: Path) -> tuple[dict[str, torch.Tensor], dict]:
+        """A checkpoint of this run, read by process 0 and sent to the others."""
+        return distributed.on_main(
+            self.world, lambda: checkpoint.load_checkpoint(path, device="cpu"),
+            "receiving the checkpoint")
 
     # -- evaluation -----------------------------------------------------------------------
     def evaluate(self) -> dict:
         """FID & co. of ``eval_samples`` images from a fixed noise batch, logged as a row;
         a better FID than any before writes ``checkpoints/best.safetensors``."""
-        tc, mc = self.config.train, self.config.model
+        tc = self.config.train
         self._check_weights()  # no numbers from (or best checkpoint of) a diverged model
         started = time.perf_counter()
-        gen = torch.Generator(self.device).manual_seed(derive_seed(tc.seed, 5))
-        labels = (torch.arange(tc.eval_samples, device=self.device) % mc.num_classes
-                  if mc.conditional else None)
-        images = self.model.sample(tc.eval_samples, labels, gen)
-        values = self.evaluation(images, labels, memorisation=False, kid_subsets=20)
-        if hasattr(self.model, "reconstruction_metrics"):  # AE, VAE, BiGAN
-            values |= self.model.reconstruction_metrics(self.evaluation.reference_images[:1000])
+        self._sync_buffers()
+        images, labels = self._eval_samples()
+        values = distributed.on_main(self.world, lambda: self._score(images, labels),
+                                     "receiving the evaluation")
         seconds = time.perf_counter() - started
         self.eval_seconds += seconds
         row = {"step": self.step} | {f"eval/{k}": v for k, v in values.items()}
@@ -551,9 +613,32 @@ class Trainer:
         self.last_eval = self._emit(row, self.alarms.on_eval(row))
         return row
 
+    def _eval_samples(self) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """``eval_samples`` images from the run's fixed evaluation noise (and labels, 0, 1, …
+        for a conditional model); with K processes each makes 1/K of them for process 0."""
+        tc, mc, world = self.config.train, self.config.model, self.world
+        n, share = tc.eval_samples, -(-tc.eval_samples // world.size)
+        gen = torch.Generator(self.device).manual_seed(derive_seed(tc.seed, 5))
+        z = self.model.sample_latent(share * world.size, gen)
+        labels = (torch.arange(len(z), device=self.device) % mc.num_classes
+                  if mc.conditional else None)
+        mine = slice(world.rank * share, (world.rank + 1) * share)
+        images = self.model.generate_batched(z[mine], labels[mine] if labels is not None
+                                             else None)
+        images = distributed.gather_rows(world, images, "gathering evaluation samples")[:n]
+        return images, (labels[:n] if labels is not None else None)
+
+    def _score(self, images: torch.Tensor, labels: torch.Tensor | None) -> dict:
+        values = self.evaluation(images, labels, memorisation=False, kid_subsets=20)
+        if hasattr(self.model, "reconstruction_metrics"):  # AE, VAE, BiGAN
+            values |= self.model.reconstruction_metrics(self.evaluation.reference_images[:1000])
+        return values
+
     def _warn(self, warnings: list[str]) -> None:
         from tqdm.auto import tqdm
 
+        if not self.world.main:
+            return
         for text in warnings:
             tqdm.write(f"warning: {text}", file=sys.stderr)
 
@@ -569,17 +654,11 @@ class Trainer:
 
     def fit(self) -> FitResult:
         """Train up to ``total_steps``; returns early (with a checkpoint) on SIGINT/SIGTERM."""
-        from gankit.runs import check_writable
-
         tc = self.config.train
-        check_writable(self.run_dir, self._space_needed())
-        checkpoint.remove_stale_temp_files(self.run_dir / "checkpoints")  # from a killed run
-        save_toml(self.config, self.run_dir / "config.toml")
-        self.log.truncate_after(self.step)
+        distributed.on_main(self.world, self._prepare_folder, "preparing the run folder")
         if self.step == 0:
-            save_grid(self.fixed_real.cpu(), self.run_dir / "real.png", scale=2)
             self.save_grids()  # the untrained model's grid, for comparison
-            if self.evaluation is not None:
+            if tc.eval_every:
                 self.evaluate()  # the untrained model's numbers: where the curves start
             if tc.on_divergence == "rollback":
                 self.save_checkpoint()  # somewhere to roll back to from the first steps
@@ -588,13 +667,20 @@ class Trainer:
         self._last_row: dict = {}
         ckpt: Path | None = None
         self._t_last, self._step_last = time.perf_counter(), self.step
+        interrupted = False
         try:
             budget = tc.max_seconds or math.inf
             started, evaluating = time.perf_counter(), self.eval_seconds
-            while (self.step < self.total_steps and self._stop_signal is None
-                   and time.perf_counter() - started - (self.eval_seconds - evaluating) < budget):
+            while self.step < self.total_steps:
+                spent = time.perf_counter() - started - (self.eval_seconds - evaluating)
+                # every process stops at the same step, whichever of them was signalled
+                interrupted, out_of_time = distributed.any_set(
+                    self.world, [self._stop_signal is not None, spent >= budget])
+                if interrupted or out_of_time:
+                    break
                 try:
-                    ckpt = self._advance() or ckpt
+                    with distributed.guarded("training"):
+                        ckpt = self._advance() or ckpt
                 except TrainingDiverged as err:
                     if tc.on_divergence != "rollback" or self.rollbacks >= tc.max_rollbacks:
                         raise
@@ -605,11 +691,27 @@ class Trainer:
             if self.step % tc.sample_every != 0:
                 self.save_grids()
             ckpt = self.save_checkpoint()
+        except distributed.ProcessLost as err:
+            raise distributed.ProcessLost(
+                f"{err} The last good checkpoint is {self._last_checkpoint_text()}; continue "
+                "with the same torchrun command and `gankit train --resume RUN_DIR`.") from err
         finally:
             self._bar.close()
             self.log.close()
             self._restore_signal_handlers(handlers)
-        return FitResult(self.step, self._stop_signal is not None, self._last_row, ckpt)
+        return FitResult(self.step, interrupted, self._last_row, ckpt)
+
+    def _prepare_folder(self) -> None:
+        """Process 0: the run folder, writable, with the config, cleared of a killed run's
+        temporary files and of log rows past the step this run restarts from."""
+        from gankit.runs import check_writable
+
+        check_writable(self.run_dir, self._space_needed())
+        checkpoint.remove_stale_temp_files(self.run_dir / "checkpoints")  # from a killed run
+        save_toml(self.config, self.run_dir / "config.toml")
+        self.log.truncate_after(self.step)
+        if self.step == 0:
+            save_grid(self.fixed_real.cpu(), self.run_dir / "real.png", scale=2)
 
     def _space_needed(self) -> int:
         """Bytes a run may hold at once: the kept checkpoints, one being written and the best
@@ -627,8 +729,8 @@ class Trainer:
         self.train_step()
         if self.governor is not None:
             self._follow_load()
-        due_eval = self.evaluation is not None and (self.step % tc.eval_every == 0 or
-                                                    self.step == self.total_steps)
+        due_eval = tc.eval_every > 0 and (self.step % tc.eval_every == 0 or
+                                          self.step == self.total_steps)
         if self.step % tc.log_every == 0 or self.step == self.total_steps:
             now = time.perf_counter()
             self.elapsed += now - self._t_last
@@ -660,11 +762,12 @@ class Trainer:
     def _roll_back(self, err: TrainingDiverged) -> None:
         """Reload the newest good checkpoint and lower every learning rate."""
         tc = self.config.train
-        path = checkpoint.latest_checkpoint(self.run_dir / "checkpoints")
+        path = distributed.on_main(self.world, lambda: checkpoint.latest_checkpoint(
+            self.run_dir / "checkpoints"), "finding the last good checkpoint")
         if path is None:
             raise err
         diverged_at, rollbacks, scale = self.step, self.rollbacks, self.lr_scale
-        self.load_state(*checkpoint.load_checkpoint(path, device=str(self.device)))
+        self.load_state(*self.read_checkpoint(path))
         self._sums, self._counts = {}, {}
         self.rollbacks, self.lr_scale = rollbacks + 1, scale * tc.rollback_lr_factor
         base = {"g": self.config.model.opt_g.lr, "d": self.config.model.opt_d.lr}
@@ -749,11 +852,16 @@ def resume_trainer(run_dir: str | Path, steps: int | None = None, device: str | 
     ``steps`` is the run's new total (e.g. 2000 continues a run stopped at 1000 to 2000).
     """
     run_dir = Path(run_dir)
-    path = checkpoint.latest_checkpoint(run_dir / "checkpoints")
-    if path is None:
-        raise CheckpointError(f"{run_dir} has no usable checkpoint to resume from "
-                              "(looked in its checkpoints/ folder)")
-    tensors, meta = checkpoint.load_checkpoint(path)
+
+    def read() -> tuple[dict[str, torch.Tensor], dict]:
+        path = checkpoint.latest_checkpoint(run_dir / "checkpoints")
+        if path is None:
+            raise CheckpointError(f"{run_dir} has no usable checkpoint to resume from "
+                                  "(looked in its checkpoints/ folder)")
+        return checkpoint.load_checkpoint(path)
+
+    # with torchrun, process 0 reads the run folder and sends the checkpoint to the others
+    tensors, meta = distributed.on_main(distributed.init(), read, "receiving the checkpoint")
     config = from_dict(RunConfig, meta["config"])
     if steps:
         if steps < meta["step"]:

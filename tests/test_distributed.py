@@ -1,0 +1,313 @@
+"""Data-parallel training: real ``torchrun`` launches of two gloo processes on this CPU.
+
+Two processes on half batches must take the step one process takes on the whole batch; only
+process 0 may write the run folder; a killed two-process run resumes exactly; a process that
+dies ends the run with a message instead of a hang.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import real_data_dir
+
+from gankit import distributed
+from gankit.checkpoint import latest_checkpoint, list_checkpoints, load_checkpoint
+from gankit.cli import main
+from gankit.distributed import World
+from gankit.errors import ConfigError
+from gankit.models import Shard
+from gankit.train import read_metrics
+
+TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+            "--nproc-per-node", "2", "-m", "gankit", "train"]
+COMMON = ["--data", "fashion-mnist", "--data-dir", str(real_data_dir()), "--no-progress",
+          "--sample-every", "1000", "--set", "data_limit=2000", "--set", "threads=1"]
+# wgan-gp's networks with batch norm taken out of G: batch norm over half a batch is another
+# computation, so only models without it can match one process exactly
+WGAN_GP_NO_BN = ('model.generator.layers=["fc 6272", "relu", "reshape 128 7 7", '
+                 '"convT 64 k4 s2 p1", "relu", "convT 32 k4 s2 p1", "relu", "conv 1 k3 p1", '
+                 '"tanh"]')
+GAN_002_DROPOUT = ('model.discriminator.layers=["flatten", "fc 128", "lrelu 0.01", '
+                   '"dropout 0.3", "fc 1"]')
+
+# Records, per process, every file the process writes, renames, creates or removes under
+# GANKIT_AUDIT_ROOT (Python's audit hooks see every open() and os call that writes).
+AUDIT = '''
+import os, sys
+_root = os.environ["GANKIT_AUDIT_ROOT"]
+_log = os.path.join(os.environ["GANKIT_AUDIT_LOG"], "rank-" + os.environ.get("RANK", "none"))
+_busy = [False]
+_WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_TRUNC
+
+def _writes(event, args):
+    if event == "open":
+        path, mode, flags = args
+        if mode is not None:
+            return path, isinstance(mode, str) and any(c in mode for c in "wax+")
+        return path, bool(flags & _WRITE_FLAGS)
+    if event in ("os.rename", "os.mkdir", "os.remove", "os.rmdir", "os.truncate"):
+        return args[0], True
+    return None, False
+
+def _hook(event, args):
+    if _busy[0]:
+        return
+    path, writes = _writes(event, args)
+    if not writes or not isinstance(path, (str, os.PathLike)):
+        return
+    path = os.path.abspath(os.fspath(path))
+    if path.startswith(_root):
+        _busy[0] = True
+        try:
+            with open(_log, "a") as f:
+                f.write(event + " " + path + "\\n")
+        finally:
+            _busy[0] = False
+
+sys.addaudithook(_hook)
+'''
+
+
+def _env(tmp_path: Path, audit_root: Path | None = None) -> dict:
+    env = dict(os.environ, GANKIT_DATA=str(real_data_dir()), OMP_NUM_THREADS="1")
+    if audit_root is not None:
+        hook_dir = tmp_path / "audit-hook"
+        hook_dir.mkdir(exist_ok=True)
+        (hook_dir / "sitecustomize.py").write_text(AUDIT)
+        (tmp_path / "audit").mkdir(exist_ok=True)
+        env |= {"PYTHONPATH": os.pathsep.join([str(hook_dir), env.get("PYTHONPATH", "")]),
+                "GANKIT_AUDIT_ROOT": str(audit_root.resolve()),
+                "GANKIT_AUDIT_LOG": str(tmp_path / "audit")}
+    return env
+
+
+def _torchrun(*argv: str, env: dict, timeout: float = 240) -> subprocess.CompletedProcess:
+    done = subprocess.run([*TORCHRUN, *argv], env=env, capture_output=True, text=True,
+                          timeout=timeout)
+    if done.returncode != 0:
+        pytest.fail(f"torchrun exited with {done.returncode}:\n{done.stdout}\n{done.stderr}")
+    return done
+
+
+def _weights(path: Path) -> dict[str, torch.Tensor]:
+    return {k: v for k, v in load_checkpoint(path)[0].items() if k.startswith("net/")}
+
+
+def _rows_by_step(run: Path) -> dict[int, dict]:
+    """A run's logged values per step (a log row and an evaluation row may share a step)."""
+    rows: dict[int, dict] = {}
+    for row in read_metrics(run):
+        rows.setdefault(row["step"], {}).update(row)
+    return rows
+
+
+def _assert_same_weights(one: dict, two: dict, rel: float = 1e-3) -> None:
+    """Equal up to float rounding: each tensor's largest difference is under ``rel`` of its
+    largest entry (a wrong noise or batch share moves weights by their own size)."""
+    assert one.keys() == two.keys()
+    for key in one:
+        scale = one[key].abs().max().item()
+        diff = (one[key] - two[key]).abs().max().item()
+        assert diff <= rel * scale, f"{key}: differs by {diff:.3g} (scale {scale:.3g})"
+
+
+# --------------------------------------------------------------------------- equivalence
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("preset", "steps", "batch", "sets"), [
+    ("gan-002", 8, 64, []),                       # G(z) kept from D's update (reuse_noise)
+    ("wgan-gp", 4, 32, ["--set", WGAN_GP_NO_BN]),  # gradient penalty: double backward
+])
+def test_two_processes_take_the_one_process_step(tmp_path, evaluation, capsys, preset, steps,
+                                                 batch, sets):
+    one, two = tmp_path / "one", tmp_path / "two"
+    args = [preset, *COMMON, "--batch-size", str(batch), "--log-every", "2",
+            "--eval-every", str(steps), "--eval-samples", "200", *sets]
+    assert main(["train", *args, "--steps", str(steps + 4), "--checkpoint-every", str(steps),
+                 "--out", str(one)]) == 0
+    done = _torchrun(*args, "--steps", str(steps), "--out", str(two),
+                     env=_env(tmp_path, audit_root=two))
+    assert f"on 2 processes (cpu, {batch // 2} images each)" in done.stdout
+
+    step = f"step-{steps:08d}.safetensors"
+    _assert_same_weights(_weights(one / "checkpoints" / step), _weights(two / "checkpoints" / step))
+    # logged losses are the global batch's: the mean over both processes' shares
+    rows_one = {s: r for s, r in _rows_by_step(one).items() if s <= steps}
+    rows_two = _rows_by_step(two)
+    assert sorted(rows_two) == sorted(rows_one) == [0, 2, 4, 6, 8][: steps // 2 + 1]
+    for s, row in rows_two.items():
+        losses = [k for k in row if k.startswith(("loss/", "eval/fid"))]
+        assert losses, row
+        for k in losses:
+            assert row[k] == pytest.approx(rows_one[s][k], rel=2e-3, abs=1e-4), (s, k)
+    # the evaluation samples were spread over both processes and gathered: same FID at step 0
+    assert rows_two[0]["eval/fid"] == pytest.approx(rows_one[0]["eval/fid"], rel=1e-6)
+
+    # process 0 alone wrote the run folder (and it did write it)
+    audit = tmp_path / "audit"
+    written = (audit / "rank-0").read_text()
+    assert "metrics.jsonl" in written and step in written and "config.toml" in written
+    assert not (audit / "rank-1").exists(), (audit / "rank-1").read_text()
+
+    # the two-process checkpoint goes on in one process: same run, with a clear note
+    capsys.readouterr()
+    assert main(["train", "--resume", str(two), "--steps", str(steps + 4), "--no-progress"]) == 0
+    err = capsys.readouterr().err
+    assert "written by 2 process(es) and training goes on with 1" in err
+    assert "continue exactly" in err
+    last = f"step-{steps + 4:08d}.safetensors"
+    _assert_same_weights(_weights(one / "checkpoints" / last), _weights(two / "checkpoints" / last))
+
+
+# --------------------------------------------------------------------------- crash & resume
+
+
+def _wait_for(condition, proc: subprocess.Popen, what: str, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if proc.poll() is not None:
+            out, err = proc.communicate()
+            pytest.fail(f"the run exited before {what} ({proc.returncode}):\n{out}\n{err}")
+        if time.monotonic() > deadline:
+            proc.kill()
+            pytest.fail(f"no {what} within {timeout} s")
+        time.sleep(0.01)
+
+
+def _newest_step(folder: Path) -> int:
+    files = list_checkpoints(folder)
+    return int(files[-1].name[5:13]) if files else -1
+
+
+@pytest.mark.slow
+def test_killed_two_process_run_resumes_exactly(tmp_path):
+    """SIGKILL of the whole job (a machine going down) between checkpoints; the resumed job
+    redoes the lost steps and ends with the uninterrupted job's weights, bit for bit (dropout
+    draws included: each process's RNG state is in the checkpoint)."""
+    env = _env(tmp_path)
+    args = ["gan-002", *COMMON, "--batch-size", "32", "--set", GAN_002_DROPOUT,
+            "--steps", "400", "--checkpoint-every", "50", "--log-every", "50"]
+    _torchrun(*args, "--out", str(tmp_path / "whole"), env=env)
+
+    run = tmp_path / "killed"
+    proc = subprocess.Popen([*TORCHRUN, *args, "--out", str(run)], env=env, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            start_new_session=True)
+    _wait_for(lambda: _newest_step(run / "checkpoints") >= 100, proc, "a checkpoint at step 100")
+    for pid in [proc.pid, *_processes_of(run)]:  # torchrun starts workers in their own session
+        os.kill(pid, signal.SIGKILL)
+    proc.communicate()
+    killed_at = _newest_step(run / "checkpoints")
+    assert 100 <= killed_at < 400, "the job ended before it was killed: nothing to test"
+
+    done = _torchrun("--resume", str(run), "--no-progress", env=env)
+    assert f"resuming {run} at step {latest_step(done.stdout)}" in done.stdout
+    assert latest_step(done.stdout) >= killed_at - 50
+    whole = _weights(tmp_path / "whole" / "checkpoints" / "step-00000400.safetensors")
+    resumed = _weights(run / "checkpoints" / "step-00000400.safetensors")
+    for key in whole:
+        assert torch.equal(whole[key], resumed[key]), key
+    steps = [r["step"] for r in read_metrics(run) if "loss/D" in r]
+    assert steps == list(range(50, 401, 50))  # the step count went on, no row twice
+
+
+def latest_step(stdout: str) -> int:
+    """The step a resumed run says it starts from."""
+    line = next(line for line in stdout.splitlines() if line.startswith("resuming"))
+    return int(line.split(" at step ")[1].split()[0])
+
+
+@pytest.mark.slow
+def test_a_dead_process_ends_the_run_with_a_message(tmp_path):
+    env = _env(tmp_path)
+    run = tmp_path / "run"
+    proc = subprocess.Popen([*TORCHRUN, "gan-002", *COMMON, "--steps", "1000000",
+                             "--checkpoint-every", "20", "--out", str(run)], env=env, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            start_new_session=True)
+    _wait_for(lambda: _newest_step(run / "checkpoints") >= 20, proc, "a checkpoint")
+    rank1 = [pid for pid in _processes_of(run) if _environ(pid).get("RANK") == "1"]
+    assert len(rank1) == 1, rank1
+    os.kill(rank1[0], signal.SIGKILL)
+    try:
+        out, err = proc.communicate(timeout=90)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        pytest.fail("the job hung after one of its processes died")
+    assert proc.returncode != 0
+    assert "process 0 lost the other processes of this run" in err, err
+    assert "The last good checkpoint is" in err and "--resume" in err
+    assert latest_checkpoint(run / "checkpoints") is not None
+
+
+def _processes_of(run: Path) -> list[int]:
+    """The worker processes training ``run`` (by their command line)."""
+    pids = []
+    for proc in Path("/proc").iterdir():
+        try:
+            cmdline = (proc / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if proc.name.isdigit() and b"gankit" in cmdline and str(run).encode() in cmdline:
+            pids.append(int(proc.name))
+    return pids
+
+
+def _environ(pid: int) -> dict[str, str]:
+    raw = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+    return dict(item.decode(errors="replace").split("=", 1) for item in raw if b"=" in item)
+
+
+# --------------------------------------------------------------------------- units
+
+
+def test_shards_of_a_draw_make_the_one_process_draw():
+    def draw(m: int) -> torch.Tensor:
+        return torch.randn(m, 5, generator=torch.Generator().manual_seed(7))
+
+    whole = Shard().draw(12, draw)
+    parts = [Shard(rank, 3).draw(4, draw) for rank in range(3)]
+    assert torch.equal(torch.cat(parts), whole)
+
+
+def test_model_noise_is_sharded_like_the_batch():
+    import gankit
+
+    model = gankit.build("cgan")
+    ctx = model.context(torch.zeros(8, 1, 28, 28), None, torch.Generator().manual_seed(1))
+    halves = []
+    for rank in range(2):
+        model.shard = Shard(rank, 2)
+        halves.append(model.context(torch.zeros(4, 1, 28, 28), None,
+                                    torch.Generator().manual_seed(1)))
+    assert torch.equal(torch.cat([h.z for h in halves]), ctx.z)
+    assert torch.equal(torch.cat([h.y_fake for h in halves]), ctx.y_fake)
+
+
+def test_sync_bn_on_cpu_is_refused_with_the_reason():
+    with pytest.raises(ConfigError, match="sync_bn = true needs CUDA"):
+        distributed.wrap(World(0, 2, 0, 2), {"g": torch.nn.Linear(2, 2)}, torch.device("cpu"),
+                         sync_bn=True)
+
+
+def test_half_a_torchrun_environment_is_a_clear_error(monkeypatch):
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.delenv("RANK", raising=False)
+    with pytest.raises(ConfigError, match="RANK is not.*torchrun"):
+        distributed.environment()
+
+
+def test_one_process_needs_no_process_group(monkeypatch):
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    world = distributed.init()
+    assert world == World() and world.main and not world.parallel
+    assert not torch.distributed.is_initialized()
