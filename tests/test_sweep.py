@@ -214,6 +214,14 @@ def test_a_run_measured_in_epochs_needs_an_evaluation_cadence(tmp_path, capsys):
     assert not db.exists()
 
 
+def test_a_new_study_refuses_a_folder_of_another_sweeps_trials(tmp_path):
+    (tmp_path / "runs" / "trial-0000").mkdir(parents=True)
+    with pytest.raises(ConfigError, match="holds the trial folders of another sweep"):
+        sweep("gan", storage=f"sqlite:///{tmp_path}/sweep.db", study="new", trials=1,
+              params=["lr=uniform:1e-4:2e-4"], out=tmp_path / "runs", steps=20)
+    assert optuna.get_all_study_summaries(f"sqlite:///{tmp_path}/sweep.db") == []
+
+
 def test_param_specs_parse_to_optuna_ranges():
     lr = parse_param("lr=loguniform:1e-5:1e-3")
     assert (lr.keys, lr.low, lr.high, lr.log) == (("model.opt_g.lr", "model.opt_d.lr"),

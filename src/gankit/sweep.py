@@ -362,6 +362,14 @@ def _diff(a: Any, b: Any, prefix: str = "") -> Iterator[tuple[str, Any, Any]]:
         yield prefix.rstrip("."), a, b
 
 
+def _study_exists(storage, name: str) -> bool:
+    try:
+        storage.get_study_id_from_name(name)
+    except KeyError:
+        return False
+    return True
+
+
 def _take_waiting_trial(study, storage) -> int | None:
     """Take the oldest WAITING trial (→ RUNNING) and return its id; None when none is left.
 
@@ -476,22 +484,22 @@ def _run_trial(study, trial_id: int, spec: SweepSpec, out: Path, evaluations: di
     from gankit.train import Trainer, TrainingDiverged
 
     trial = optuna.trial.Trial(study, trial_id)
-    values = {p.name: p.suggest(trial) for p in spec.params}
-    if "config" not in trial.user_attrs:  # a configuration slot: its other seeds follow
-        trial.set_user_attr("config", trial.number)
-        for index in range(1, spec.seeds):
-            study.enqueue_trial(values, user_attrs={"config": trial.number,
-                                                    "seed_index": index})
-    attrs = trial.user_attrs
     run_dir = out / f"trial-{trial.number:04d}"
-    trial.set_user_attr("run_dir", str(run_dir.resolve()))
-    trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
-    shown = " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
-                     for k, v in values.items())
     state, fid, note, trainer = TrialState.FAIL, None, "", None
     try:
+        values = {p.name: p.suggest(trial) for p in spec.params}
+        if "config" not in trial.user_attrs:  # a configuration slot: its other seeds follow
+            trial.set_user_attr("config", trial.number)
+            for index in range(1, spec.seeds):
+                study.enqueue_trial(values, user_attrs={"config": trial.number,
+                                                        "seed_index": index})
+        attrs = trial.user_attrs
         config = spec.config(values, attrs["seed_index"])
         trial.set_user_attr("seed", config.train.seed)
+        trial.set_user_attr("run_dir", str(run_dir.resolve()))
+        trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
+        shown = " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
+                         for k, v in values.items())
         log(f"trial {trial.number} (configuration {attrs['config']}, seed "
             f"{config.train.seed}): {shown} -> {run_dir}")
         new_run_dir(run_dir, "")  # refuses a folder that already holds a run
@@ -572,6 +580,9 @@ def sweep(model: str, *, storage: str, study: str, params: Iterable[str], trials
     record = spec.record() | {"sampler": _name(sampler), "pruner": _name(pruner),
                               "heartbeat": heartbeat}
     store = open_storage(storage, heartbeat)
+    if not _study_exists(store, study) and any(out.glob("trial-*")):
+        raise ConfigError(f"--out {out} holds the trial folders of another sweep: choose "
+                          "another --out (or --study), or delete them")
     found = open_study(store, study, record, out, sampler, pruner)
     log(f"sweep {study!r} in {_shown(storage)}: {trials} configurations × {seeds} seeds; "
         f"runs go to {out}/")
