@@ -168,7 +168,8 @@ def run_dir(evaluation, data_dir, tmp_path_factory):
     out = tmp_path_factory.mktemp("evalrun")
     config = gankit.configure("dcgan", steps=60, batch_size=32, log_every=10,
                               sample_every=60, checkpoint_every=60, eval_every=20,
-                              eval_samples=500, data="fashion-mnist", data_dir=str(data_dir))
+                              eval_samples=500, data="fashion-mnist", data_dir=str(data_dir),
+                              threads=2)  # fixed: rounding must not follow the machine's load
     Trainer(config, out, data=evaluation.train.subset(4000), progress=False,
             evaluation=evaluation).fit()
     return out
@@ -195,7 +196,7 @@ def test_training_logs_metrics_and_keeps_the_best_checkpoint(run_dir):
 def test_evaluation_during_training_does_not_change_training(evaluation, run_dir, data_dir,
                                                              tmp_path):
     config = gankit.configure("dcgan", steps=60, batch_size=32, log_every=10,
-                              sample_every=60, checkpoint_every=60,
+                              sample_every=60, checkpoint_every=60, threads=2,
                               data="fashion-mnist", data_dir=str(data_dir))
     plain = Trainer(config, tmp_path, data=evaluation.train.subset(4000), progress=False,
                     tensorboard=False)

@@ -173,14 +173,34 @@ def gather_objects(world: World, obj: Any, what: str = "gathering states") -> li
     return out
 
 
-def any_set(world: World, flags: list[bool], what: str = "agreeing to go on") -> list[bool]:
-    """Each flag: whether it is set on any process (every process gets the same answer)."""
-    if not world.parallel:
-        return flags
-    values = torch.tensor(flags, dtype=torch.int32)
-    with guarded(what):
-        dist.all_reduce(values, op=dist.ReduceOp.MAX, group=_control)
-    return [bool(v) for v in values.tolist()]
+class Agreement:
+    """Flags OR-ed over processes without waiting on them: each :meth:`vote` posts this
+    step's flags and returns the result of the previous vote, which has travelled meanwhile.
+    Every process acts on the same step, one step after any of them raised a flag."""
+
+    def __init__(self, world: World, n: int):
+        self.world, self.n = world, n
+        self._values: torch.Tensor | None = None
+        self._pending: Any = None
+
+    def vote(self, flags: list[bool]) -> list[bool]:
+        if not self.world.parallel:
+            return flags
+        agreed = self.settle()
+        self._values = torch.tensor(flags, dtype=torch.int32)
+        with guarded("agreeing to go on"):
+            self._pending = dist.all_reduce(self._values, op=dist.ReduceOp.MAX,
+                                            group=_control, async_op=True)
+        return agreed
+
+    def settle(self) -> list[bool]:
+        """Wait for the last vote; its result (all False when there was none)."""
+        if self._pending is None:
+            return [False] * self.n
+        with guarded("agreeing to go on"):
+            self._pending.wait()
+        self._pending = None
+        return [bool(v) for v in self._values.tolist()]
 
 
 def mean(world: World, tensor: torch.Tensor, what: str = "averaging statistics") -> torch.Tensor:

@@ -668,14 +668,15 @@ class Trainer:
         ckpt: Path | None = None
         self._t_last, self._step_last = time.perf_counter(), self.step
         interrupted = False
+        # every process stops after the same step, whichever of them was signalled
+        agreement = distributed.Agreement(self.world, 2)
         try:
             budget = tc.max_seconds or math.inf
             started, evaluating = time.perf_counter(), self.eval_seconds
             while self.step < self.total_steps:
                 spent = time.perf_counter() - started - (self.eval_seconds - evaluating)
-                # every process stops at the same step, whichever of them was signalled
-                interrupted, out_of_time = distributed.any_set(
-                    self.world, [self._stop_signal is not None, spent >= budget])
+                interrupted, out_of_time = agreement.vote([self._stop_signal is not None,
+                                                           spent >= budget])
                 if interrupted or out_of_time:
                     break
                 try:
@@ -685,6 +686,7 @@ class Trainer:
                     if tc.on_divergence != "rollback" or self.rollbacks >= tc.max_rollbacks:
                         raise
                     self._roll_back(err)
+            agreement.settle()
             if self._sums:  # interrupted between logs: keep the window's values
                 self._last_row = self._log_row(0.0)
             self.elapsed += time.perf_counter() - self._t_last
