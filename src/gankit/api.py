@@ -12,6 +12,7 @@ from pathlib import Path
 
 from torch import nn
 
+from gankit import distributed
 from gankit.config import RunConfig, build_config, resolve_key
 from gankit.models import GenerativeModel, build_model
 from gankit.presets import get_preset
@@ -52,12 +53,15 @@ def train(model: str | RunConfig = "dcgan", *, out: str | Path | None = None,
 
     ``callbacks`` receive every logged row (a dict of step, losses, D(x), …): plot live in a
     notebook. ``networks`` replaces built-in networks by your own modules, e.g.
-    ``networks={"generator": MyG(), "discriminator": MyD()}``.
+    ``networks={"generator": MyG(), "discriminator": MyD()}``. Started by ``torchrun``,
+    the same call in every process trains one run data-parallel.
     """
     config = model if isinstance(model, RunConfig) else configure(
         model, config_file, sets, **overrides)
-    run_dir = new_run_dir(out, f"{config.preset or 'custom'}-{config.train.data}",
-                          overwrite=overwrite)
+    # under torchrun, process 0 picks the folder for all (numbered folders would race)
+    run_dir = distributed.on_main(distributed.init(), lambda: new_run_dir(
+        out, f"{config.preset or 'custom'}-{config.train.data}", overwrite=overwrite),
+        "choosing the run folder")
     custom = build_model(config.model, **networks) if networks else None
     trainer = Trainer(config, run_dir, model=custom, callbacks=callbacks, progress=progress)
     trainer.fit()
