@@ -97,9 +97,12 @@ def cmd_train(args: argparse.Namespace) -> int:
     from gankit import distributed
 
     try:
-        return _train(args, distributed.init())
-    finally:
-        distributed.shutdown()
+        code = _train(args, distributed.init())
+    except BaseException:
+        distributed.shutdown(together=False)
+        raise
+    distributed.shutdown()
+    return code
 
 
 def _train(args: argparse.Namespace, world) -> int:

@@ -101,10 +101,15 @@ def device_for(world: World, device: torch.device) -> torch.device:
     return torch.device("cuda", world.local_rank)
 
 
-def shutdown() -> None:
-    """Leave the process group (end of a command)."""
+def shutdown(together: bool = True) -> None:
+    """Leave the process group at the end of a command; ``together`` (after a clean finish)
+    waits for the other processes first: gloo torn down while a peer still talks to it can
+    abort the process. After an error, leave at once (the others may be anywhere)."""
     global _control
     if dist.is_available() and dist.is_initialized():
+        if together:
+            with contextlib.suppress(RuntimeError):  # a peer already gone: nothing to wait for
+                dist.barrier(group=_control)
         dist.destroy_process_group()
     _control = None
 
