@@ -311,3 +311,55 @@ def test_one_process_needs_no_process_group(monkeypatch):
     world = distributed.init()
     assert world == World() and world.main and not world.parallel
     assert not torch.distributed.is_initialized()
+
+
+@pytest.mark.slow
+def test_sigterm_stops_every_process_after_the_same_step(tmp_path):
+    run = tmp_path / "run"
+    proc = subprocess.Popen([*TORCHRUN, "gan-002", *COMMON, "--steps", "1000000",
+                             "--checkpoint-every", "50", "--log-every", "10", "--out", str(run)],
+                            env=_env(tmp_path), text=True, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)
+    _wait_for(lambda: _newest_step(run / "checkpoints") >= 50, proc, "a checkpoint")
+    proc.send_signal(signal.SIGTERM)  # torchrun passes it on to both processes
+    out, err = proc.communicate(timeout=90)
+    stopped = int(out.split("stopped at step ")[1].split(";")[0])
+    assert stopped > 50 and _newest_step(run / "checkpoints") == stopped, out + err
+    assert "resume with: torchrun --nproc-per-node 2 -m gankit train --resume" in out
+    assert "lost the other processes" not in err  # an agreed stop, not a broken one
+    tensors, meta = load_checkpoint(latest_checkpoint(run / "checkpoints"))
+    assert meta["step"] == stopped and meta["processes"] == 2
+    assert "rank1/rng/rng/torch" in tensors
+
+
+@pytest.mark.slow
+def test_two_machines_need_no_shared_folder(tmp_path):
+    """The README's multi-machine command, with two 'machines' on this one: each starts in
+    its own working directory; only machine 0's gets the run folder, and a resume reads the
+    checkpoint there and sends it to the other."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    machines = [tmp_path / "machine-0", tmp_path / "machine-1"]
+    for folder in machines:
+        folder.mkdir()
+
+    def launch(node: int, *argv: str) -> subprocess.Popen:
+        return subprocess.Popen(
+            [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--node-rank",
+             str(node), "--nproc-per-node", "1", "--master-addr", "127.0.0.1",
+             "--master-port", str(port), "-m", "gankit", "train", *argv],
+            cwd=machines[node], env=_env(tmp_path), text=True, stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE)
+
+    for argv in (["gan-002", *COMMON, "--steps", "20", "--out", "runs/two"],
+                 ["--resume", "runs/two", "--steps", "30", "--no-progress"]):
+        procs = [launch(node, *argv) for node in (0, 1)]
+        outputs = [p.communicate(timeout=180) for p in procs]
+        assert [p.returncode for p in procs] == [0, 0], outputs
+    assert not (machines[1] / "runs").exists()
+    assert "resuming runs/two at step 20 of 30" in outputs[0][0]
+    assert load_checkpoint(latest_checkpoint(machines[0] / "runs/two/checkpoints"))[1][
+        "step"] == 30

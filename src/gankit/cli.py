@@ -16,6 +16,8 @@ EPILOG = """examples:
   gankit train dcgan --data fashion-mnist --eval-every 500   (FID & co. while training)
   gankit sample runs/dcgan-fashion-mnist-0001 --n 10000 --out samples.npz
   gankit eval runs/dcgan-fashion-mnist-0001
+  torchrun --standalone --nproc-per-node 2 -m gankit train gan --data fashion-mnist
+                            (one run on 2 processes; --batch-size stays the global batch)
   gankit compare runs/*
   gankit presets            (every model and preset, with what it is)
   gankit sweep dcgan --data fashion-mnist --param lr=loguniform:1e-5:1e-3 --trials 20 \\
