@@ -363,3 +363,58 @@ def test_two_machines_need_no_shared_folder(tmp_path):
     assert "resuming runs/two at step 20 of 30" in outputs[0][0]
     assert load_checkpoint(latest_checkpoint(machines[0] / "runs/two/checkpoints"))[1][
         "step"] == 30
+
+
+def _count_reductions(rank: int, port: int, preset: str, steps: int, out: str) -> None:
+    """One of two processes: train ``steps`` steps, counting DDP's bucket all-reduces per
+    network, and write the counts to ``out``-RANK.json."""
+    import json
+
+    from torch.distributed.algorithms.ddp_comm_hooks.default_hooks import allreduce_hook
+
+    import gankit
+    from gankit.data import Dataset
+    from gankit.train import Trainer
+
+    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2",
+                      LOCAL_WORLD_SIZE="2", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    images = torch.randint(0, 256, (256, 1, 28, 28), generator=torch.Generator().manual_seed(0),
+                           dtype=torch.uint8)
+    config = gankit.configure(preset, batch_size=32, steps=steps, threads=1)
+    trainer = Trainer(config, Path(out).parent / "run", data=Dataset(images, None, "tiny"),
+                      progress=False, tensorboard=False)
+    counts = dict.fromkeys(trainer.wrappers, 0)
+    for name, wrapper in trainer.wrappers.items():
+        def hook(group, bucket, name=name):
+            counts[name] += 1
+            return allreduce_hook(group, bucket)
+        wrapper.register_comm_hook(None, hook)
+    for _ in range(steps):
+        trainer.train_step()
+    Path(f"{out}-{rank}.json").write_text(json.dumps(counts))
+    distributed.shutdown()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("preset", "expected"), [
+    # n_critic D updates then one G update per step; D frozen (not reduced) in G's update,
+    # G's kept forward from D's update reduced once, in G's
+    ("gan-002", {"discriminator": 1, "generator": 1}),
+    ("wgan-gp", {"discriminator": 5, "generator": 1}),
+    ("bigan-004", {"discriminator": 1, "encoder": 1, "generator": 1}),
+])
+def test_each_update_reduces_only_the_networks_it_trains(tmp_path, preset, expected):
+    import json
+    import socket
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    steps = 3
+    mp.spawn(_count_reductions, args=(port, preset, steps, str(tmp_path / "counts")), nprocs=2)
+    for rank in range(2):
+        counts = json.loads((tmp_path / f"counts-{rank}.json").read_text())
+        # every network here fits one 25 MiB bucket: one all-reduce per update it trains
+        assert counts == {name: n * steps for name, n in expected.items()}, counts

@@ -317,8 +317,9 @@ class Trainer:
         self.optimizers = build_optimizers(self.model, self.phases, tc.fast)
         distributed.broadcast_state(world, [self.model])  # process 0's (e.g. custom) networks
         trained = {n for p in self.phases for n in p.nets}
-        wrappers = distributed.wrap(world, {n: self.model.nets[n] for n in sorted(trained)},
-                                    self.device, tc.sync_bn)
+        # one DistributedDataParallel wrapper per trained network (none for one process)
+        self.wrappers = wrappers = distributed.wrap(
+            world, {n: self.model.nets[n] for n in sorted(trained)}, self.device, tc.sync_bn)
         # each update calls the wrappers of the networks it trains (and of those whose graph
         # it keeps for the next update): DDP all-reduces their gradients and no others
         self._routes = {p.name: {n: wrappers[n] for n in (*p.nets, *p.keeps) if n in wrappers}
