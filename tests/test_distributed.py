@@ -325,7 +325,7 @@ def test_sigterm_stops_every_process_after_the_same_step(tmp_path):
     out, err = proc.communicate(timeout=90)
     stopped = int(out.split("stopped at step ")[1].split(";")[0])
     assert stopped > 50 and _newest_step(run / "checkpoints") == stopped, out + err
-    assert "resume with: torchrun --nproc-per-node 2 -m gankit train --resume" in out
+    assert "resume with: torchrun --standalone --nproc-per-node 2 -m gankit train --resume" in out
     assert "lost the other processes" not in err  # an agreed stop, not a broken one
     tensors, meta = load_checkpoint(latest_checkpoint(run / "checkpoints"))
     assert meta["step"] == stopped and meta["processes"] == 2

@@ -150,7 +150,9 @@ def _train(args: argparse.Namespace, world) -> int:
         say(f"training {config.preset} on {trainer.data.name} ({len(trainer.data)} images) "
             f"for {trainer.total_steps} steps on {where} -> {run_dir}")
     result = trainer.fit()
-    launcher = f"torchrun --nproc-per-node {world.local_size} -m " if world.parallel else ""
+    launcher = ("" if not world.parallel else
+                f"torchrun --standalone --nproc-per-node {world.size} -m "
+                if world.size == world.local_size else "torchrun (the same options) -m ")
     row = " ".join(f"{k}={v:.4g}" for k, v in result.last_row.items()
                    if k.startswith(("loss/", "D(", "critic")))
     if result.interrupted:
