@@ -244,7 +244,8 @@ def test_a_dead_process_ends_the_run_with_a_message(tmp_path):
         proc.kill()
         pytest.fail("the job hung after one of its processes died")
     assert proc.returncode != 0
-    assert "process 0 lost the other processes of this run" in err, err
+    assert "gankit: error (process 0 of 2): process 0 lost the other processes of this run" \
+        in err, err
     assert "The last good checkpoint is" in err and "--resume" in err
     assert latest_checkpoint(run / "checkpoints") is not None
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -605,7 +606,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return COMMANDS[args.command](args)
     except GankitError as err:
-        print(f"gankit: error: {err}", file=sys.stderr)
+        size = os.environ.get("WORLD_SIZE", "1")  # under torchrun, say which process speaks
+        who = f" (process {os.environ.get('RANK', '?')} of {size})" if size != "1" else ""
+        print(f"gankit: error{who}: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("\ngankit: interrupted", file=sys.stderr)
