@@ -419,3 +419,21 @@ def test_each_update_reduces_only_the_networks_it_trains(tmp_path, preset, expec
         counts = json.loads((tmp_path / f"counts-{rank}.json").read_text())
         # every network here fits one 25 MiB bucket: one all-reduce per update it trains
         assert counts == {name: n * steps for name, n in expected.items()}, counts
+
+
+@pytest.mark.slow
+def test_divergence_rolls_back_on_every_process_together(tmp_path):
+    run = tmp_path / "run"
+    done = subprocess.run([*TORCHRUN, "gan-002", *COMMON, "--lr", "1e30", "--steps", "100",
+                           "--log-every", "10", "--on-divergence", "rollback", "--out", str(run)],
+                          env=_env(tmp_path), capture_output=True, text=True, timeout=180)
+    assert done.returncode != 0
+    # the logged means are the same on both processes, so both roll back at the same steps
+    # (process 0 warns) and both give up after the third
+    for n in (1, 2, 3):
+        assert done.stderr.count(f"(rollback {n} of 3)") == 1, done.stderr
+    for rank in (0, 1):
+        assert f"gankit: error (process {rank} of 2): training diverged at step 10" in done.stderr
+    rollbacks = [r for r in read_metrics(run) if "rollback" in r]
+    assert [r["rollback"] for r in rollbacks] == [1, 2, 3]
+    assert [r["lr_scale"] for r in rollbacks] == [0.5, 0.25, 0.125]
