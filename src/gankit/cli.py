@@ -10,6 +10,8 @@ from pathlib import Path
 from gankit import __version__
 from gankit.errors import GankitError
 
+DEFAULT_STORAGE = "sqlite:///sweep.db"  # a sweep's study, in the working directory
+
 EPILOG = """examples:
   gankit train dcgan --data fashion-mnist
   gankit train gan-002 --data mnist-5k --set label_smoothing=0.2 --steps 3000
@@ -204,9 +206,9 @@ def _add_sweep(sub) -> None:
                    help="configurations to try (runs: N × seeds)")
     p.add_argument("--seeds", type=int, default=1, metavar="S", help="seeds per configuration: "
                    "--seed (default the preset's), +1, … (default 1)")
-    p.add_argument("--storage", required=True, metavar="URL", help="Optuna storage shared by "
-                   "the workers: sqlite:///FILE.db (one machine) or postgresql+psycopg2://"
-                   "USER:PASSWORD@HOST/DB (many)")
+    p.add_argument("--storage", default=DEFAULT_STORAGE, metavar="URL", help="Optuna storage "
+                   "shared by the workers: sqlite:///FILE.db (one machine; default "
+                   f"{DEFAULT_STORAGE}) or postgresql+psycopg2://USER:PASSWORD@HOST/DB (many)")
     p.add_argument("--study", required=True, metavar="NAME", help="study name in the storage")
     p.add_argument("--out", metavar="FOLDER", help="where the runs go (default sweeps/STUDY)")
     p.add_argument("--sampler", choices=["tpe", "random"], default="tpe",
@@ -241,7 +243,8 @@ def _add_sweep_report(sub) -> None:
                        description="Print a sweep's best configuration, its trials, FID mean "
                        "± std over seeds per configuration and parameter importances; write a "
                        "sensitivity plot.")
-    p.add_argument("--storage", required=True, metavar="URL")
+    p.add_argument("--storage", default=DEFAULT_STORAGE, metavar="URL",
+                   help=f"the sweep's Optuna storage (default {DEFAULT_STORAGE})")
     p.add_argument("--study", required=True, metavar="NAME")
     p.add_argument("--plot", metavar="FILE.png", help="where the sensitivity plot goes "
                    "(default: sensitivity.png in the sweep folder, else sweep-STUDY.png)")
