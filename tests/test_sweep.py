@@ -70,9 +70,8 @@ def check_run_folder(trial) -> None:
 
 def test_two_workers_run_each_configuration_and_seed_exactly_once(evaluation, data_dir,
                                                                   tmp_path, capsys, monkeypatch):
-    storage = "sqlite:///sweep.db"
     argv = ["--param", "lr=loguniform:1e-4:1e-3", "--trials", "3", "--seeds", "2",
-            "--storage", storage, "--study", "two", "--pruner", "none", "--heartbeat", "5"]
+            "--study", "two", "--pruner", "none", "--heartbeat", "5"]  # default storage
     workers = [spawn_worker(tmp_path, data_dir, *argv) for _ in range(2)]
     logs = [finish(w) for w in workers]
 
@@ -91,7 +90,7 @@ def test_two_workers_run_each_configuration_and_seed_exactly_once(evaluation, da
         check_run_folder(trial)
 
     monkeypatch.chdir(tmp_path)
-    assert main(["sweep", "report", "--storage", storage, "--study", "two"]) == 0
+    assert main(["sweep", "report", "--study", "two"]) == 0  # sqlite:///sweep.db here
     out = capsys.readouterr().out
     table = out.split("trials:\n")[1].split("\n\n")[0].splitlines()
     assert len(table) == 2 + 6 and all("COMPLETE" in row for row in table[2:])
