@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import sys
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -284,9 +283,3 @@ def say(world: World, *args, **kwargs) -> None:
     """``print`` on process 0 only."""
     if world.main:
         print(*args, **kwargs)
-
-
-def warn(world: World, text: str) -> None:
-    """A warning line on stderr, from process 0 only."""
-    if world.main:
-        print(f"warning: {text}", file=sys.stderr, flush=True)

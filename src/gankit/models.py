@@ -46,11 +46,16 @@ class Shard:
     rank: int = 0
     world: int = 1
 
+    def take(self, rows: Tensor) -> Tensor:
+        """This process's contiguous 1/K of global ``rows`` (K·n of them)."""
+        if self.world == 1:
+            return rows
+        n = len(rows) // self.world
+        return rows[self.rank * n:(self.rank + 1) * n]
+
     def draw(self, n: int, sample: Callable[[int], Tensor]) -> Tensor:
         """``sample(m)`` draws m rows; returns this process's n of the K·n global ones."""
-        if self.world == 1:
-            return sample(n)
-        return sample(n * self.world)[self.rank * n:(self.rank + 1) * n]
+        return self.take(sample(n * self.world))
 
 
 @dataclass
@@ -122,16 +127,18 @@ class GenerativeModel(nn.Module):
 
     def context(self, x: Tensor | None, y: Tensor | None, rng: torch.Generator) -> Context:
         """A fresh context: real batch (possibly None) plus new noise (and fake labels)."""
-        ctx = Context(x, y, torch.empty(0), None, rng)
-        self.refresh_noise(ctx, x.shape[0] if x is not None else 1)
-        return ctx
+        return Context(x, y, *self._noise(x.shape[0] if x is not None else 1, rng), rng)
 
-    def refresh_noise(self, ctx: Context, n: int | None = None) -> None:
+    def refresh_noise(self, ctx: Context) -> None:
         """New noise (and fake labels) for the next update, keeping the real batch."""
-        n = n or ctx.z.shape[0]
-        ctx.z = self.shard.draw(n, lambda m: self.sample_latent(m, ctx.rng))
-        ctx.y_fake = (self.shard.draw(n, lambda m: self.sample_labels(m, ctx.rng))
-                      if self.config.conditional else None)
+        ctx.z, ctx.y_fake = self._noise(ctx.z.shape[0], ctx.rng)
+
+    def _noise(self, n: int, rng: torch.Generator) -> tuple[Tensor, Tensor | None]:
+        """This process's n latents (and fake labels) of the global draw."""
+        z = self.shard.draw(n, lambda m: self.sample_latent(m, rng))
+        y = (self.shard.draw(n, lambda m: self.sample_labels(m, rng))
+             if self.config.conditional else None)
+        return z, y
 
     # -- networks -----------------------------------------------------------------------
     def net(self, name: str) -> nn.Module:

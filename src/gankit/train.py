@@ -148,7 +148,7 @@ class Batches:
         if batch_size % world:
             raise ConfigError(f"train.batch_size = {batch_size} is the global batch and must "
                               f"split evenly over {world} processes: use a multiple of {world}")
-        self.rank, self.world = rank, world
+        self.shard = Shard(rank, world)
         self.images, self.labels = images, labels
         self.batch_size, self.seed, self.sampler = batch_size, seed, sampler
         self.epoch, self.pos, self.drawn = 0, 0, 0
@@ -175,8 +175,7 @@ class Batches:
             idx = self._perm[self.pos:self.pos + self.batch_size]
             self.pos += self.batch_size
         self.drawn += 1
-        if self.world > 1:  # this process's share of the global batch, in the same order
-            idx = idx.view(self.world, -1)[self.rank]
+        idx = self.shard.take(idx)  # this process's share of the global batch, in order
         return self.images[idx], (self.labels[idx] if self.labels is not None else None)
 
     def state(self) -> dict:
@@ -557,19 +556,18 @@ class Trainer:
         else:
             seed_everything(derive_seed(self.config.train.seed, 6, world.rank, meta["step"]))
         if saved != world.size:
-            distributed.warn(world, (
+            self._warn([(
                 f"this checkpoint was written by {saved} process(es) and training goes on with "
                 f"{world.size}: the weights, optimiser states, batch order and noise continue "
                 f"exactly (batch_size {self.config.train.batch_size} stays the global batch), "
                 "but each process's own random stream (dropout) starts afresh and batch-norm "
                 "layers normalise over a different share of the batch, so the run is no "
-                f"longer bit-identical to one continued on {saved}"))
+                f"longer bit-identical to one continued on {saved}")])
 
     def _sync_buffers(self) -> None:
         """Process 0's batch-norm statistics (and other buffers) on every process: what a
         checkpoint keeps and what every process samples with."""
-        if self.world.parallel:
-            distributed.broadcast_state(self.world, [self.model], buffers_only=True)
+        distributed.broadcast_state(self.world, [self.model], buffers_only=True)
 
     def save_checkpoint(self, name: str | None = None) -> Path:
         """Write ``checkpoints/step-N.safetensors`` (or ``checkpoints/NAME``) atomically and
@@ -623,9 +621,9 @@ class Trainer:
         z = self.model.sample_latent(share * world.size, gen)
         labels = (torch.arange(len(z), device=self.device) % mc.num_classes
                   if mc.conditional else None)
-        mine = slice(world.rank * share, (world.rank + 1) * share)
-        images = self.model.generate_batched(z[mine], labels[mine] if labels is not None
-                                             else None)
+        shard = self.model.shard
+        images = self.model.generate_batched(shard.take(z), shard.take(labels)
+                                             if labels is not None else None)
         images = distributed.gather_rows(world, images, "gathering evaluation samples")[:n]
         return images, (labels[:n] if labels is not None else None)
 
@@ -666,34 +664,16 @@ class Trainer:
         handlers = self._install_signal_handlers()
         self._bar = self._progress_bar()
         self._last_row: dict = {}
-        ckpt: Path | None = None
         self._t_last, self._step_last = time.perf_counter(), self.step
-        interrupted = False
-        # every process stops after the same step, whichever of them was signalled
-        agreement = distributed.Agreement(self.world, 2)
         try:
-            budget = tc.max_seconds or math.inf
-            started, evaluating = time.perf_counter(), self.eval_seconds
-            while self.step < self.total_steps:
-                spent = time.perf_counter() - started - (self.eval_seconds - evaluating)
-                interrupted, out_of_time = agreement.vote([self._stop_signal is not None,
-                                                           spent >= budget])
-                if interrupted or out_of_time:
-                    break
-                try:
-                    with distributed.guarded("training"):
-                        ckpt = self._advance() or ckpt
-                except TrainingDiverged as err:
-                    if tc.on_divergence != "rollback" or self.rollbacks >= tc.max_rollbacks:
-                        raise
-                    self._roll_back(err)
-            agreement.settle()
-            if self._sums:  # interrupted between logs: keep the window's values
-                self._last_row = self._log_row(0.0)
-            self.elapsed += time.perf_counter() - self._t_last
-            if self.step % tc.sample_every != 0:
-                self.save_grids()
-            ckpt = self.save_checkpoint()
+            with distributed.guarded("training"):  # a lost peer: ProcessLost, not a hang
+                interrupted, ckpt = self._run_steps()
+                if self._sums:  # interrupted between logs: keep the window's values
+                    self._last_row = self._log_row(0.0)
+                self.elapsed += time.perf_counter() - self._t_last
+                if self.step % tc.sample_every != 0:
+                    self.save_grids()
+                ckpt = self.save_checkpoint()
         except distributed.ProcessLost as err:
             raise distributed.ProcessLost(
                 f"{err} The last good checkpoint is {self._last_checkpoint_text()}; continue "
@@ -703,6 +683,29 @@ class Trainer:
             self.log.close()
             self._restore_signal_handlers(handlers)
         return FitResult(self.step, interrupted, self._last_row, ckpt)
+
+    def _run_steps(self) -> tuple[bool, Path | None]:
+        """Steps until the run's end, its time budget or a signal (whether one stopped it,
+        and the newest checkpoint written); a divergence rolls back if so configured."""
+        tc, ckpt = self.config.train, None
+        budget = tc.max_seconds or math.inf
+        started, evaluating = time.perf_counter(), self.eval_seconds
+        # every process stops after the same step, whichever of them was signalled
+        agreement, interrupted = distributed.Agreement(self.world, 2), False
+        while self.step < self.total_steps:
+            spent = time.perf_counter() - started - (self.eval_seconds - evaluating)
+            interrupted, out_of_time = agreement.vote([self._stop_signal is not None,
+                                                       spent >= budget])
+            if interrupted or out_of_time:
+                break
+            try:
+                ckpt = self._advance() or ckpt
+            except TrainingDiverged as err:
+                if tc.on_divergence != "rollback" or self.rollbacks >= tc.max_rollbacks:
+                    raise
+                self._roll_back(err)
+        agreement.settle()
+        return interrupted, ckpt
 
     def _prepare_folder(self) -> None:
         """Process 0: the run folder, writable, with the config, cleared of a killed run's
