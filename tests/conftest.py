@@ -11,9 +11,21 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 
 
+def _absolute_data_dir() -> Path:
+    """$GANKIT_DATA made absolute once, here, and put back in the environment: tests start
+    gankit in other working directories (torchrun, sweep workers), where a relative path
+    such as the README's ``../shared/data`` would point elsewhere."""
+    path = Path(os.environ.get("GANKIT_DATA") or REPO.parent / "shared" / "data").resolve()
+    os.environ["GANKIT_DATA"] = str(path)
+    return path
+
+
+DATA_DIR = _absolute_data_dir()
+
+
 def real_data_dir() -> Path:
     """The real IDX files: $GANKIT_DATA, else ../shared/data beside the repository."""
-    path = Path(os.environ.get("GANKIT_DATA") or REPO.parent / "shared" / "data")
+    path = DATA_DIR
     if not (path / "fashion-mnist" / "train-images-idx3-ubyte.gz").exists():
         pytest.fail(f"real test data not found in {path}: set GANKIT_DATA to the folder "
                     "holding fashion-mnist/ and mnist/ (CI uses ../shared/data)")
@@ -54,8 +66,9 @@ def tiny_data():
 
 @pytest.fixture(scope="session")
 def evaluation(data_dir, tmp_path_factory):
-    """gankit's Fashion-MNIST evaluation, built once in the session's private cache (the
-    first test that needs it pays the evaluator's build, ~35 s on two cores)."""
+    """gankit's Fashion-MNIST evaluation on the evaluator shipped in the package (the real
+    data's key is the shipped one's: test_evaluator_files asserts it), with the real features
+    computed once in the session's private cache."""
     from gankit.evaluation import open_evaluation
 
     with pytest.MonkeyPatch.context() as mp:  # session fixtures run before the autouse one

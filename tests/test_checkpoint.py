@@ -19,6 +19,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from gankit import checkpoint as ckpt
+from gankit import files
 from gankit.checkpoint import (
     capture_rng_state,
     checkpoint_path,
@@ -33,7 +34,7 @@ from gankit.checkpoint import (
     save_checkpoint,
     unflatten_state_dict,
 )
-from gankit.errors import CheckpointError, GankitError
+from gankit.errors import CheckpointError, GankitError, StorageError
 
 
 def _sample_tensors() -> dict[str, torch.Tensor]:
@@ -454,7 +455,7 @@ def test_failed_replace_keeps_previous_checkpoint_and_no_temp(
         raise OSError("disk on fire")
 
     monkeypatch.setattr(ckpt.os, "replace", boom)
-    with pytest.raises(CheckpointError, match="disk on fire"):
+    with pytest.raises(StorageError, match=f"could not write {path}: disk on fire"):
         save_checkpoint(path, {"w": torch.zeros(3)}, {"step": 2})
     monkeypatch.undo()
 
@@ -470,16 +471,13 @@ def test_failure_mid_write_keeps_previous_checkpoint_and_no_temp(
 ) -> None:
     path = tmp_path / "c.safetensors"
     save_checkpoint(path, {"w": torch.ones(3)}, {"step": 1})
-    real_save = ckpt.save_file
 
-    def partial_then_fail(tensors, filename, metadata=None):
-        real_save(tensors, filename, metadata=metadata)
-        with open(filename, "r+b") as handle:  # leave a half-written temp file behind
-            handle.truncate(20)
+    def partial_then_fail(fd):  # the temporary file holds the data, not yet synced
+        os.ftruncate(fd, 20)
         raise exc
 
-    monkeypatch.setattr(ckpt, "save_file", partial_then_fail)
-    with pytest.raises((CheckpointError, KeyboardInterrupt)):
+    monkeypatch.setattr(files.os, "fsync", partial_then_fail)
+    with pytest.raises((StorageError, KeyboardInterrupt)):
         save_checkpoint(path, {"w": torch.zeros(3)}, {"step": 2})
     monkeypatch.undo()
 

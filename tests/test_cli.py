@@ -133,3 +133,51 @@ def test_console_script_runs_as_a_subprocess(tmp_path, data_dir):
     assert "done: step 6" in done.stdout
     rows = [json.loads(x) for x in (tmp_path / "r" / "metrics.jsonl").read_text().splitlines()]
     assert rows[-1]["step"] == 6
+
+
+@pytest.mark.parametrize(("argv", "phrase"), [
+    (["train", "gan-002", "--steps", "0"], "argument --steps: 0: a run needs at least 1 step"),
+    (["train", "gan-002", "--steps", "-5"], "argument --steps: -5: a run needs at least 1 step"),
+    (["train", "gan-002", "--steps", "1.5"], "'1.5' is not a whole number of steps"),
+    (["train", "gan-002", "--epochs", "0"], "argument --epochs: 0: the run length in passes"),
+    (["train", "gan-002", "--epochs", "-1"], "argument --epochs: -1: the run length in passes"),
+    (["train", "gan-002", "--epochs", "nan"], "argument --epochs: nan: the run length"),
+    (["train", "--resume", "RUN", "--steps", "0"], "argument --steps: 0: a run needs at least"),
+    (["sweep", "gan", "--param", "lr=uniform:1e-4:1e-3", "--trials", "1", "--study", "s",
+      "--steps", "0"], "argument --steps: 0: a run needs at least 1 step"),
+])
+def test_run_length_below_one_is_refused_while_parsing(argv, phrase, capsys, monkeypatch):
+    from gankit import cli
+
+    for name in ("train", "sweep"):  # parsing must refuse: no command may start
+        monkeypatch.setitem(cli.COMMANDS, name, lambda args: pytest.fail("the command ran"))
+    with pytest.raises(SystemExit) as info:
+        run(*argv)
+    assert info.value.code == 2
+    assert phrase in capsys.readouterr().err
+
+
+def test_api_refuses_a_run_length_below_one(tmp_path):
+    import gankit
+    from gankit.errors import ConfigError
+
+    for length, phrase in (({"steps": 0}, "steps=0: a run needs at least 1 step"),
+                           ({"steps": -3}, "steps=-3: a run needs at least 1 step"),
+                           ({"epochs": 0}, "epochs=0: the run length in passes over the data")):
+        with pytest.raises(ConfigError, match=phrase):
+            gankit.train("gan-002", out=tmp_path / "run", progress=False, max_seconds=1,
+                         **length)  # max_seconds: a regression fails fast, not in 100 epochs
+    assert not (tmp_path / "run").exists()  # refused before the run folder was made
+
+
+def test_epochs_replace_the_presets_step_count(capsys):
+    import gankit
+
+    assert gankit.configure("dcgan").train.steps > 0  # a preset whose length is in steps
+    config = gankit.configure("dcgan", epochs=2)
+    assert (config.train.steps, config.train.epochs) == (0, 2.0)  # 0: "use epochs", inside
+    config = gankit.configure("dcgan", steps=0, epochs=1.5)  # spelt out: still accepted
+    assert (config.train.steps, config.train.epochs) == (0, 1.5)
+    assert run("train", "dcgan", "--epochs", "2", "--dry-run") == 0
+    text = capsys.readouterr().out
+    assert "\nsteps = 0\n" in text and "\nepochs = 2.0\n" in text

@@ -563,8 +563,45 @@ def test_download_file_directly(real_data: Path, tmp_path: Path, serve) -> None:
         download_file(url + "missing.gz", tmp_path / "missing.gz", good)
     assert sorted(p.name for p in tmp_path.rglob("*")) == ["labels.gz", "sub"]
     (tmp_path / "a-file").write_text("")
-    with pytest.raises(DataError, match="cannot write into"):
+    with pytest.raises(DataError, match="download failed: could not write .*a-file"):
         download_file(url + LABELS_TEST, tmp_path / "a-file" / "labels.gz", good)
+
+
+@pytest.mark.usefixtures("online")
+@pytest.mark.parametrize("failure", ["missing", "sha256 mismatch"])
+def test_a_failed_download_removes_the_folders_it_created(
+    real_data: Path, tmp_path: Path, serve, monkeypatch: pytest.MonkeyPatch, failure: str
+) -> None:
+    served = tmp_path / "served"
+    served.mkdir()
+    if failure == "sha256 mismatch":  # Fashion-MNIST's file under MNIST's name
+        (served / IMAGES_TEST).write_bytes((real_data / "fashion-mnist" / IMAGES_TEST).read_bytes())
+    url, _, _ = serve(served)
+    monkeypatch.setenv("GANKIT_MIRROR", url)
+    root = tmp_path / "new"  # the cache root does not exist yet either
+    monkeypatch.setenv("GANKIT_CACHE", str(root / "cache"))
+    with pytest.raises(DataError, match="404" if failure == "missing" else failure):
+        load_dataset("mnist", "test", data_dir=tmp_path / "nowhere")
+    assert not root.exists()  # every level it made, and nothing above (tmp_path stays)
+    assert tmp_path.is_dir()
+    (root / "cache" / "mnist").mkdir(parents=True)  # a folder that was there before stays
+    with pytest.raises(DataError):
+        load_dataset("mnist", "test", data_dir=tmp_path / "nowhere")
+    assert (root / "cache" / "mnist").is_dir()
+
+
+@pytest.mark.usefixtures("online")
+def test_a_half_finished_download_keeps_the_file_that_arrived(
+    real_data: Path, tmp_path: Path, cache: Path, serve, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    served = tmp_path / "served"
+    served.mkdir()
+    (served / IMAGES_TEST).write_bytes((real_data / "mnist" / IMAGES_TEST).read_bytes())
+    url, _, _ = serve(served)  # the labels file answers 404
+    monkeypatch.setenv("GANKIT_MIRROR", url)
+    with pytest.raises(DataError, match="404"):
+        load_dataset("mnist", "test", data_dir=tmp_path / "nowhere")
+    assert [p.name for p in (cache / "mnist").iterdir()] == [IMAGES_TEST]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -688,6 +725,89 @@ def test_npz_not_an_archive(tmp_path: Path) -> None:
         load_dataset(f"npz:{tmp_path / 'cut.npz'}")
     with pytest.raises(DataError, match="absent.npz: cannot read"):
         load_dataset(f"npz:{tmp_path / 'absent.npz'}")
+
+
+def _npy_header_only(path: Path, shape: tuple[int, ...], descr: str = "|u1") -> None:
+    """An .npz whose 'images' header claims `shape` but whose member holds a few bytes."""
+    import zipfile
+
+    header = io.BytesIO()
+    np.lib.format.write_array_header_1_0(
+        header, {"descr": descr, "fortran_order": False, "shape": shape}
+    )
+    with zipfile.ZipFile(path, "w") as archive:
+        archive.writestr("images.npy", header.getvalue() + bytes(64))
+
+
+def _never_read(self, key):  # stands in for NpzFile.__getitem__: reading an array fails the test
+    raise AssertionError(f"{key!r} was decompressed; it should have been refused from its header")
+
+
+def test_npz_zip_bomb_is_refused_from_its_header(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from gankit.evaluation import load_samples
+
+    bomb = tmp_path / "bomb.npz"  # 2,000 real zero images, a few kB compressed
+    np.savez_compressed(bomb, images=np.zeros((2000, 28, 28), np.uint8))
+    assert bomb.stat().st_size < 20_000
+    assert len(load_dataset(f"npz:{bomb}")) == 2000  # under the default limit: loads
+    monkeypatch.setattr(data, "NPZ_MAX_IMAGES", 1000)  # the same bomb, 2x over a lower limit
+    monkeypatch.setattr(np.lib.npyio.NpzFile, "__getitem__", _never_read)
+    for load in (lambda: load_dataset(f"npz:{bomb}"), lambda: load_samples(bomb)):
+        with pytest.raises(DataError) as info:
+            load()
+        message = str(info.value)
+        assert str(bomb) in message and "claims 2,000 images" in message
+        assert "(2000, 28, 28) uint8 = 2 MB" in message
+        assert "more than the limit of 1,000 images" in message and "refused" in message
+
+
+def test_npz_claiming_gigabytes_is_refused_at_once(tmp_path: Path) -> None:
+    """The issue's file: 'images' claiming 2,000,000 28x28 images, 1.6 GB, under the byte cap."""
+    path = tmp_path / "claim.npz"
+    _npy_header_only(path, (2_000_000, 28, 28))
+    started = time.perf_counter()
+    with pytest.raises(DataError, match=r"claims 2,000,000 images .* = 1,568 MB\), more than "
+                       r"the limit of 1,000,000 images"):
+        load_dataset(f"npz:{path}")
+    assert time.perf_counter() - started < 1.0
+
+
+@pytest.mark.parametrize(
+    ("arrays", "phrase"),
+    [
+        ({"images": np.zeros((50, 784), np.uint8)}, r"shape \(50, 784\); expected \(N, H, W\)"),
+        ({"images": np.zeros((50, 32, 32), np.uint8)}, r"\(50, 32, 32\) but images of 28x28"),
+        ({"images": np.zeros((5, 28, 28, 3), np.uint8)}, r"\(5, 28, 28, 3\); expected"),
+        ({"images": np.zeros((5, 28, 28), np.int16)}, "dtype int16; expected uint8"),
+        ({"images": np.zeros((5, 28, 28), np.uint8), "labels": np.zeros((5, 2), int)},
+         "1-D integer"),
+        ({"images": np.zeros((5, 28, 28), np.uint8), "labels": np.zeros(10**6, int)},
+         "1000000 labels but 5 images"),
+    ],
+)
+def test_npz_wrong_shapes_are_refused_before_decompressing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, arrays: dict, phrase: str
+) -> None:
+    path = tmp_path / "bad.npz"
+    np.savez_compressed(path, **arrays)
+    monkeypatch.setattr(np.lib.npyio.NpzFile, "__getitem__", _never_read)
+    with pytest.raises(DataError, match=phrase):
+        load_dataset(f"npz:{path}")
+
+
+def test_npz_large_member_is_announced_before_reading(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    path = tmp_path / "a.npz"
+    np.savez(path, images=np.zeros((5, 28, 28), np.uint8), labels=np.arange(5))
+    load_dataset(f"npz:{path}")
+    assert capsys.readouterr().err == ""  # small: silent
+    monkeypatch.setattr(data, "_NPZ_ANNOUNCE_BYTES", 1000)  # 3,920 bytes of images is large
+    assert len(load_dataset(f"npz:{path}")) == 5
+    err = capsys.readouterr().err
+    assert err.splitlines() == [f"reading {path}: 'images' (5, 28, 28) uint8, 0 MB decompressed"]
 
 
 # ----------------------------------------------------------------------------------------------

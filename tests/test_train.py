@@ -132,14 +132,20 @@ def test_ctrl_c_finishes_the_step_with_a_checkpoint_and_twice_stops_at_once(pres
 
     trainer = Trainer(config, tmp_path, data=fashion.subset(2000), callbacks=[interrupt],
                       progress=False, tensorboard=False)
-    if presses == 1:
-        result = trainer.fit()
-        assert result.interrupted and result.step == 15
-        assert result.checkpoint.name == "step-00000015.safetensors"
-    else:
-        with pytest.raises(KeyboardInterrupt):
-            trainer.fit()
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handler restored
+    # as in a terminal: a background job (nohup, `&`) starts with SIGINT ignored, and a run
+    # leaves an ignored signal ignored
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        if presses == 1:
+            result = trainer.fit()
+            assert result.interrupted and result.step == 15
+            assert result.checkpoint.name == "step-00000015.safetensors"
+        else:
+            with pytest.raises(KeyboardInterrupt):
+                trainer.fit()
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # restored
+    finally:
+        signal.signal(signal.SIGINT, previous)
     newest = sorted(p.name for p in (tmp_path / "checkpoints").iterdir())[-1]
     step = 15 if presses == 1 else 10  # twice: no new checkpoint, the last one intact
     assert newest == f"step-{step:08d}.safetensors"
@@ -223,9 +229,9 @@ def test_rollbacks_are_bounded(fashion, tmp_path):
     assert [r["lr_scale"] for r in read_metrics(tmp_path) if "rollback" in r] == [0.5, 0.25]
 
 
-def test_length_from_epochs_counts_real_batches_per_step(fashion):
+def test_length_from_epochs_counts_real_batches_per_step(fashion, tmp_path):
     config = gankit.configure("wgan-001", steps=0, epochs=1.0, batch_size=100)
-    trainer = Trainer(config, "unused", data=fashion.subset(1000), progress=False,
+    trainer = Trainer(config, tmp_path, data=fashion.subset(1000), progress=False,
                       tensorboard=False)
     assert trainer.batches_per_step == 5  # five critic updates, each on a fresh batch
     assert trainer.total_steps == 2  # 1000 images / (5 × 100) per step

@@ -342,3 +342,48 @@ def test_saved_files_follow_umask_and_leave_no_temp_files(tmp_path):
     path = save_grid(_const_batch([1, 2]), tmp_path / "g.png")
     assert path.stat().st_mode & 0o777 == 0o666 & ~umask
     assert [p.name for p in tmp_path.iterdir()] == ["g.png"]
+
+
+def _write_then_fail(self, target, *args, **kwargs):
+    """Stand-in for Image.save / Figure.savefig: half a PNG, then the writer dies."""
+    if isinstance(target, (str, os.PathLike)):
+        with open(target, "wb") as f:
+            f.write(PNG_MAGIC + b"half")
+    else:
+        target.write(PNG_MAGIC + b"half")
+    raise RuntimeError("killed mid-write")
+
+
+_WRITERS = {  # writer -> (write into a folder, the file it writes there)
+    "grid": (lambda folder: save_grid(_const_batch([1, 2]), folder / "f.png"), "f.png"),
+    "images": (lambda folder: save_images(_const_batch([1, 2]), folder), "000000.png"),
+    "plot": (lambda folder: plot_losses([{"step": 1, "loss/G": 1.0}], folder / "f.png"),
+             "f.png"),
+}
+
+
+@pytest.mark.parametrize("writer", list(_WRITERS))
+def test_a_failed_write_keeps_the_old_file_and_leaves_no_temp(tmp_path, monkeypatch, writer):
+    from matplotlib.figure import Figure
+
+    write, name = _WRITERS[writer]
+    write(tmp_path)
+    before = (tmp_path / name).read_bytes()
+    if writer == "plot":
+        monkeypatch.setattr(Figure, "savefig", _write_then_fail)
+    else:
+        monkeypatch.setattr(Image.Image, "save", _write_then_fail)
+    with pytest.raises(RuntimeError, match="killed mid-write"):
+        write(tmp_path)
+    assert (tmp_path / name).read_bytes() == before  # whole: the previous version
+    assert not [p.name for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary
+
+
+def test_an_unwritable_place_is_a_storage_error_naming_the_file(tmp_path):
+    from gankit.errors import StorageError
+
+    (tmp_path / "a-file").write_text("")
+    with pytest.raises(StorageError, match=r"could not write .*a-file/g\.png"):
+        save_grid(_const_batch([1]), tmp_path / "a-file" / "g.png")
+    with pytest.raises(StorageError, match=r"could not write .*a-file/p\.png"):
+        plot_losses([{"step": 1, "loss/G": 1.0}], tmp_path / "a-file" / "p.png")

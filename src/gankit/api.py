@@ -8,15 +8,17 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
+from numbers import Real
 from pathlib import Path
 
 from torch import nn
 
 from gankit import distributed
 from gankit.config import RunConfig, build_config, resolve_key
+from gankit.errors import ConfigError
 from gankit.models import GenerativeModel, build_model
 from gankit.presets import get_preset
-from gankit.runs import Run, load_run, new_run_dir
+from gankit.runs import Run, discard_claim, load_run, new_run_dir
 from gankit.train import FitResult, Trainer, resume_trainer
 
 
@@ -26,6 +28,7 @@ def configure(model: str, config_file: str | Path | None = None, sets: Iterable[
 
     Overrides take any config key by its full dotted path with ``__`` for dots
     (``model__opt_d__lr=1e-4``) or by a unique leaf name (``steps=500``, ``n_critic=5``).
+    ``steps`` must be >= 1 and ``epochs`` > 0; ``epochs`` alone replaces the preset's steps.
     """
     nested: dict = {}
     for key, value in overrides.items():
@@ -35,6 +38,18 @@ def configure(model: str, config_file: str | Path | None = None, sets: Iterable[
         for part in parents:
             node = node.setdefault(part, {})
         node[leaf] = value
+    # the config's steps = 0 means "use epochs": a user gives a length, never 0 (a TOML file
+    # or --set may still write steps = 0 beside epochs)
+    train = nested.get("train", {})
+    steps, epochs = train.get("steps"), train.get("epochs")
+    if isinstance(epochs, Real) and not 0 < epochs < float("inf"):
+        raise ConfigError(f"epochs={epochs!r}: the run length in passes over the data must be "
+                          "a number > 0")
+    if isinstance(steps, Real) and steps < 1 and not (steps == 0 and epochs):
+        raise ConfigError(f"steps={steps!r}: a run needs at least 1 step; to give its length "
+                          "in passes over the data, pass epochs=E instead")
+    if epochs is not None and steps is None:
+        train["steps"] = 0  # epochs replace the preset's step count
     return build_config(get_preset(model), config_file, list(sets), nested)
 
 
@@ -62,8 +77,11 @@ def train(model: str | RunConfig = "dcgan", *, out: str | Path | None = None,
     run_dir = distributed.on_main(distributed.init(), lambda: new_run_dir(
         out, f"{config.preset or 'custom'}-{config.train.data}", overwrite=overwrite),
         "choosing the run folder")
-    custom = build_model(config.model, **networks) if networks else None
-    trainer = Trainer(config, run_dir, model=custom, callbacks=callbacks, progress=progress)
+    try:
+        custom = build_model(config.model, **networks) if networks else None
+        trainer = Trainer(config, run_dir, model=custom, callbacks=callbacks, progress=progress)
+    finally:
+        discard_claim(run_dir)  # the trainer took the folder's lock, unless it was refused
     trainer.fit()
     return _as_run(trainer)
 

@@ -41,6 +41,7 @@ from gankit import __version__
 from gankit.config import RunConfig
 from gankit.data import Dataset, load_dataset
 from gankit.errors import ConfigError
+from gankit.files import write_text
 from gankit.flops import sample_flops, step_flops
 from gankit.models import build_model
 from gankit.presets import DEFAULT_NAMES, preset_names
@@ -565,7 +566,4 @@ def _format_ttq(t: dict) -> list[str]:
 
 
 def write_json(report: dict, path: str | Path) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(report, indent=2) + "\n")
-    return path
+    return write_text(path, json.dumps(report, indent=2) + "\n")

@@ -22,7 +22,6 @@ import os
 import platform
 import random
 import re
-import secrets
 import warnings
 from collections.abc import Mapping
 from pathlib import Path
@@ -32,9 +31,10 @@ import numpy as np
 import safetensors
 import torch
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save
 
 from gankit.errors import CheckpointError
+from gankit.files import atomic_write
 
 FORMAT = "gankit-checkpoint"
 FORMAT_VERSION = 1
@@ -146,23 +146,12 @@ def save_checkpoint(path: str | os.PathLike, tensors: dict[str, torch.Tensor], m
         "meta_sha256": hashlib.sha256(meta_json.encode("utf-8")).hexdigest(),
         "versions": json.dumps(_versions()),
     }
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.parent / f".{target.name}.{secrets.token_hex(6)}.tmp"
     try:
-        os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
-        save_file(prepared, tmp, metadata=metadata)
-        with open(tmp, "r+b") as handle:
-            os.fsync(handle.fileno())
-        os.replace(tmp, target)
-    except BaseException as exc:
-        tmp.unlink(missing_ok=True)
-        if isinstance(exc, (OSError, SafetensorError)):
-            raise CheckpointError(
-                f"could not write checkpoint {target}: {exc}; check free disk space and "
-                f"write permission on {target.parent} (any previous file at that path is intact)"
-            ) from exc
-        raise
-    _fsync_dir(target.parent)
+        payload = save(prepared, metadata=metadata)
+    except SafetensorError as exc:
+        raise CheckpointError(f"could not encode checkpoint {target}: {exc}") from exc
+    with atomic_write(target) as handle:  # synced: a checkpoint survives a power cut
+        handle.write(payload)  # a failure leaves any previous file at that path intact
     return target
 
 
@@ -481,14 +470,3 @@ def _versions() -> dict[str, str]:
         "numpy": np.__version__,
         "python": platform.python_version(),
     }
-
-
-def _fsync_dir(folder: Path) -> None:
-    """Flush a directory entry so a completed rename survives a power loss (POSIX only)."""
-    if os.name != "posix":
-        return
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

@@ -44,14 +44,40 @@ def _add_train(sub) -> None:
     _add_run_options(p)
 
 
+def _steps_arg(text: str) -> int:
+    """--steps: a whole number >= 1 (the config's 0, "use epochs", is not for users)."""
+    try:
+        steps = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of steps") from None
+    if steps < 1:
+        raise argparse.ArgumentTypeError(f"{steps}: a run needs at least 1 step (to give its "
+                                         "length in passes over the data, use --epochs)")
+    return steps
+
+
+def _epochs_arg(text: str) -> float:
+    """--epochs: a number > 0 (fractions of a pass allowed)."""
+    try:
+        epochs = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of epochs") from None
+    if not 0 < epochs < float("inf"):
+        raise argparse.ArgumentTypeError(f"{text}: the run length in passes over the data "
+                                         "must be a number > 0, e.g. 0.5 or 10")
+    return epochs
+
+
 def _add_run_options(p: argparse.ArgumentParser) -> None:
     """The options that shape a training run: `gankit train` and every run of `gankit sweep`."""
     p.add_argument("--data", help="fashion-mnist, mnist, mnist-5k, folder:PATH or npz:PATH")
     p.add_argument("--data-dir", help="folder holding the data files (else $GANKIT_DATA, the "
                    "cache ~/.cache/gankit, system copies, then a download)")
     length = p.add_mutually_exclusive_group()
-    length.add_argument("--steps", type=int, help="total steps of the run")
-    length.add_argument("--epochs", type=float, help="run length in passes over the data")
+    length.add_argument("--steps", type=_steps_arg, metavar="N", help="total steps of the run "
+                        "(>= 1; with --resume, the new total)")
+    length.add_argument("--epochs", type=_epochs_arg, metavar="E", help="run length in passes "
+                        "over the data (> 0)")
     p.add_argument("--max-seconds", type=float, metavar="S", help="stop after S seconds of "
                    "training (with a checkpoint; --resume continues)")
     p.add_argument("--batch-size", type=int)
@@ -92,9 +118,7 @@ def _run_overrides(args: argparse.Namespace) -> dict:
         "evaluator": args.evaluator, "on_divergence": args.on_divergence,
         "model.opt_g.lr": args.lr_g or args.lr, "model.opt_d.lr": args.lr_d or args.lr,
     }.items() if v is not None}
-    if args.epochs is not None:
-        overrides["steps"] = 0  # --epochs replaces the preset's step count
-    return overrides
+    return overrides  # configure() lets epochs alone replace the preset's step count
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -116,7 +140,7 @@ def _train(args: argparse.Namespace, world) -> int:
     from gankit import distributed
     from gankit.api import configure
     from gankit.config import to_dict
-    from gankit.runs import new_run_dir
+    from gankit.runs import discard_claim, new_run_dir
     from gankit.train import Trainer, resume_trainer
 
     say = partial(distributed.say, world)  # process 0 speaks for the run
@@ -146,7 +170,10 @@ def _train(args: argparse.Namespace, world) -> int:
         run_dir = distributed.on_main(world, lambda: new_run_dir(
             args.out, f"{config.preset}-{config.train.data}", overwrite=args.overwrite),
             "choosing the run folder")
-        trainer = Trainer(config, run_dir, progress=not args.no_progress)
+        try:
+            trainer = Trainer(config, run_dir, progress=not args.no_progress)
+        finally:
+            discard_claim(run_dir)  # the trainer took the folder's lock, unless refused
         where = (f"{world.size} processes ({trainer.device.type}, "
                  f"{config.train.batch_size // world.size} images each)"
                  if world.parallel else trainer.device)
@@ -273,14 +300,18 @@ def _add_sample(sub) -> None:
     p.add_argument("--out", help="FILE.npz (uint8 'images' (N, H, W), 'labels' for a "
                    "conditional model) or DIR/ for one PNG per image")
     p.add_argument("--grid", metavar="FILE.png", help="also write one grid of the images")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out file "
+                   "or non-empty folder, and an existing --grid")
     p.add_argument("--label", type=int, help="conditional model: the class to generate")
     p.add_argument("--seed", type=int, default=0)
 
 
 def cmd_sample(args: argparse.Namespace) -> int:
+    """Generate --n images; each output appears whole under its name or not at all."""
     import numpy as np
     import torch
 
+    from gankit.files import atomic_folder, atomic_write, remove_temporaries
     from gankit.runs import load_run
     from gankit.viz import save_grid, save_images
 
@@ -288,6 +319,17 @@ def cmd_sample(args: argparse.Namespace) -> int:
         raise GankitError("say where the images go: --out FILE.npz, --out DIR/ or --grid FILE.png")
     if args.n < 1:
         raise GankitError(f"--n {args.n}: expected at least 1 image")
+    out, grid = (Path(p) if p else None for p in (args.out, args.grid))
+    to_folder = out is not None and (args.out.endswith(("/", "\\")) or out.is_dir())
+    if to_folder and out.is_file():
+        raise GankitError(f"--out {args.out}: {out} is a file, not a folder; choose another path")
+    if out is not None and not to_folder and out.suffix != ".npz":
+        raise GankitError(f"--out {out}: use a .npz file or a folder ending in /")
+    if not args.overwrite:  # refused before the model is loaded and the images are generated
+        for option, path in (("--out", out), ("--grid", grid)):
+            if path is not None and (path.is_file() or (path.is_dir() and any(path.iterdir()))):
+                raise GankitError(f"{option} {path} already exists: pass --overwrite to "
+                                  "replace it, or choose another path")
     run = load_run(args.run_dir, args.device)
     labels = None
     if args.label is not None:
@@ -300,19 +342,19 @@ def cmd_sample(args: argparse.Namespace) -> int:
     elif run.config.model.conditional:
         labels = torch.arange(args.n, device=run.model.device) % run.config.model.num_classes
     images = run.sample(args.n, labels, args.seed).cpu()  # (N, C, H, W) uint8
-    if args.out:
-        out = Path(args.out)
-        if args.out.endswith(("/", "\\")) or out.is_dir():
-            save_images(images, out, labels=labels.cpu() if labels is not None else None)
+    if out is not None:
+        # what a killed `gankit sample` left (a live one keeps touching its temporary)
+        remove_temporaries(out.parent, of=out.name, idle=60)
+        if to_folder:
+            with atomic_folder(out, overwrite=args.overwrite) as tmp:
+                save_images(images, tmp, labels=labels.cpu() if labels is not None else None)
         else:
-            if out.suffix != ".npz":
-                raise GankitError(f"--out {out}: use a .npz file or a folder ending in /")
-            out.parent.mkdir(parents=True, exist_ok=True)
             arrays = {"images": images[:, 0].numpy() if images.shape[1] == 1 else
                       images.permute(0, 2, 3, 1).numpy()}
             if labels is not None:
                 arrays["labels"] = labels.cpu().numpy().astype(np.int64)
-            np.savez_compressed(out, **arrays)
+            with atomic_write(out, "wb") as f:
+                np.savez_compressed(f, **arrays)
         print(f"wrote {args.n} images to {out}")
     if args.grid:
         save_grid(images, args.grid, nrow=10 if labels is not None else None, scale=2)
@@ -431,8 +473,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if args.samples:
         if not args.data:
             raise GankitError("--samples needs --data NAME: the real data to compare with")
+        images, labels = load_samples(args.samples)  # a bad file is refused before any build
         evaluation = open_evaluation(args.data, args.data_dir, 28, args.device, args.evaluator)
-        images, labels = load_samples(args.samples)
         report = evaluate_images(evaluation, images, labels, samples=args.samples,
                                  data=args.data)
         out = Path(args.out or Path(args.samples).with_suffix(".eval.json"))
@@ -613,8 +655,8 @@ def main(argv: list[str] | None = None) -> int:
         who = f" (process {os.environ.get('RANK', '?')} of {size})" if size != "1" else ""
         print(f"gankit: error{who}: {err}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("\ngankit: interrupted", file=sys.stderr)
+    except KeyboardInterrupt as err:  # a second Ctrl-C: what stopped, and how to go on
+        print(f"\ngankit: interrupted{': ' if str(err) else ''}{err}", file=sys.stderr)
         return 130
 
 

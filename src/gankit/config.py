@@ -21,6 +21,7 @@ from typing import Any, Literal, Union, get_args, get_origin
 import tomli_w
 
 from gankit.errors import ConfigError
+from gankit.files import write_text
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -317,9 +318,9 @@ def _coerce(tp: Any, value: Any, path: str) -> Any:
 
 
 def save_toml(config: RunConfig, path: str | Path) -> Path:
-    """Write the resolved config as TOML."""
+    """Write the resolved config as TOML (atomically)."""
     path = Path(path)
-    path.write_text(tomli_w.dumps(to_dict(config)))
+    write_text(path, tomli_w.dumps(to_dict(config)))
     return path
 
 

@@ -16,7 +16,7 @@ import io
 import math
 import os
 import struct
-import tempfile
+import sys
 import urllib.error
 import urllib.request
 import zipfile
@@ -28,7 +28,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from gankit.errors import DataError
+from gankit.errors import DataError, StorageError
+from gankit.files import atomic_write
 
 __all__ = [
     "DATASETS",
@@ -365,37 +366,53 @@ def _locate(folder: Path, gz_name: str) -> Path | None:
 
 
 def download_file(url: str, dest: Path, sha256: str, timeout: float = 30.0) -> Path:
-    """Download `url` to `dest` atomically, keeping it only if its SHA-256 is `sha256`."""
+    """Download `url` to `dest` atomically, keeping it only if its SHA-256 is `sha256`; a
+    failure also removes the folders it created for `dest`, if they are still empty."""
     dest = Path(dest)
+    created = [p for p in (dest.parent, *dest.parent.parents) if not p.exists()]  # deepest 1st
     try:
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp_name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent)
-    except OSError as exc:
-        raise DataError(f"{url}: cannot write into {dest.parent}: {exc}") from exc
-    tmp = Path(tmp_name)
-    try:
-        digest = hashlib.sha256()
-        with os.fdopen(fd, "wb") as out:
-            request = urllib.request.Request(url, headers={"User-Agent": "gankit"})
-            with urllib.request.urlopen(request, timeout=timeout) as response:
-                while chunk := response.read(1 << 20):
-                    digest.update(chunk)
-                    out.write(chunk)
+        with atomic_write(dest) as out:  # the file appears under its name only when verified
+            digest = hashlib.sha256()
+            try:
+                request = urllib.request.Request(url, headers={"User-Agent": "gankit"})
+                with urllib.request.urlopen(request, timeout=timeout) as response:
+                    while chunk := _read(response):
+                        digest.update(chunk)
+                        out.write(chunk)  # a full disk here: StorageError, from atomic_write
+            except (urllib.error.URLError, http.client.HTTPException, ValueError) as exc:
+                if isinstance(exc, urllib.error.HTTPError):
+                    exc.close()  # an HTTP error carries an open response
+                raise DataError(f"{url}: download failed: {exc}") from exc
             got = digest.hexdigest()
             if got != sha256:
                 raise DataError(
                     f"{url}: sha256 mismatch: expected {sha256}, got {got}; download discarded"
                 )
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(tmp, dest)
-    except (OSError, http.client.HTTPException, ValueError) as exc:
-        if isinstance(exc, urllib.error.HTTPError):
-            exc.close()  # an HTTP error carries an open response
-        raise DataError(f"{url}: download failed: {exc}") from exc
-    finally:
-        tmp.unlink(missing_ok=True)  # a no-op after os.replace
+    except (DataError, StorageError) as exc:
+        _remove_empty_folders(created)
+        if isinstance(exc, StorageError):
+            raise DataError(f"{url}: download failed: {exc}") from exc
+        raise
     return dest
+
+
+def _read(response) -> bytes:
+    """The next MiB of an HTTP response; a network failure (reset, time-out) is a URLError."""
+    try:
+        return response.read(1 << 20)
+    except OSError as exc:
+        raise urllib.error.URLError(exc) from exc
+
+
+def _remove_empty_folders(folders: list[Path]) -> None:
+    """Remove `folders` (deepest first) while they are empty; stop at the first that is not."""
+    for folder in folders:
+        try:
+            folder.rmdir()
+        except FileNotFoundError:  # never made (mkdir failed below its parent)
+            continue
+        except OSError:  # not empty: another download filled it
+            return
 
 
 def _download_split(name: str, files: tuple[str, str], errors: list[str]) -> Path | None:
@@ -697,16 +714,24 @@ _NPZ_ERRORS = (
 )
 
 
-def _npz_array(
-    npz: np.lib.npyio.NpzFile, key: str, path: Path, max_bytes: int
-) -> np.ndarray | None:
-    """Array `key` of an open npz, or None if absent; the .npy header is checked before
-    anything is allocated (object dtype refused, claimed size bounded by the member's size)."""
+# How many images an .npz may hold. Whatever reads one (`npz:` training data, `gankit eval
+# --samples`) keeps every image in memory: one million is 16 times Fashion-MNIST's 60,000
+# training images and 20 times the 50,000 samples FID is usually reported on, 784 MB as
+# 28x28 uint8. An archive claiming more is refused from its .npy header, before anything is
+# decompressed (a small file can claim gigabytes of zeros).
+NPZ_MAX_IMAGES = 1_000_000
+_NPZ_ANNOUNCE_BYTES = 100 * 10**6  # a member this large gets a line on stderr before reading
+
+
+def _npz_header(
+    npz: np.lib.npyio.NpzFile, key: str, path: Path
+) -> tuple[tuple[int, ...], np.dtype, int] | None:
+    """Shape, dtype and member size of array `key` from its .npy header alone (nothing else is
+    decompressed), or None if absent; object arrays (pickles) refused."""
     names = npz.zip.namelist()
     member = next((m for m in (f"{key}.npy", key) if m in names), None)
     if member is None:
         return None
-    info = npz.zip.getinfo(member)
     with npz.zip.open(member) as f:
         version = np.lib.format.read_magic(f)
         if version == (1, 0):
@@ -718,50 +743,84 @@ def _npz_array(
             f"{path}: {key!r} is an object array, which would need unpickling; refused "
             "(save plain numeric arrays)"
         )
+    return shape, dtype, npz.zip.getinfo(member).file_size
+
+
+def _check_images_header(
+    shape: tuple[int, ...], dtype: np.dtype, path: Path, image_size: int, max_bytes: int
+) -> None:
+    """Refuse, from the header, an `images` array of the wrong per-image shape or dtype, or
+    larger than NPZ_MAX_IMAGES images or `max_bytes` bytes."""
+    layout_ok = len(shape) == 3 or (len(shape) == 4 and 1 in (shape[1], shape[3]))
+    if not layout_ok or shape[0] == 0:
+        raise DataError(
+            f"{path}: 'images' has shape {shape}; expected (N, H, W), (N, 1, H, W) or "
+            "(N, H, W, 1) with N >= 1"
+        )
+    if len(shape) == 3 or shape[1] != 1:
+        per_image = shape[1:3]  # (N, H, W) or (N, H, W, 1)
+    else:
+        per_image = shape[2:]  # (N, 1, H, W)
+    if per_image != (image_size, image_size):
+        raise DataError(
+            f"{path}: 'images' has shape {shape} but images of {image_size}x{image_size} are "
+            f"expected (image_size={image_size}); npz arrays are not resized"
+        )
+    if dtype != np.uint8 and not np.issubdtype(dtype, np.floating):
+        raise DataError(
+            f"{path}: 'images' has dtype {dtype}; expected uint8 (0..255) or float in [0, 1]"
+        )
     nbytes = math.prod(shape) * dtype.itemsize
-    claim = f"{key!r} claims shape {shape} {dtype} = {nbytes} bytes"
+    claim = f"'images' claims {shape[0]:,} images ({shape} {dtype} = {nbytes / 1e6:,.0f} MB)"
+    if shape[0] > NPZ_MAX_IMAGES:
+        raise DataError(
+            f"{path}: {claim}, more than the limit of {NPZ_MAX_IMAGES:,} images (all are held "
+            "in memory; evaluation needs tens of thousands at most); refused before reading "
+            "it: save fewer images"
+        )
     if nbytes > max_bytes:
-        raise DataError(f"{path}: {claim}, more than the limit of {max_bytes}; refused")
-    if nbytes > info.file_size:
-        raise DataError(f"{path}: {claim} but its archive member holds {info.file_size}")
+        raise DataError(
+            f"{path}: {claim}, more than the limit of {max_bytes / 1e6:,.0f} MB; refused "
+            "before reading it: save fewer images, or as uint8"
+        )
+
+
+def _npz_read(
+    npz: np.lib.npyio.NpzFile, key: str, path: Path, header: tuple[tuple[int, ...], np.dtype, int]
+) -> np.ndarray:
+    """Array `key` of an open npz whose header was checked; a large one is announced first."""
+    shape, dtype, member_size = header
+    nbytes = math.prod(shape) * dtype.itemsize
+    if nbytes > member_size:
+        raise DataError(
+            f"{path}: {key!r} claims shape {shape} {dtype} = {nbytes} bytes but its archive "
+            f"member holds {member_size}"
+        )
+    if nbytes > _NPZ_ANNOUNCE_BYTES:
+        print(f"reading {path}: {key!r} {shape} {dtype}, {nbytes / 1e6:,.0f} MB decompressed",
+              file=sys.stderr, flush=True)
     array = npz[key]
     if not isinstance(array, np.ndarray):
         raise DataError(f"{path}: {key!r} is not a .npy array")
     return array
 
 
-def _npz_images(images: np.ndarray, path: Path, image_size: int) -> np.ndarray:
-    """Validate and convert an npz `images` array to uint8 (N, 1, H, W)."""
-    shape = images.shape
-    if images.ndim == 4 and shape[1] == 1:
-        images = images[:, 0]  # (N, H, W)
-    elif images.ndim == 4 and shape[3] == 1:
-        images = images[..., 0]  # (N, H, W)
-    if images.ndim != 3 or len(images) == 0:
-        raise DataError(
-            f"{path}: 'images' has shape {shape}; expected (N, H, W), (N, 1, H, W) or "
-            "(N, H, W, 1) with N >= 1"
-        )
-    if images.shape[1:] != (image_size, image_size):
-        raise DataError(
-            f"{path}: 'images' has shape {shape} but images of {image_size}x{image_size} are "
-            f"expected (image_size={image_size}); npz arrays are not resized"
-        )
+def _npz_images(images: np.ndarray, path: Path) -> np.ndarray:
+    """Convert an `images` array whose header was checked to uint8 (N, 1, H, W)."""
+    if images.ndim == 4:
+        images = images[:, 0] if images.shape[1] == 1 else images[..., 0]  # (N, H, W)
     if images.dtype == np.uint8:
         out = images
-    elif np.issubdtype(images.dtype, np.floating):
+    else:  # floating, as the header said
         if not np.isfinite(images).all() or images.min() < 0 or images.max() > 1:
             raise DataError(f"{path}: float 'images' must be finite and within [0, 1]")
         out = np.rint(images.astype(np.float64) * 255).astype(np.uint8)
-    else:
-        raise DataError(
-            f"{path}: 'images' has dtype {images.dtype}; expected uint8 (0..255) or float in [0, 1]"
-        )
     return np.ascontiguousarray(out)[:, None]  # (N, 1, H, W)
 
 
 def _load_npz(spec: str, image_size: int, max_bytes: int = 1 << 31) -> Dataset:
-    """An .npz archive with an `images` array and an optional `labels` array."""
+    """An .npz archive with an `images` array and an optional `labels` array; both are checked
+    from their headers (shape, dtype, size: see NPZ_MAX_IMAGES) before either is read."""
     if not spec:
         raise DataError("npz: needs a path, e.g. npz:./images.npz")
     path = Path(spec).expanduser()
@@ -777,25 +836,30 @@ def _load_npz(spec: str, image_size: int, max_bytes: int = 1 << 31) -> Dataset:
     try:
         # Our own file object: np.load leaks the handles it opens when the zip is corrupt.
         with open(path, "rb") as f, np.load(f, allow_pickle=False) as npz:
-            images = _npz_array(npz, "images", path, max_bytes)
-            labels = _npz_array(npz, "labels", path, max_bytes)
-            keys = list(npz.files)
+            head = _npz_header(npz, "images", path)
+            if head is None:
+                keys = ", ".join(npz.files) or "none"
+                raise DataError(f"{path}: no 'images' array (keys: {keys})")
+            _check_images_header(head[0], head[1], path, image_size, max_bytes)
+            label_head = _npz_header(npz, "labels", path)
+            if label_head is not None:
+                shape, dtype, _ = label_head
+                if len(shape) != 1 or not np.issubdtype(dtype, np.integer):
+                    raise DataError(
+                        f"{path}: 'labels' must be a 1-D integer array, got {dtype} {shape}"
+                    )
+                if shape[0] != head[0][0]:
+                    raise DataError(f"{path}: {shape[0]} labels but {head[0][0]} images")
+            images = _npz_read(npz, "images", path, head)
+            labels = None if label_head is None else _npz_read(npz, "labels", path, label_head)
     except DataError:
         raise
     except _NPZ_ERRORS as exc:
         raise DataError(f"{path}: cannot read the .npz archive: {exc!s:.200}") from exc
-    if images is None:
-        raise DataError(f"{path}: no 'images' array (keys: {', '.join(keys) or 'none'})")
-    images = _npz_images(images, path, image_size)
+    images = _npz_images(images, path)
     label_tensor = None
     if labels is not None:
-        if labels.ndim != 1 or not np.issubdtype(labels.dtype, np.integer):
-            raise DataError(
-                f"{path}: 'labels' must be a 1-D integer array, got {labels.dtype} {labels.shape}"
-            )
-        if len(labels) != len(images):
-            raise DataError(f"{path}: {len(labels)} labels but {len(images)} images")
-        if labels.min() < 0:
+        if len(labels) and labels.min() < 0:
             raise DataError(f"{path}: 'labels' must be non-negative, found {labels.min()}")
         label_tensor = torch.from_numpy(labels.astype(np.int64))  # (N,)
     return Dataset(torch.from_numpy(images), label_tensor, f"npz:{path.resolve()}", None)

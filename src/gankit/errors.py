@@ -17,3 +17,11 @@ class DataError(GankitError):
 
 class CheckpointError(GankitError):
     """A checkpoint or run folder is missing, corrupt or incompatible."""
+
+
+class StorageError(GankitError):
+    """A file could not be written (a full disk, a read-only mount, a permission); ``path``
+    and ``errno`` say which file and why. The file's previous version is intact."""
+
+    path = None
+    errno: int | None = None

@@ -7,6 +7,7 @@ an encoder, and ``checkpoints/step-N.safetensors``.
 
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,32 +17,105 @@ import torch
 from gankit import checkpoint
 from gankit.config import RunConfig, from_dict
 from gankit.errors import CheckpointError, ConfigError
+from gankit.files import FolderLock
 from gankit.models import GenerativeModel, build_model
+
+RUN_LOCK = ".gankit-lock"  # in a run folder: held by the process training there
+_PROBE = ".gankit-write-probe"
+
+# run folders this process has claimed (locked) and not yet handed to a Trainer:
+# resolved path -> (lock, whether this process created the folder)
+_claims: dict[Path, tuple[FolderLock, bool]] = {}
+
+
+def lock_run(path: str | Path) -> FolderLock:
+    """Lock run folder ``path`` for training in this process; FolderBusy names the process
+    that already trains there. The OS drops the lock when this process ends, however."""
+    return FolderLock(path, RUN_LOCK, "its training lock").acquire()
+
+
+def claim_run_dir(path: str | Path, created: bool = False) -> FolderLock:
+    """Lock ``path`` and keep the lock for the Trainer that will train there (it takes it
+    with :func:`take_claim`); ``created``: this process made the folder."""
+    lock = lock_run(path)
+    _claims[Path(path).resolve()] = (lock, created)
+    return lock
+
+
+def take_claim(path: str | Path) -> tuple[FolderLock, bool]:
+    """The lock this process claimed on ``path`` (and whether it created the folder), or a
+    newly taken one."""
+    claimed = _claims.pop(Path(path).resolve(), None)
+    return claimed if claimed is not None else (lock_run(path), False)
+
+
+def holds_run(path: str | Path) -> bool:
+    """Whether run folder ``path`` holds nothing but this process's lock (no run yet)."""
+    path = Path(path)
+    return path.is_dir() and all(p.name == RUN_LOCK or p.name.startswith(_PROBE)
+                                 for p in path.iterdir())
+
+
+def discard_empty_run(lock: FolderLock) -> None:
+    """Remove a run folder that this process created and never wrote to (a refused run),
+    then release its lock."""
+    folder = lock.folder
+    if lock.held and holds_run(folder):
+        try:
+            (folder / RUN_LOCK).unlink()
+            folder.rmdir()
+        except OSError:
+            pass  # kept: nothing in it but the lock file
+    lock.release()
 
 
 def new_run_dir(out: str | Path | None, name: str, root: str | Path = "runs",
                 overwrite: bool = False) -> Path:
-    """The folder for a new run: ``out`` as given, or ``runs/NAME-0001`` numbered upwards.
+    """The folder for a new run, locked for this process: ``out`` as given, or
+    ``runs/NAME-0001`` numbered upwards.
 
-    An existing, non-empty ``out`` is refused unless ``overwrite`` (then its old files go).
+    An existing, non-empty ``out`` is refused unless ``overwrite`` (then its old files go);
+    one that another process trains in is refused whatever ``overwrite`` says.
     """
     if out is None:
         root = Path(root)
         safe = re.sub(r"[^A-Za-z0-9_.-]+", "-", name).strip("-") or "run"
         taken = [int(m.group(1)) for p in root.glob(f"{safe}-*")
                  if (m := re.fullmatch(re.escape(safe) + r"-(\d+)", p.name))]
-        path = root / f"{safe}-{max(taken, default=0) + 1:04d}"
+        number = max(taken, default=0) + 1
+        while True:  # mkdir is atomic: two processes never get one number
+            path = root / f"{safe}-{number:04d}"
+            try:
+                path.mkdir(parents=True)
+                break
+            except FileExistsError:
+                number += 1
+            except OSError as err:
+                raise ConfigError(f"cannot create run folder {path} ({err.strerror or err}): "
+                                  "choose another --out") from None
+        created = True
     else:
         path = Path(out)
         if path.exists() and not path.is_dir():
             raise ConfigError(f"--out {path} is a file, not a folder")
-        if path.exists() and any(path.iterdir()):
-            if not overwrite:
-                raise ConfigError(f"--out {path} already holds a run: pass --overwrite to "
-                                  "replace it, --resume to continue it, or another --out")
-            _clear_run(path)
+        created = not path.exists()
     check_writable(path)
+    lock = claim_run_dir(path, created)  # before anything in it is read or deleted
+    if not holds_run(path):
+        if not overwrite:
+            discard_claim(path)
+            raise ConfigError(f"--out {path} already holds a run: pass --overwrite to "
+                              "replace it, --resume to continue it, or another --out")
+        _clear_run(path, keep=lock.path)
     return path
+
+
+def discard_claim(path: str | Path) -> None:
+    """Give up this process's claim on ``path`` (removing the folder if it made it empty)."""
+    claimed = _claims.pop(Path(path).resolve(), None)
+    if claimed is not None:
+        lock, created = claimed
+        discard_empty_run(lock) if created else lock.release()
 
 
 def check_writable(path: Path, need_bytes: int = 0) -> None:
@@ -51,7 +125,7 @@ def check_writable(path: Path, need_bytes: int = 0) -> None:
 
     try:
         path.mkdir(parents=True, exist_ok=True)
-        probe = path / ".gankit-write-probe"
+        probe = path / f"{_PROBE}-{os.getpid()}"
         probe.write_bytes(b"ok")
         probe.unlink()
     except OSError as err:
@@ -64,11 +138,12 @@ def check_writable(path: Path, need_bytes: int = 0) -> None:
                           "some space, lower --set keep_checkpoints, or choose another --out")
 
 
-def _clear_run(path: Path) -> None:
+def _clear_run(path: Path, keep: Path) -> None:
     import shutil
 
     for child in path.iterdir():
-        shutil.rmtree(child) if child.is_dir() else child.unlink()
+        if child != keep:
+            shutil.rmtree(child) if child.is_dir() else child.unlink()
 
 
 @dataclass

@@ -243,9 +243,19 @@ def _full_keys(overrides: dict[str, Any]) -> dict[str, Any]:
 # --------------------------------------------------------------------------- storage, study
 
 
+@contextlib.contextmanager
 def open_storage(url: str, heartbeat: int | None = None):
-    """Optuna's database storage at ``url`` (``sqlite:///FILE`` or a server such as
-    ``postgresql+psycopg2://USER@HOST/DB``), recording heartbeats every ``heartbeat`` s."""
+    """``with open_storage(url) as storage:`` Optuna's database storage at ``url``
+    (``sqlite:///FILE`` or a server such as ``postgresql+psycopg2://USER@HOST/DB``),
+    recording heartbeats every ``heartbeat`` s; its connections are closed on leaving."""
+    storage = _connect(url, heartbeat)
+    try:
+        yield storage
+    finally:
+        storage.engine.dispose()
+
+
+def _connect(url: str, heartbeat: int | None):
     optuna = require_optuna()
     import sqlalchemy.exc
 
@@ -480,7 +490,7 @@ def _run_trial(study, trial_id: int, spec: SweepSpec, out: Path, evaluations: di
     optuna = require_optuna()
     from optuna.trial import TrialState
 
-    from gankit.runs import new_run_dir
+    from gankit.runs import discard_claim, lock_run, new_run_dir
     from gankit.train import Trainer, TrainingDiverged
 
     trial = optuna.trial.Trial(study, trial_id)
@@ -504,8 +514,11 @@ def _run_trial(study, trial_id: int, spec: SweepSpec, out: Path, evaluations: di
             f"{config.train.seed}): {shown} -> {run_dir}")
         new_run_dir(run_dir, "")  # refuses a folder that already holds a run
         reporter = _Reporter(trial)
-        trainer = Trainer(config, run_dir, callbacks=[reporter], progress=progress,
-                          evaluation=_evaluation(config, evaluations, progress))
+        try:
+            trainer = Trainer(config, run_dir, callbacks=[reporter], progress=progress,
+                              evaluation=_evaluation(config, evaluations, progress))
+        finally:
+            discard_claim(run_dir)  # the trainer took the folder's lock, unless refused
         reporter.total_steps = trainer.total_steps
         result = trainer.fit()
         if result.interrupted:
@@ -513,7 +526,8 @@ def _run_trial(study, trial_id: int, spec: SweepSpec, out: Path, evaluations: di
             _tell(study, trial, TrialState.FAIL, None, note, log)
             raise KeyboardInterrupt
         if reporter.last_eval.get("step") != trainer.step:  # a time budget ended the run
-            trainer.evaluate()
+            with lock_run(run_dir):  # it may write the best checkpoint
+                trainer.evaluate()
         metrics = {k.removeprefix("eval/"): v for k, v in reporter.last_eval.items()
                    if k.startswith("eval/")}
         trial.set_user_attr("steps", trainer.step)
@@ -522,7 +536,8 @@ def _run_trial(study, trial_id: int, spec: SweepSpec, out: Path, evaluations: di
     except optuna.TrialPruned as pruned:
         state, note = TrialState.PRUNED, str(pruned)
         trial.set_user_attr("steps", trainer.step)
-        trainer.save_checkpoint()  # the folder stays resumable at the step it stopped
+        with lock_run(run_dir):
+            trainer.save_checkpoint()  # the folder stays resumable at the step it stopped
     except TrainingDiverged as err:
         state, note = TrialState.PRUNED, f"diverged: {err.cause}"
         trial.set_user_attr("steps", trainer.step)
@@ -579,22 +594,23 @@ def sweep(model: str, *, storage: str, study: str, params: Iterable[str], trials
                                                   or "sweep")
     record = spec.record() | {"sampler": _name(sampler), "pruner": _name(pruner),
                               "heartbeat": heartbeat}
-    store = open_storage(storage, heartbeat)
-    if not _study_exists(store, study) and any(out.glob("trial-*")):
-        raise ConfigError(f"--out {out} holds the trial folders of another sweep: choose "
-                          "another --out (or --study), or delete them")
-    found = open_study(store, study, record, out, sampler, pruner)
-    log(f"sweep {study!r} in {_shown(storage)}: {trials} configurations × {seeds} seeds; "
-        f"runs go to {out}/")
-    outcomes: list[TrialOutcome] = []
-    evaluations: dict = {}
-    while True:
-        fail_stale_trials(found)
-        trial_id = _take_waiting_trial(found, store)
-        if trial_id is None:
-            break
-        with _heartbeat(store, trial_id, heartbeat, log):
-            outcomes.append(_run_trial(found, trial_id, spec, out, evaluations, progress, log))
+    with open_storage(storage, heartbeat) as store:
+        if not _study_exists(store, study) and any(out.glob("trial-*")):
+            raise ConfigError(f"--out {out} holds the trial folders of another sweep: choose "
+                              "another --out (or --study), or delete them")
+        found = open_study(store, study, record, out, sampler, pruner)
+        log(f"sweep {study!r} in {_shown(storage)}: {trials} configurations × {seeds} seeds; "
+            f"runs go to {out}/")
+        outcomes: list[TrialOutcome] = []
+        evaluations: dict = {}
+        while True:
+            fail_stale_trials(found)
+            trial_id = _take_waiting_trial(found, store)
+            if trial_id is None:
+                break
+            with _heartbeat(store, trial_id, heartbeat, log):
+                outcomes.append(_run_trial(found, trial_id, spec, out, evaluations, progress,
+                                           log))
     return outcomes
 
 
@@ -620,22 +636,23 @@ def sweep_report(storage: str, study: str, plot: str | Path | None = None) -> Sw
     sensitivity plot to ``plot`` (default: ``sensitivity.png`` in the sweep folder when it is
     on this machine, else ``sweep-STUDY.png`` here)."""
     optuna = require_optuna()
-    try:
-        found = optuna.load_study(study_name=study, storage=open_storage(storage))
-    except KeyError:
-        names = [s.study_name for s in optuna.get_all_study_summaries(open_storage(storage))]
-        raise ConfigError(f"no study {study!r} in {_shown(storage)}; it holds: "
-                          f"{', '.join(names) or 'none'}") from None
-    record = found.user_attrs.get(SPEC_ATTR)
-    if record is None:
-        raise ConfigError(f"study {study!r} is not a gankit sweep (it has no {SPEC_ATTR} "
-                          "attribute)")
-    fail_stale_trials(optuna.load_study(study_name=study,
-                                        storage=open_storage(storage, record["heartbeat"])))
-    params = [parse_param(text) for text in record["params"]]
-    trials = [_trial_row(t, params) for t in found.get_trials(deepcopy=False)]
-    configs = _config_rows(trials, params)
-    importances, note = _importances(found, configs)
+    with open_storage(storage) as store:
+        try:
+            found = optuna.load_study(study_name=study, storage=store)
+        except KeyError:
+            names = [s.study_name for s in optuna.get_all_study_summaries(store)]
+            raise ConfigError(f"no study {study!r} in {_shown(storage)}; it holds: "
+                              f"{', '.join(names) or 'none'}") from None
+        record = found.user_attrs.get(SPEC_ATTR)
+        if record is None:
+            raise ConfigError(f"study {study!r} is not a gankit sweep (it has no {SPEC_ATTR} "
+                              "attribute)")
+        with open_storage(storage, record["heartbeat"]) as beating:
+            fail_stale_trials(optuna.load_study(study_name=study, storage=beating))
+        params = [parse_param(text) for text in record["params"]]
+        trials = [_trial_row(t, params) for t in found.get_trials(deepcopy=False)]
+        configs = _config_rows(trials, params)
+        importances, note = _importances(found, configs)
     report = SweepReport(study, _shown(storage), record, trials, configs, importances, note)
     if any(c["fid"] is not None for c in configs):
         folder = Path(found.user_attrs.get(OUT_ATTR, ""))

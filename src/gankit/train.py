@@ -9,7 +9,6 @@ from __future__ import annotations
 import contextlib
 import json
 import math
-import os
 import random
 import signal
 import sys
@@ -23,12 +22,13 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
-from gankit import __version__, checkpoint, distributed
+from gankit import __version__, checkpoint, distributed, runs
 from gankit.config import OptimConfig, RunConfig, from_dict, save_toml, to_dict
 from gankit.cpu import ThreadGovernor, physical_cores
 from gankit.data import Dataset, load_dataset
 from gankit.diagnostics import Alarms
-from gankit.errors import CheckpointError, ConfigError, GankitError
+from gankit.errors import CheckpointError, ConfigError, GankitError, StorageError
+from gankit.files import remove_temporaries, storage_error, write_text
 from gankit.models import Context, GenerativeModel, Phase, Shard, build_model
 from gankit.viz import pair_grid, save_grid
 
@@ -200,31 +200,63 @@ class MetricsLog:
         self._writer = None
 
     def write(self, row: dict) -> None:
+        """Append ``row`` (one whole line per write: a reader skips a line torn by a kill)."""
         if not self.active:
             return
-        with open(self.path, "a") as f:
-            f.write(json.dumps(row) + "\n")
+        try:
+            with open(self.path, "a") as f:
+                f.write(json.dumps(row) + "\n")
+        except OSError as err:
+            raise storage_error(self.path, err) from err
         if self.tensorboard:
-            if self._writer is None:
-                from torch.utils.tensorboard import SummaryWriter  # slow import: only when used
-                self._writer = SummaryWriter(str(self.tb_dir))
-            for key, value in row.items():
-                if key != "step" and isinstance(value, (int, float)):
-                    self._writer.add_scalar(key, value, row["step"])
+            try:
+                if self._writer is None:
+                    self._writer = _summary_writer(self.tb_dir)
+                for key, value in row.items():
+                    if key != "step" and isinstance(value, (int, float)):
+                        self._writer.add_scalar(key, value, row["step"])
+            except OSError as err:  # TensorBoard's writer thread failed (e.g. a full disk)
+                self._writer = None  # its file is unusable; a resume starts a new one
+                raise storage_error(self.tb_dir, err) from err
 
     def truncate_after(self, step: int) -> None:
         """Drop rows logged after ``step`` (they belong to a future a resume will redo)."""
         if not self.active or not self.path.exists():
             return
         rows = [json.dumps(row) for row in _parse_rows(self.path) if row["step"] <= step]
-        tmp = self.path.with_name(self.path.name + ".tmp")
-        tmp.write_text("".join(r + "\n" for r in rows))
-        os.replace(tmp, self.path)  # a kill mid-way leaves the old file whole
+        write_text(self.path, "".join(r + "\n" for r in rows))  # a kill leaves the old whole
 
     def close(self) -> None:
         if self._writer is not None:
-            self._writer.close()
-            self._writer = None
+            writer, self._writer = self._writer, None
+            try:
+                writer.close()
+            except OSError:
+                pass  # the write that failed has already stopped the run, naming the file
+
+
+def _summary_writer(folder: Path):
+    """A TensorBoard SummaryWriter on ``folder``. Its background thread's write errors reach
+    the trainer at the next write, as a StorageError: they are not also printed as a thread
+    traceback."""
+    import threading
+
+    from torch.utils.tensorboard import SummaryWriter  # slow import: only when used
+
+    if not getattr(threading.excepthook, "gankit", False):
+        previous = threading.excepthook
+
+        def hook(args):
+            if not (isinstance(args.exc_value, OSError)
+                    and type(args.thread).__name__ == "_AsyncWriterThread"):
+                previous(args)
+
+        hook.gankit = True
+        threading.excepthook = hook
+    try:
+        return SummaryWriter(str(folder))
+    except OSError as err:
+        raise storage_error(folder, err) from err
 
 
 def read_metrics(run_dir: str | Path) -> list[dict]:
@@ -269,9 +301,21 @@ class Trainer:
     def __init__(self, config: RunConfig, run_dir: str | Path, model: GenerativeModel | None = None,
                  data: Dataset | None = None, callbacks: Iterable[Callback] = (),
                  progress: bool = True, tensorboard: bool = True, evaluation=None):
-        tc, mc = config.train, config.model
         self.config, self.run_dir = config, Path(run_dir)
         self.world = world = distributed.init()
+        # process 0 holds the run folder's lock while it trains there: a second process
+        # (a new run with the same --out, a second resume) is refused before it writes
+        self._lock, created = runs.take_claim(self.run_dir) if world.main else (None, False)
+        try:
+            self._set_up(model, data, callbacks, progress, tensorboard, evaluation)
+        except BaseException:
+            if self._lock is not None:  # refused: leave no empty folder behind
+                runs.discard_empty_run(self._lock) if created else self._lock.release()
+            raise
+
+    def _set_up(self, model, data, callbacks, progress, tensorboard, evaluation) -> None:
+        config, world = self.config, self.world
+        tc, mc = config.train, config.model
         self.device = distributed.device_for(world, resolve_device(tc.device))
         threads = configure_threads(tc.threads, world.local_size)
         # threads = 0: follow the load of other programs (spinning threads on a taken core
@@ -652,7 +696,40 @@ class Trainer:
         self._stop_signal = signum
 
     def fit(self) -> FitResult:
-        """Train up to ``total_steps``; returns early (with a checkpoint) on SIGINT/SIGTERM."""
+        """Train up to ``total_steps``; returns early (with a checkpoint) on SIGINT/SIGTERM.
+
+        A file that cannot be written (a full disk) stops the run with a StorageError naming
+        it and the last good checkpoint; a second signal stops at once (KeyboardInterrupt).
+        """
+        if self.world.main and not self._lock.held:  # a second fit() of this trainer
+            self._lock = runs.lock_run(self.run_dir)
+        handlers = self._install_signal_handlers()
+        self._bar = self._progress_bar()
+        self._last_row: dict = {}
+        try:
+            with distributed.guarded("training"):  # a lost peer: ProcessLost, not a hang
+                interrupted, ckpt = self._train()
+        except distributed.ProcessLost as err:
+            raise distributed.ProcessLost(
+                f"{err} The last good checkpoint is {self._last_checkpoint_text()}; continue "
+                "with the same torchrun command and `gankit train --resume RUN_DIR`.") from err
+        except StorageError as err:
+            raise self._storage_stop(err) from err
+        except KeyboardInterrupt:
+            raise KeyboardInterrupt(
+                f"stopped at once at step {self.step}; the last good checkpoint is "
+                f"{self._last_checkpoint_text()}; resume with: gankit train --resume "
+                f"{self.run_dir}") from None
+        finally:
+            self._bar.close()
+            self.log.close()
+            self._restore_signal_handlers(handlers)
+            if self._lock is not None:
+                self._lock.release()
+        return FitResult(self.step, interrupted, self._last_row, ckpt)
+
+    def _train(self) -> tuple[bool, Path | None]:
+        """Prepare the folder, train, and end with grids and a checkpoint."""
         tc = self.config.train
         distributed.on_main(self.world, self._prepare_folder, "preparing the run folder")
         if self.step == 0:
@@ -661,28 +738,32 @@ class Trainer:
                 self.evaluate()  # the untrained model's numbers: where the curves start
             if tc.on_divergence == "rollback":
                 self.save_checkpoint()  # somewhere to roll back to from the first steps
-        handlers = self._install_signal_handlers()
-        self._bar = self._progress_bar()
-        self._last_row: dict = {}
         self._t_last, self._step_last = time.perf_counter(), self.step
-        try:
-            with distributed.guarded("training"):  # a lost peer: ProcessLost, not a hang
-                interrupted, ckpt = self._run_steps()
-                if self._sums:  # interrupted between logs: keep the window's values
-                    self._last_row = self._log_row(0.0)
-                self.elapsed += time.perf_counter() - self._t_last
-                if self.step % tc.sample_every != 0:
-                    self.save_grids()
-                ckpt = self.save_checkpoint()
-        except distributed.ProcessLost as err:
-            raise distributed.ProcessLost(
-                f"{err} The last good checkpoint is {self._last_checkpoint_text()}; continue "
-                "with the same torchrun command and `gankit train --resume RUN_DIR`.") from err
-        finally:
-            self._bar.close()
-            self.log.close()
-            self._restore_signal_handlers(handlers)
-        return FitResult(self.step, interrupted, self._last_row, ckpt)
+        interrupted, ckpt = self._run_steps()
+        if self._sums:  # interrupted between logs: keep the window's values
+            self._last_row = self._log_row(0.0)
+        self.elapsed += time.perf_counter() - self._t_last
+        if self.step % tc.sample_every != 0:
+            self.save_grids()
+        return interrupted, self.save_checkpoint()
+
+    def _storage_stop(self, err: StorageError) -> StorageError:
+        """The error that ends a run whose file ``err.path`` could not be written: it names
+        the newest checkpoint, written now if that still works and none holds this step."""
+        saved = ""
+        newest = checkpoint.list_checkpoints(self.run_dir / "checkpoints")
+        folder = (self.run_dir / "checkpoints").resolve()
+        if (self.world.main and not self.world.parallel and err.path is not None
+                and Path(err.path).resolve().parent != folder
+                and (not newest or int(newest[-1].stem.removeprefix("step-")) < self.step)):
+            try:
+                saved = f"; saved checkpoint {self.save_checkpoint()} first"
+            except (StorageError, TrainingDiverged):
+                pass  # the disk is full for checkpoints too: the last one stays the last good
+        return StorageError(
+            f"{err}. Training stopped at step {self.step}{saved}; the last good checkpoint is "
+            f"{self._last_checkpoint_text()}. Once the file can be written, continue with: "
+            f"gankit train --resume {self.run_dir}")
 
     def _run_steps(self) -> tuple[bool, Path | None]:
         """Steps until the run's end, its time budget or a signal (whether one stopped it,
@@ -710,10 +791,13 @@ class Trainer:
     def _prepare_folder(self) -> None:
         """Process 0: the run folder, writable, with the config, cleared of a killed run's
         temporary files and of log rows past the step this run restarts from."""
-        from gankit.runs import check_writable
-
-        check_writable(self.run_dir, self._space_needed())
-        checkpoint.remove_stale_temp_files(self.run_dir / "checkpoints")  # from a killed run
+        runs.check_writable(self.run_dir, self._space_needed())
+        # temporary files of a killed run (this process holds the folder's lock)
+        for folder in ("checkpoints", "samples", "reconstructions"):
+            checkpoint.remove_stale_temp_files(self.run_dir / folder)
+            remove_temporaries(self.run_dir / folder)
+        for name in ("config.toml", "metrics.jsonl", "real.png"):
+            remove_temporaries(self.run_dir, of=name)
         save_toml(self.config, self.run_dir / "config.toml")
         self.log.truncate_after(self.step)
         if self.step == 0:
@@ -763,7 +847,7 @@ class Trainer:
                 len(self.governor.changes) == 1:
             self._warn([f"other programs are using the CPU: training on {threads} of "
                         f"{self.governor.max_threads} threads while they do (spinning threads "
-                        "on a taken core would slow every step; --threads N fixes the count)"])
+                        "on a taken core would slow every step; --set threads=N fixes the count)"])
 
     def _roll_back(self, err: TrainingDiverged) -> None:
         """Reload the newest good checkpoint and lower every learning rate."""
@@ -842,8 +926,10 @@ class Trainer:
 
         if threading.current_thread() is not threading.main_thread():
             return {}
+        # a signal ignored by whoever started us (nohup, `&` in a script) stays ignored
         return {sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGINT,
-                                                                     signal.SIGTERM)}
+                                                                     signal.SIGTERM)
+                if signal.getsignal(sig) is not signal.SIG_IGN}
 
     @staticmethod
     def _restore_signal_handlers(handlers: dict) -> None:
@@ -858,8 +944,13 @@ def resume_trainer(run_dir: str | Path, steps: int | None = None, device: str | 
     ``steps`` is the run's new total (e.g. 2000 continues a run stopped at 1000 to 2000).
     """
     run_dir = Path(run_dir)
+    if steps is not None and steps < 1:
+        raise ConfigError(f"steps = {steps}: a run's total length is at least 1 step")
 
     def read() -> tuple[dict[str, torch.Tensor], dict]:
+        if not run_dir.is_dir():
+            raise CheckpointError(f"{run_dir} is not a run folder (it does not exist)")
+        runs.claim_run_dir(run_dir)  # locked before reading: a second resume is refused
         path = checkpoint.latest_checkpoint(run_dir / "checkpoints")
         if path is None:
             raise CheckpointError(f"{run_dir} has no usable checkpoint to resume from "
@@ -867,15 +958,20 @@ def resume_trainer(run_dir: str | Path, steps: int | None = None, device: str | 
         return checkpoint.load_checkpoint(path)
 
     # with torchrun, process 0 reads the run folder and sends the checkpoint to the others
-    tensors, meta = distributed.on_main(distributed.init(), read, "receiving the checkpoint")
-    config = from_dict(RunConfig, meta["config"])
-    if steps:
-        if steps < meta["step"]:
-            raise ConfigError(f"--steps {steps} is below the step this run already reached "
-                              f"({meta['step']}): --steps is the run's total")
-        config.train.steps = steps
-    if device:
-        config.train.device = device
+    try:
+        tensors, meta = distributed.on_main(distributed.init(), read,
+                                            "receiving the checkpoint")
+        config = from_dict(RunConfig, meta["config"])
+        if steps:
+            if steps < meta["step"]:
+                raise ConfigError(f"--steps {steps} is below the step this run already "
+                                  f"reached ({meta['step']}): --steps is the run's total")
+            config.train.steps = steps
+        if device:
+            config.train.device = device
+    except BaseException:
+        runs.discard_claim(run_dir)
+        raise
     trainer = Trainer(config, run_dir, **kwargs)
     trainer.load_state(tensors, meta)
     return trainer

@@ -3,8 +3,9 @@
 Conventions:
 - Model outputs are float images in [-1, 1]; `to_uint8` turns them into uint8 [0, 255], and every
   grid/PNG function here takes uint8 tensors shaped (B, C, H, W) with C == 1 (grey) or 3 (RGB).
-- Every file is written atomically (temp file in the target folder, then `os.replace`), so a
-  crash never leaves a half-written PNG behind; parent folders are created as needed.
+- Every file is written atomically (`gankit.files.atomic_write`, without fsync: a grid is not
+  worth a disk flush), so a crash never leaves a half-written PNG behind; parent folders are
+  created as needed, and a failed write is a StorageError naming the file.
 - matplotlib is imported lazily and only through `Figure` + `FigureCanvasAgg`: importing this
   module does no work and plotting never touches pyplot's global backend state.
 """
@@ -13,7 +14,6 @@ from __future__ import annotations
 
 import math
 import os
-import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from gankit.errors import GankitError
+from gankit.files import atomic_write
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -100,27 +101,14 @@ def make_grid(
     return _hwc(grid)
 
 
-def _atomic_write(path: PathLike, write: Callable[[Path], None]) -> Path:
-    """Create parent folders, call `write(tmp)` on a temp file beside `path`, then os.replace."""
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    # A unique name rather than mkstemp, whose 0600 mode would leak into the final file.
-    tmp = target.with_name(f".{target.name}.{os.getpid()}.{uuid.uuid4().hex}.tmp")
-    try:
-        write(tmp)
-        os.replace(tmp, target)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return target
-
-
 def _save_png(array: np.ndarray, path: PathLike) -> Path:
     """Write a uint8 (H, W) or (H, W, 3) array as a PNG, atomically."""
     from PIL import Image
 
     image = Image.fromarray(array)  # uint8 (H, W) -> "L", (H, W, 3) -> "RGB"
-    return _atomic_write(path, lambda tmp: image.save(tmp, format="PNG"))
+    with atomic_write(path, "wb", sync=False) as f:
+        image.save(f, format="PNG")
+    return Path(path)
 
 
 def save_grid(
@@ -272,9 +260,9 @@ def _new_figure(figsize: tuple[float, float]) -> Figure:
 
 def _save_figure(figure: Figure, path: PathLike) -> Path:
     """Save a figure as PNG (dpi 120), atomically."""
-    return _atomic_write(
-        path, lambda tmp: figure.savefig(tmp, format="png", dpi=_PLOT_DPI, bbox_inches="tight")
-    )
+    with atomic_write(path, "wb", sync=False) as f:
+        figure.savefig(f, format="png", dpi=_PLOT_DPI, bbox_inches="tight")
+    return Path(path)
 
 
 def _pca2(codes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
