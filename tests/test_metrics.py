@@ -132,8 +132,9 @@ def test_kid_is_near_zero_for_one_distribution_and_reproducible():
     real, same, shifted = randn(600, 8, 4), randn(600, 8, 5), randn(600, 8, 6) + 0.5
     near = metrics.kid(real, same, subsets=5, subset_size=300)
     far = metrics.kid(real, shifted, subsets=5, subset_size=300)
+    # measured: far 1.23 (0.93-1.20 over 20 other seeds), |near|/far 0.002 (at most 0.016)
     assert far["kid"] > 0.05
-    assert abs(near["kid"]) < 0.02 * far["kid"]
+    assert abs(near["kid"]) < 0.05 * far["kid"]
     assert metrics.kid(real, same, subsets=5, subset_size=300) == near
     assert metrics.kid(real, same, subsets=5, subset_size=300, seed=1) != near
 
@@ -344,8 +345,10 @@ def test_memorisation_of_fresh_samples_reads_as_no_copying():
     train, test, fake = randn(2000, 2, 92), randn(3000, 2, 93), randn(3000, 2, 94)
     out = metrics.memorisation(metrics.nearest_distances(fake, train),
                                metrics.nearest_distances(test, train))
+    # measured: 0.968 and 0.0137; over 20 other seeds 0.971-1.041 and 0.0067-0.0153 (the 99th
+    # percentile of 3,000 distances makes 0.01 ± 0.002 by chance alone)
     assert out["nn_ratio"] == pytest.approx(1.0, abs=0.06)
-    assert out["copy_fraction"] == pytest.approx(0.01, abs=0.006)
+    assert out["copy_fraction"] == pytest.approx(0.01, abs=0.008)
     expected = np.median(metrics.nearest_distances(fake, train).numpy())
     assert out["nn_train_median"] == pytest.approx(expected, rel=1e-12)
 

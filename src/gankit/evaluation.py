@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from gankit import __version__, metrics
+from gankit import __version__, files, metrics
 from gankit.data import Dataset
 from gankit.errors import GankitError
 from gankit.evaluator import (
@@ -132,8 +132,8 @@ class Evaluation:
 def open_evaluation(data: str, data_dir: str | None = None, image_size: int = 28,
                     device: str | torch.device = "cpu", evaluator: str | Path | None = None,
                     progress: bool = True) -> Evaluation:
-    """The evaluation of samples against ``data``'s test split (the evaluator is built and
-    cached the first time, unless an evaluator file is given)."""
+    """The evaluation of samples against ``data``'s test split, on the evaluator gankit ships
+    for it, else one built and cached the first time, unless an evaluator file is given."""
     train, test = load_splits(data, data_dir, image_size)
     if evaluator:
         net = load_evaluator(evaluator, device)
@@ -187,11 +187,14 @@ def format_report(report: dict) -> str:
     """A report as a Markdown table with a header that makes the numbers reproducible."""
     ev = report["evaluator"]
     acc = ev.get("test_accuracy")
+    origin = ev.get("origin", "built here")
+    if origin != "shipped" and ev.get("file"):
+        origin += f": {ev['file']}"
     head = [f"{report.get('model') or report.get('samples', 'samples')}"
             + (f" at step {report['step']}" if "step" in report else "")
             + f": {report['n']} samples (seed {report.get('seed', '-')}) against "
             f"{report['reference']} ({report['n_reference']} images)",
-            f"evaluator {ev.get('data', 'custom')} {ev.get('key', '')}"
+            f"evaluator {ev.get('data', 'custom')} {ev.get('key', '')} ({origin})"
             + (f", test accuracy {acc:.2%}" if acc is not None else "")
             + f", {ev['feature_dim']} features", ""]
     rows = ["| metric | value | meaning |", "|---|---:|---|"]
@@ -207,11 +210,9 @@ def format_report(report: dict) -> str:
 
 
 def write_report(report: dict, path: str | Path) -> Path:
-    """Write a report as JSON (infinite values as the string "inf")."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(_finite(report), indent=2) + "\n")
-    return path
+    """Write a report as JSON (infinite values as the string "inf"), whole or not at all: a
+    failed write is a StorageError naming the file."""
+    return files.write_text(path, json.dumps(_finite(report), indent=2) + "\n")
 
 
 def _finite(value):
@@ -287,7 +288,8 @@ def rows_to_markdown(rows: list[dict], columns: Iterable[str] | None = None) -> 
 
 
 def rows_to_csv(rows: list[dict], path: str | Path | None = None) -> str:
-    """Rows of dicts as CSV text (written to ``path`` when given)."""
+    """Rows of dicts as CSV text (written to ``path`` when given, whole or not at all: a
+    failed write is a StorageError naming the file)."""
     import csv
     import io
 
@@ -297,7 +299,7 @@ def rows_to_csv(rows: list[dict], path: str | Path | None = None) -> str:
     writer.writeheader()
     writer.writerows(rows)
     if path is not None:
-        Path(path).write_text(buf.getvalue())
+        files.write_text(path, buf.getvalue())
     return buf.getvalue()
 
 

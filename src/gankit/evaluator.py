@@ -6,7 +6,10 @@ Inception features computed on 28×28 digits upscaled to 299×299 RGB say little
 and need weights from the internet. gankit instead trains its own feature network on the real
 training split, the first time a data set is evaluated (under a minute on two CPU cores
 for Fashion-MNIST), and caches it under a key made of the data's content hash and the
-training recipe: the same data always gives the same evaluator, changed data a new one.
+training recipe: the same data always gives the same evaluator, changed data a new one. The
+build runs on the recipe's thread count whatever the caller's, since float rounding follows
+it. The Fashion-MNIST evaluator ships inside the package (``evaluators/``, checked by
+SHA-256), so every installation measures with the same weights.
 """
 
 from __future__ import annotations
@@ -15,8 +18,11 @@ import hashlib
 import json
 import math
 import os
+import re
 import sys
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,12 +32,13 @@ from torch import Tensor, nn
 
 from gankit import checkpoint
 from gankit.data import Dataset, cache_dir, load_dataset
-from gankit.errors import CheckpointError, DataError
+from gankit.errors import CheckpointError, DataError, StorageError
+from gankit.files import FolderBusy, FolderLock, describe_holder, remove_temporaries, storage_error
 from gankit.nets import build_body
 
 # How gankit trains an evaluator. Any change to it changes every cache key.
 RECIPE: dict = {
-    "version": 1,
+    "version": 2,
     "layers": ["conv 32 k5 s2 p2", "bn", "relu",  # 14×14
                "conv 64 k3 s2 p1", "bn", "relu",  # 7×7
                "flatten", "fc 128", "relu"],  # → 128 features
@@ -40,7 +47,22 @@ RECIPE: dict = {
     "batch_size": 128,
     "max_lr": 3e-3,  # one-cycle schedule over the whole run (Adam)
     "seed": 0,
+    # Intra-op threads, held for the whole build: the rounding of reductions follows the
+    # count, and a 1-thread Fashion-MNIST build ends in other weights than a 2-thread one
+    # (92.15% vs 92.03% accuracy). One thread: no dependence on how OpenMP splits work, and
+    # no spinning thread stalled by other programs (2 threads took minutes instead of ~25 s
+    # while another program used one of two cores; 1 thread takes ~50 s whatever the load).
+    "threads": 1,
 }
+
+# Evaluators shipped in the package, by key: (file in SHIPPED_DIR, SHA-256 of its bytes).
+# Made by `gankit evaluator build fashion-mnist --rebuild --out FILE` with this RECIPE.
+SHIPPED: dict[str, tuple[str, str]] = {
+    "f8d28dfb91bf381f": ("fashion-mnist-28-f8d28dfb91bf381f.safetensors",  # 92.15% accuracy
+                         "2d6efdde06e0691f9c01b38153b9be8d1a6537e53abe506f62f92840b0fa0cd8"),
+}
+SHIPPED_DIR = Path(__file__).with_name("evaluators")
+BUILD_WAIT = 3600.0  # seconds a process waits for another one building the same evaluator
 
 
 class Evaluator(nn.Module):
@@ -65,10 +87,12 @@ class Evaluator(nn.Module):
 
     @property
     def name(self) -> str:
-        """A short identifier for reports: data set, key and test accuracy."""
+        """A short identifier for reports: data set, key, origin and test accuracy."""
         acc = self.info.get("test_accuracy")
-        text = f"{self.info.get('data', 'custom')} evaluator {self.info.get('key', '?')}"
-        return text + (f" (test accuracy {acc:.2%})" if acc is not None else "")
+        facts = [self.info.get("origin", "built here")]
+        facts += [f"test accuracy {acc:.2%}"] if acc is not None else []
+        return (f"{self.info.get('data', 'custom')} evaluator {self.info.get('key', '?')} "
+                f"({', '.join(facts)})")
 
     def normalise(self, images: Tensor) -> Tensor:
         """uint8 (N, C, H, W) → standardised floats."""
@@ -167,7 +191,8 @@ def evaluator_cache() -> Path:
 
 def build_evaluator(train: Dataset, test: Dataset, recipe: dict = RECIPE, device: str = "cpu",
                     progress: bool = True, data: str | None = None) -> Evaluator:
-    """Train an evaluator on ``train`` and measure its accuracy on ``test`` (seeded)."""
+    """Train an evaluator on ``train`` and measure its accuracy on ``test`` (seeded, on the
+    recipe's thread count whatever the caller's, which it gets back afterwards)."""
     if train.labels is None or test.labels is None:
         raise DataError(f"{train.name} has no labels, so gankit cannot train an evaluator on it: "
                         "pass --evaluator FILE, an evaluator built on labelled images of the same "
@@ -176,8 +201,39 @@ def build_evaluator(train: Dataset, test: Dataset, recipe: dict = RECIPE, device
     if num_classes < 2:
         raise DataError(f"{train.name}: an evaluator needs at least 2 classes, found "
                         f"{num_classes}")
+    with _held_threads(recipe["threads"]) as hold:
+        net, accuracy = _train(train, test, recipe, num_classes, device, progress, hold)
     prints = (fingerprint(train), fingerprint(test))
-    key = evaluator_key(train, test, recipe, prints)
+    # no timings or paths: the same data and recipe give the same file contents
+    net.info = {"data": data or train.name.split(":")[0],
+                "key": evaluator_key(train, test, recipe, prints), "recipe": recipe,
+                "test_accuracy": accuracy, "train": train.name, "test": test.name,
+                "n_train": len(train), "n_test": len(test), "classes": train.classes,
+                "train_fingerprint": prints[0], "test_fingerprint": prints[1]}
+    return net
+
+
+@contextmanager
+def _held_threads(threads: int) -> Iterator[Callable[[], None]]:
+    """Run the block on ``threads`` intra-op threads; it calls the yielded function before
+    every step to undo a change from elsewhere (the CPU governor, a callback, another thread
+    where torch's count is process-wide). The caller's count is restored on exit."""
+    caller = torch.get_num_threads()  # also fixes this thread's own count from here on
+
+    def hold() -> None:
+        if torch.get_num_threads() != threads:
+            torch.set_num_threads(threads)
+
+    hold()
+    try:
+        yield hold
+    finally:
+        torch.set_num_threads(caller)
+
+
+def _train(train: Dataset, test: Dataset, recipe: dict, num_classes: int, device: str,
+           progress: bool, hold: Callable[[], None]) -> tuple[Evaluator, float]:
+    """The recipe's training run: (network in eval mode, its test accuracy)."""
     torch.manual_seed(recipe["seed"])
     x = train.images.float().div_(255.0)
     mean, std = x.mean().item(), x.std().item()
@@ -196,25 +252,21 @@ def build_evaluator(train: Dataset, test: Dataset, recipe: dict = RECIPE, device
     for epoch in range(epochs):
         order = torch.randperm(len(x), generator=gen).to(device)
         for i in range(per_epoch):
+            hold()
             idx = order[i * bs:(i + 1) * bs]
             loss = F.cross_entropy(net(x[idx])[1], y[idx])
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
             sched.step()
+        hold()
         if progress or epoch == epochs - 1:
             accuracy = _accuracy(net, test)
         if progress:
             print(f"  evaluator epoch {epoch + 1}/{epochs}: test accuracy "
                   f"{accuracy:.2%} ({time.perf_counter() - started:.0f} s)", file=sys.stderr,
                   flush=True)
-    net.eval()
-    net.info = {"data": data or train.name.split(":")[0], "key": key, "recipe": recipe,
-                "test_accuracy": accuracy, "train": train.name, "test": test.name,
-                "n_train": len(train), "n_test": len(test), "classes": train.classes,
-                "train_fingerprint": prints[0], "test_fingerprint": prints[1],
-                "build_seconds": round(time.perf_counter() - started, 1)}
-    return net
+    return net.eval(), accuracy
 
 
 def _accuracy(net: Evaluator, data: Dataset) -> float:
@@ -224,61 +276,189 @@ def _accuracy(net: Evaluator, data: Dataset) -> float:
 
 # --------------------------------------------------------------------------- files
 
+# Where a loaded evaluator came from: set on load, never written into its file.
+_LOCAL = ("file", "origin", "sha256")
+
+
+class EvaluatorFileError(CheckpointError):
+    """An evaluator file that cannot be used; ``reason`` says why."""
+
+    def __init__(self, path: Path, reason: str):
+        super().__init__(f"{path} is not a usable gankit evaluator file: {reason}; build one "
+                         "with `gankit evaluator build DATA --out FILE`")
+        self.path, self.reason = path, reason
+
 
 def save_evaluator(net: Evaluator, path: str | os.PathLike) -> Path:
-    """Write an evaluator as one checksummed safetensors file (weights + JSON description)."""
+    """Write an evaluator as one checksummed safetensors file (weights + JSON description);
+    a failed write is a StorageError naming the file, and leaves any previous one intact."""
     meta = {"kind": "gankit-evaluator", "layers": net.layers,
             "image_shape": list(net.image_shape), "num_classes": net.num_classes,
-            "info": net.info}
+            "info": {k: v for k, v in net.info.items() if k not in _LOCAL}}
     return checkpoint.save_checkpoint(path, net.state_dict(), meta)
 
 
 def load_evaluator(path: str | os.PathLike, device: str | torch.device = "cpu") -> Evaluator:
-    """Load an evaluator file written by :func:`save_evaluator` (checksums verified)."""
-    tensors, meta = checkpoint.load_checkpoint(path, device="cpu")
+    """Load an evaluator file written by :func:`save_evaluator` (checksums verified); its
+    ``info`` gains the file, its SHA-256 and its origin ("shipped" when its bytes are those
+    of an evaluator gankit ships, else "built here")."""
+    path = Path(path)
+    try:
+        digest = _sha256(path)
+        tensors, meta = checkpoint.load_checkpoint(path, device="cpu")
+    except OSError as err:
+        raise CheckpointError(f"cannot read the evaluator file {path} ({err.strerror}): check "
+                              "the path, or build one with `gankit evaluator build DATA --out "
+                              "FILE`") from None
+    except CheckpointError as err:
+        raise EvaluatorFileError(path, _reason(err, path)) from None
     if meta.get("kind") != "gankit-evaluator":
-        raise CheckpointError(f"{path} is not a gankit evaluator file (it holds "
-                              f"{meta.get('kind', 'a training checkpoint')}); build one with "
-                              "`gankit evaluator build DATA --out FILE`")
+        raise EvaluatorFileError(path, f"it holds {meta.get('kind', 'a training checkpoint')}, "
+                                       "not an evaluator")
     net = Evaluator(meta["layers"], tuple(meta["image_shape"]), meta["num_classes"],
                     info=meta["info"])
     try:
         net.load_state_dict(tensors)
     except RuntimeError as err:
-        raise CheckpointError(f"{path}: the weights do not match the layers it describes "
-                              f"({str(err).splitlines()[0]})") from None
-    net.info.setdefault("file", str(path))
+        raise EvaluatorFileError(path, "the weights do not match the layers it describes "
+                                       f"({str(err).splitlines()[0]})") from None
+    shipped = any(digest == sha for _, sha in SHIPPED.values())
+    net.info |= {"file": str(path), "origin": "shipped" if shipped else "built here",
+                 "sha256": digest}
     return net.to(device).eval()
+
+
+def shipped_evaluator(key: str, device: str | torch.device = "cpu",
+                      folder: str | os.PathLike | None = None) -> Evaluator:
+    """The evaluator gankit ships for ``key`` (from ``folder``, default the package's), its
+    bytes checked against the SHA-256 it shipped with."""
+    name, expected = SHIPPED[key]
+    path = Path(folder or SHIPPED_DIR) / name
+    try:
+        digest = _sha256(path)
+    except OSError as err:
+        raise CheckpointError(f"gankit's shipped evaluator {path} cannot be read "
+                              f"({err.strerror}): the installation is incomplete; reinstall "
+                              "gankit (e.g. pip install --force-reinstall gankit)") from None
+    if digest != expected:
+        raise CheckpointError(f"gankit's shipped evaluator {path} is damaged: its SHA-256 is "
+                              f"{digest[:16]}…, not the {expected[:16]}… it shipped with; "
+                              "reinstall gankit (e.g. pip install --force-reinstall gankit)")
+    return load_evaluator(path, device)
+
+
+def evaluator_path(data: str, key: str, image_size: int = 28) -> Path:
+    """Where the evaluator of ``data`` with ``key`` is cached."""
+    return evaluator_cache() / f"{_slug(data)}-{image_size}-{key}.safetensors"
 
 
 def get_evaluator(data: str, data_dir: str | None = None, image_size: int = 28,
                   device: str | torch.device = "cpu", rebuild: bool = False,
                   progress: bool = True, splits: tuple[Dataset, Dataset] | None = None,
                   recipe: dict = RECIPE) -> Evaluator:
-    """The cached evaluator of a data set, trained first if there is none (or ``rebuild``)."""
+    """The evaluator of a data set: the one gankit ships when data and recipe are those it
+    was built from, else the cached one, trained first if there is none (or ``rebuild``).
+    Processes that need the same evaluator take turns: the second loads the first's file."""
     train, test = splits or load_splits(data, data_dir, image_size)
     key = evaluator_key(train, test, recipe)
-    path = evaluator_cache() / f"{_slug(data)}-{image_size}-{key}.safetensors"
-    if path.exists() and not rebuild:
-        try:
-            return load_evaluator(path, device)
-        except CheckpointError as err:
-            if progress:
-                print(f"rebuilding the evaluator: the cached one is unusable ({err})",
-                      file=sys.stderr)
-    if progress:
-        print(f"building the {data} evaluator on {len(train)} training images (once; cached "
-              f"as {path})", file=sys.stderr, flush=True)
-    net = build_evaluator(train, test, recipe, str(device), progress, data)
-    net.info["file"] = str(path)
-    save_evaluator(net, path)
+    if key in SHIPPED and not rebuild:
+        return shipped_evaluator(key, device)
+    path = evaluator_path(data, key, image_size)
+    net = _load_cached(path, device) if not rebuild else None
+    if net is not None:
+        return net
+    with cache_entry(path, f"builds the {data} evaluator") as waited:
+        net = _load_cached(path, device) if waited else None  # the other process's
+        if net is not None:
+            return net
+        if progress:
+            print(f"building the {data} evaluator on {len(train)} training images (once; "
+                  f"cached as {path})", file=sys.stderr, flush=True)
+        net = build_evaluator(train, test, recipe, str(device), progress, data)
+        net.info["origin"] = "built here"
+        if _write_cache(lambda: save_evaluator(net, path), path, "the evaluator"):
+            net.info |= {"file": str(path), "sha256": _sha256(path)}
     return net
 
 
+def _load_cached(path: Path, device: str | torch.device) -> Evaluator | None:
+    """The cached evaluator at ``path``; None if there is none, or (saying so) a damaged one."""
+    if not path.exists():
+        return None
+    try:
+        return load_evaluator(path, device)
+    except EvaluatorFileError as err:
+        print(f"gankit: the cached evaluator file {path} is damaged ({err.reason}): rebuilding "
+              "it", file=sys.stderr, flush=True)
+        return None
+
+
 def describe(net: Evaluator) -> dict:
-    """The facts that make a metric reproducible: which evaluator, its accuracy and data."""
-    keep = ("data", "key", "test_accuracy", "train", "test", "n_train", "n_test", "file")
+    """The facts that make a metric reproducible: which evaluator (shipped or built here,
+    which file), its accuracy and data."""
+    keep = ("data", "key", "origin", "file", "sha256", "test_accuracy", "train", "test",
+            "n_train", "n_test")
     return {k: net.info[k] for k in keep if k in net.info} | {"feature_dim": net.feature_dim}
+
+
+# --------------------------------------------------------------------------- the cache
+
+
+@contextmanager
+def cache_entry(path: Path, doing: str) -> Iterator[bool]:
+    """Hold the lock of one cache file, after deleting what a killed writer left of it;
+    yields whether it waited for another process that held it (``doing`` says what that one
+    does, in the one line this prints then). A cache where no lock can be made (read-only,
+    full) is used without one: writing to it will warn."""
+    lock = FolderLock(path.parent, f".{path.name}.lock", f"the lock of {path.name}")
+    waited = False
+    try:
+        try:
+            lock.acquire()
+        except FolderBusy as busy:
+            print(f"gankit: waiting: another process {doing} ({describe_holder(busy.holder)}); "
+                  f"this one goes on with its {path.name} when it is done", file=sys.stderr,
+                  flush=True)
+            waited = True
+            lock.acquire(wait=BUILD_WAIT)
+    except (StorageError, OSError):
+        pass  # no lock file can be made here: go on without one
+    try:
+        if lock.held:
+            remove_temporaries(path.parent, of=path.name)
+        yield waited
+    finally:
+        lock.release()
+
+
+_WARNED: set[str] = set()  # cache files whose failed write was reported (once a process)
+
+
+def _write_cache(write: Callable[[], object], path: Path, what: str) -> bool:
+    """Write one cache file; a full disk or read-only cache is a warning, once per file, as
+    the caller goes on with what it holds in memory. Whether it was written."""
+    try:
+        write()
+        return True
+    except (StorageError, OSError) as err:
+        if not isinstance(err, StorageError):
+            err = storage_error(path, err)
+        if str(path) not in _WARNED:
+            _WARNED.add(str(path))
+            print(f"gankit: warning: {err}. Going on with {what} in memory: it is not cached, "
+                  "so the next run computes it again", file=sys.stderr, flush=True)
+        return False
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _reason(err: CheckpointError, path: Path) -> str:
+    """What a checkpoint error says is wrong with ``path``, without its advice about runs."""
+    text = str(err).removeprefix(f"{path} ").removeprefix("is not a usable gankit checkpoint: ")
+    text = re.split(r"\. The file is corrupt|; (?:this file|delete|check|upgrade)", text)[0]
+    return "it " + text if text.startswith(("is ", "uses ")) else text
 
 
 @dataclass
@@ -292,25 +472,51 @@ class RealFeatures:
 
 
 def real_features(net: Evaluator, data: Dataset, cache: bool = True) -> RealFeatures:
-    """The evaluator's features of real images, cached beside the evaluator by content hash."""
-    device = net.mean.device
-    path = None
-    if cache and net.info.get("key"):
-        digest = fingerprint(data)[:16]
-        path = evaluator_cache() / f"features-{net.info['key']}-{digest}.safetensors"
-        if path.exists():
-            try:
-                tensors, meta = checkpoint.load_checkpoint(path, device=str(device))
-                return RealFeatures(meta["name"], tensors["features"], tensors["predicted"],
-                                    tensors.get("labels"))
-            except CheckpointError:
-                pass  # recomputed and rewritten below
-    features, probs = net.embed(data.images)
-    labels = data.labels.to(device) if data.labels is not None else None
-    out = RealFeatures(data.name, features, probs.argmax(1), labels)
-    if path is not None:
-        tensors = {"features": features, "predicted": out.predicted}
-        if labels is not None:
-            tensors["labels"] = labels
-        checkpoint.save_checkpoint(path, tensors, {"name": data.name})
+    """The evaluator's features of real images, cached beside the evaluator under the
+    digests of its weights and of the images (a full disk only costs the cache)."""
+    if not cache:
+        return _embed(net, data)
+    path = evaluator_cache() / f"features-{weights_digest(net)}-{fingerprint(data)[:16]}" \
+                               ".safetensors"
+    found = _load_features(path, net.mean.device)
+    if found is not None:
+        return found
+    with cache_entry(path, f"computes the evaluator features of {data.name}") as waited:
+        found = _load_features(path, net.mean.device) if waited else None
+        if found is not None:
+            return found  # the other process's
+        out = _embed(net, data)
+        tensors = {"features": out.features, "predicted": out.predicted}
+        if out.labels is not None:
+            tensors["labels"] = out.labels
+        _write_cache(lambda: checkpoint.save_checkpoint(path, tensors, {"name": data.name}),
+                     path, f"the features of {data.name}")
     return out
+
+
+def weights_digest(net: Evaluator) -> str:
+    """16 hex digits of SHA-256 over the evaluator's weights (two builds under one key may
+    differ in rounding, so cached features are keyed by this, not by the key)."""
+    h = hashlib.sha256()
+    for name, tensor in sorted(net.state_dict().items()):
+        h.update(name.encode())
+        h.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy())
+    return h.hexdigest()[:16]
+
+
+def _embed(net: Evaluator, data: Dataset) -> RealFeatures:
+    features, probs = net.embed(data.images)
+    labels = data.labels.to(net.mean.device) if data.labels is not None else None
+    return RealFeatures(data.name, features, probs.argmax(1), labels)
+
+
+def _load_features(path: Path, device: torch.device) -> RealFeatures | None:
+    """Cached features; None if there are none or the file is unusable (computed again)."""
+    if not path.exists():
+        return None
+    try:
+        tensors, meta = checkpoint.load_checkpoint(path, device=str(device))
+    except CheckpointError:
+        return None
+    return RealFeatures(meta["name"], tensors["features"], tensors["predicted"],
+                        tensors.get("labels"))
