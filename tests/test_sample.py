@@ -3,6 +3,7 @@ the process is killed while writing, and nothing existing is replaced without --
 
 from __future__ import annotations
 
+import errno
 import os
 import signal
 import subprocess
@@ -178,3 +179,41 @@ def test_a_file_where_a_folder_is_asked_for_is_refused(trained, tmp_path, capsys
     (tmp_path / "taken").write_text("")
     assert run("sample", trained, "--out", f"{tmp_path / 'taken'}/", "--overwrite") == 2
     assert "is a file, not a folder" in capsys.readouterr().err
+
+
+class _FillingDisk:
+    """A file whose disk is full once ``budget`` bytes are written through ``files.open``."""
+
+    def __init__(self, handle, budget: dict):
+        self._handle, self._budget = handle, budget
+
+    def write(self, data) -> int:
+        self._budget["left"] -= len(data)
+        if self._budget["left"] < 0:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return self._handle.write(data)
+
+    def __getattr__(self, name):
+        return getattr(self._handle, name)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return self._handle.__exit__(*exc)
+
+
+@pytest.mark.parametrize("out", ["s.npz", "pngs/"])
+def test_a_full_disk_while_exporting_is_one_line_and_leaves_nothing(trained, tmp_path, capsys,
+                                                                    monkeypatch, out):
+    from gankit import files
+
+    budget = {"left": 100_000}  # the disk fills 100 kB into the export
+    monkeypatch.setattr(files, "open", lambda *a, **k: _FillingDisk(open(*a, **k), budget),
+                        raising=False)
+    final = tmp_path / out.rstrip("/")
+    assert run("sample", trained, "--n", 2000, "--out", f"{tmp_path}/{out}") == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "[Errno 28 ENOSPC] No space left on device" in err
+    assert str(final) in err
+    assert not final.exists() and not _temporaries(final)  # nothing that looks finished

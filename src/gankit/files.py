@@ -136,6 +136,12 @@ def atomic_folder(path: PathLike, overwrite: bool = False) -> Iterator[Path]:
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)
         fsync_folder(target.parent)
+    except StorageError as err:  # a file inside: named as it would have been in the folder
+        shutil.rmtree(tmp, ignore_errors=True)
+        if err.path is None or err.errno is None:
+            raise
+        inner = OSError(err.errno, os.strerror(err.errno))
+        raise storage_error(target / Path(err.path).name, inner) from err
     except OSError as err:
         shutil.rmtree(tmp, ignore_errors=True)
         raise storage_error(target, err) from err
