@@ -125,7 +125,10 @@ def _assert_same_weights(one: dict, two: dict, rel: float = 1e-3) -> None:
 @pytest.mark.slow
 @pytest.mark.parametrize(("preset", "steps", "batch", "sets"), [
     ("gan-002", 8, 64, []),                       # G(z) kept from D's update (reuse_noise)
-    ("wgan-gp", 4, 32, ["--set", WGAN_GP_NO_BN]),  # gradient penalty: double backward
+    # gradient penalty (double backward). Adam's first updates are about lr·sign(g): where a
+    # gradient is near zero, rounding flips its sign and moves a weight by a whole lr, so the
+    # bound holds only at a small lr (reuse_noise is covered by gan-002 above)
+    ("wgan-gp", 4, 32, ["--set", WGAN_GP_NO_BN, "--lr", "1e-4", "--set", "reuse_noise=false"]),
 ])
 def test_two_processes_take_the_one_process_step(tmp_path, evaluation, capsys, preset, steps,
                                                  batch, sets):
@@ -401,7 +404,7 @@ def _count_reductions(rank: int, port: int, preset: str, steps: int, out: str) -
     # n_critic D updates then one G update per step; D frozen (not reduced) in G's update,
     # G's kept forward from D's update reduced once, in G's
     ("gan-002", {"discriminator": 1, "generator": 1}),
-    ("wgan-gp", {"discriminator": 5, "generator": 1}),
+    ("wgan-gp", {"discriminator": 2, "generator": 1}),  # the default's n_critic is 2
     ("bigan-004", {"discriminator": 1, "encoder": 1, "generator": 1}),
 ])
 def test_each_update_reduces_only_the_networks_it_trains(tmp_path, preset, expected):

@@ -8,7 +8,7 @@ import torch
 import gankit
 from gankit.nets import count_parameters
 from gankit.presets import DEFAULT_NAMES, preset_names
-from gankit.train import Trainer
+from gankit.train import Trainer, read_metrics
 
 
 def fc(n_in: int, n_out: int) -> int:
@@ -113,3 +113,63 @@ def test_each_phase_updates_exactly_its_networks(name, tiny_data, tmp_path):
             assert changed == (net in phase.nets), (
                 f"{name} phase {phase.name}: {net}.{key} "
                 f"{'changed' if changed else 'did not change'}")
+
+
+# ------------------------------------------------------------- what defines each family
+# The defaults are retuned for quality per minute; these pieces may not be tuned away.
+
+
+def _trained_one_step(name: str, tiny_data, tmp_path) -> Trainer:
+    config = gankit.configure(name, steps=1, batch_size=32, log_every=1)
+    trainer = Trainer(config, tmp_path, data=tiny_data, progress=False, tensorboard=False)
+    trainer.fit()
+    return trainer
+
+
+def test_the_wgan_default_clips_its_critic(tiny_data, tmp_path):
+    trainer = _trained_one_step("wgan", tiny_data, tmp_path)
+    loss = trainer.config.model.loss
+    assert loss.gan == "wasserstein" and loss.clip > 0 and loss.gp_weight == 0
+    weights = torch.cat([p.flatten() for p in
+                         trainer.model.nets["discriminator"].parameters()])
+    assert float(weights.abs().max()) <= loss.clip  # clipped after every critic update
+    assert float(weights.abs().max()) == pytest.approx(loss.clip)  # and clipping bites
+
+
+def test_the_wgan_gp_default_penalises_the_critics_gradient(tiny_data, tmp_path):
+    trainer = _trained_one_step("wgan-gp", tiny_data, tmp_path)
+    loss = trainer.config.model.loss
+    assert loss.gan == "wasserstein" and loss.gp_weight > 0 and loss.clip == 0
+    rows = [row for row in read_metrics(tmp_path) if "gp" in row]
+    assert rows and rows[-1]["gp"] > 0  # the penalty was computed and logged
+
+
+def test_the_bigan_default_has_an_encoder_a_generator_and_a_joint_critic(tiny_data, tmp_path):
+    from gankit.nets import JointCritic
+
+    trainer = _trained_one_step("bigan", tiny_data, tmp_path)
+    model = trainer.model
+    assert set(model.nets) == {"encoder", "generator", "discriminator"}
+    assert isinstance(model.nets["discriminator"], JointCritic)
+    x = model.prepare(tiny_data.images[:4])
+    z = model.encode(x)[0]
+    logits = model.critic(x, z)
+    assert logits.shape == (4,)
+    assert not torch.equal(logits, model.critic(x, torch.zeros_like(z)))  # it reads z too
+
+
+def test_the_gan_default_is_made_of_fully_connected_layers_only():
+    model = gankit.build("gan")
+    for name in ("generator", "discriminator"):
+        layers = [m for m in model.nets[name].modules() if not list(m.children())]
+        assert any(isinstance(m, torch.nn.Linear) for m in layers), name
+        assert not [m for m in layers if isinstance(m, torch.nn.modules.conv._ConvNd)], name
+
+
+def test_the_vae_default_has_a_gaussian_code_and_trains_on_the_elbo(tiny_data, tmp_path):
+    trainer = _trained_one_step("vae", tiny_data, tmp_path)
+    config = trainer.config.model
+    assert config.family == "vae" and config.loss.kl_weight == 1.0
+    assert config.loss.recon in ("bce-sum", "mse-sum")  # a log-likelihood summed per image
+    mu, logvar = trainer.model.encode(trainer.model.prepare(tiny_data.images[:4]))
+    assert mu.shape == logvar.shape == (4, config.latent.dim)

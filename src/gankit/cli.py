@@ -625,10 +625,47 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_table(sub) -> None:
+    p = sub.add_parser("table", help="train every model for the same time and score them: "
+                       "the README's model table",
+                       description="Train every default and reference preset (or --models) on "
+                       "one data set for the same wall-clock budget of training, score 10,000 "
+                       "samples of each on the data's evaluator, and write OUT/table.md (the "
+                       "Markdown table, each default beside its family's reference presets) "
+                       "and OUT/table.json; the run folders stay in OUT. Run it on an idle "
+                       "machine: other busy programs cost every model steps.")
+    p.add_argument("--models", metavar="A,B", help="models or presets (default: all)")
+    p.add_argument("--data", default="fashion-mnist", help="data to train and score on "
+                   "(default fashion-mnist)")
+    p.add_argument("--minutes", type=float, default=5.0, help="training time of each model "
+                   "(default 5)")
+    p.add_argument("--seeds", type=int, default=1, help="seeds per model; the table shows "
+                   "mean ± std (default 1)")
+    p.add_argument("--eval-n", type=int, default=10_000, metavar="N",
+                   help="samples scored per run (default 10000)")
+    p.add_argument("--out", default="table", metavar="DIR", help="where the runs and the "
+                   "table go (default ./table)")
+    p.add_argument("--quick", action="store_true", help="6 s of training and 1,000 samples "
+                   "per model: checks the command, numbers indicative only")
+
+
+def cmd_table(args: argparse.Namespace) -> int:
+    from gankit.bench import resolve_models
+    from gankit.table import TableSettings, format_table, run_table
+
+    settings = (TableSettings(0.1, args.seeds, 1000, args.data) if args.quick else
+                TableSettings(args.minutes, args.seeds, args.eval_n, args.data))
+    report = run_table(resolve_models(args.models), args.out, settings,
+                       log=lambda text: print(text, file=sys.stderr, flush=True))
+    print(format_table(report))
+    print(f"\nwrote {Path(args.out) / 'table.md'} and table.json", file=sys.stderr)
+    return 0
+
+
 COMMANDS = {"train": cmd_train, "sample": cmd_sample, "interpolate": cmd_interpolate,
             "latent": cmd_latent, "eval": cmd_eval, "compare": cmd_compare,
             "evaluator": cmd_evaluator, "presets": cmd_presets, "bench": cmd_bench,
-            "sweep": cmd_sweep, "sweep-report": cmd_sweep_report}
+            "sweep": cmd_sweep, "sweep-report": cmd_sweep_report, "table": cmd_table}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -637,7 +674,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"gankit {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for add in (_add_train, _add_sample, _add_interpolate, _add_latent, _add_eval, _add_compare,
-                _add_evaluator, _add_presets, _add_bench, _add_sweep, _add_sweep_report):
+                _add_evaluator, _add_presets, _add_bench, _add_sweep, _add_sweep_report,
+                _add_table):
         add(sub)
     return parser
 

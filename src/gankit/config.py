@@ -68,15 +68,22 @@ class NetConfig:
 
 @dataclass
 class LatentConfig:
-    """The noise (or code) distribution: N(0, std²) or U(−std, std) in ``dim`` dimensions."""
+    """The noise (or code) distribution: N(0, std²) or U(−std, std) in ``dim`` dimensions.
+
+    ``prior = "fitted"`` (AE, VAE): samples come from a Gaussian mixture of ``components``
+    parts fitted to the codes of training images, refitted as the model trains.
+    """
 
     dim: int = 64
     dist: Literal["normal", "uniform"] = "normal"
     std: float = 1.0
+    prior: Literal["normal", "fitted"] = "normal"
+    components: int = 10
 
     def __post_init__(self) -> None:
         _check(self.dim >= 1, "latent.dim", self.dim, "an integer >= 1")
         _check(self.std > 0, "latent.std", self.std, "a number > 0")
+        _check(self.components >= 1, "latent.components", self.components, "an integer >= 1")
 
 
 @dataclass
@@ -160,6 +167,9 @@ class ModelConfig:
         if self.family in ("gan", "bigan") and not self.discriminator.layers:
             raise ConfigError(f"model.discriminator.layers is empty: family {self.family!r} "
                               "needs one")
+        if self.latent.prior == "fitted" and self.family not in ("ae", "vae"):
+            raise ConfigError(f"model.latent.prior = 'fitted' is for the autoencoders (ae, vae), "
+                              f"not family {self.family!r}: its noise is what G learns to map")
         if self.conditional and self.family != "gan":
             raise ConfigError(f"model.conditional = true needs family 'gan', not {self.family!r}")
 

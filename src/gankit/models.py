@@ -18,6 +18,7 @@ from torch import Tensor, nn
 
 from gankit import losses
 from gankit.config import ModelConfig
+from gankit.density import GaussianMixture
 from gankit.errors import ConfigError
 from gankit.nets import Critic, Encoder, Generator, JointCritic, finish
 
@@ -80,6 +81,7 @@ class GenerativeModel(nn.Module):
         self.config = config
         self.nets = nn.ModuleDict()
         self.ema: nn.Module | None = None  # EMA copy of the generator, when config.ema > 0
+        self.prior: nn.Module | None = None  # a density fitted to codes (autoencoders)
         self._reuse = False  # set by phases(): D's update keeps its forward pass for G's
         self.shard = Shard()  # set by a multi-process trainer
         self._routes: dict[str, nn.Module] = {}  # see routed()
@@ -111,7 +113,22 @@ class GenerativeModel(nn.Module):
 
     # -- latent -------------------------------------------------------------------------
     def sample_latent(self, n: int, rng: torch.Generator | None = None) -> Tensor:
-        """n draws of the noise distribution (B, latent) on the model's device."""
+        """n latents (n, latent) to generate from, on the model's device: the noise
+        distribution, or a prior fitted to the codes (:meth:`fit_prior`)."""
+        return self.noise(n, rng)
+
+    @property
+    def fitted_prior(self) -> bool:
+        """Whether :meth:`sample_latent` draws from a prior fitted to data."""
+        return False
+
+    def fit_prior(self, images: Tensor, seed: int = 0) -> None:
+        """Fit the prior that samples are drawn from to these uint8 training images (a
+        no-op for models whose prior is fixed)."""
+
+    def noise(self, n: int, rng: torch.Generator | None = None) -> Tensor:
+        """n draws (n, latent) of the configured noise distribution, N(0, std²) or
+        U(−std, std), on the model's device."""
         lat = self.config.latent
         if lat.dist == "normal":
             z = torch.randn(n, lat.dim, generator=rng, device=self.device)
@@ -135,7 +152,7 @@ class GenerativeModel(nn.Module):
 
     def _noise(self, n: int, rng: torch.Generator) -> tuple[Tensor, Tensor | None]:
         """This process's n latents (and fake labels) of the global draw."""
-        z = self.shard.draw(n, lambda m: self.sample_latent(m, rng))
+        z = self.shard.draw(n, lambda m: self.noise(m, rng))
         y = (self.shard.draw(n, lambda m: self.sample_labels(m, rng))
              if self.config.conditional else None)
         return z, y
@@ -228,6 +245,8 @@ class GenerativeModel(nn.Module):
                for k, v in net.state_dict().items()}
         if self.ema is not None:
             out |= {f"ema/{k}": v for k, v in self.ema.state_dict().items()}
+        if self.prior is not None:
+            out |= {f"prior/{k}": v for k, v in self.prior.state_dict().items()}
         return out
 
     def load_weights(self, tensors: dict[str, Tensor]) -> None:
@@ -240,6 +259,8 @@ class GenerativeModel(nn.Module):
         if self.ema is not None:
             self.ema.load_state_dict(part("ema/"))
             self._ema_updates = int(self.ema.ema_updates)
+        if self.prior is not None and part("prior/"):  # (checkpoints before priors: none)
+            self.prior.load_state_dict(part("prior/"))
 
     # -- to be defined by each family ---------------------------------------------------
     def phases(self, reuse: bool = True) -> list[Phase]:
@@ -308,7 +329,30 @@ class AutoEncoder(Reconstructing, GenerativeModel):
         if self.logits and config.data_range != "unit":
             raise ConfigError("loss.recon = 'bce…' needs model.data_range = 'unit' ([0, 1] "
                               "pixels); use 'mse' for [-1, 1]")
+        # a density of the codes to sample from (Ghosh et al. 2020), fitted by fit_prior
+        self.prior = (GaussianMixture(dim, config.latent.components)
+                      if config.latent.prior == "fitted" else None)
         self._make_ema()
+
+    @property
+    def fitted_prior(self) -> bool:
+        return self.prior is not None and bool(self.prior.fitted)
+
+    def sample_latent(self, n: int, rng: torch.Generator | None = None) -> Tensor:
+        if self.fitted_prior:
+            return self.prior.sample(n, rng)
+        return self.noise(n, rng)
+
+    @torch.inference_mode()
+    def fit_prior(self, images: Tensor, seed: int = 0, batch_size: int = 1000) -> None:
+        """Fit the Gaussian mixture to the codes of ``images`` (the mean code for a VAE)."""
+        if self.prior is None:
+            return
+        with self.evaluating():
+            codes = torch.cat([self.encode(self.prepare(images[i:i + batch_size]
+                                                        .to(self.device)))[0]
+                               for i in range(0, len(images), batch_size)])
+        self.prior.fit(codes, seed)
 
     def decode(self, z: Tensor, y: Tensor | None = None, use_ema: bool = True) -> Tensor:
         out = super().decode(z, y, use_ema)

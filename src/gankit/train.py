@@ -430,6 +430,25 @@ class Trainer:
         order = torch.randperm(len(self.data), generator=torch.Generator().manual_seed(
             derive_seed(tc.seed, 4)))[: min(32, len(self.data))]
         self.fixed_real = self.data.images[order].to(self.device)
+        # the images whose codes a fitted prior models (a fixed 10,000 at most: seconds)
+        self.prior_images, self._prior_step = None, None
+        if mc.latent.prior == "fitted":
+            order = torch.randperm(len(self.data), generator=torch.Generator().manual_seed(
+                derive_seed(tc.seed, 7)))[:10_000]
+            self.prior_images = self.data.images[order]
+
+    def _fit_prior(self) -> None:
+        """Refit the model's prior to the current codes, once per step it is needed at."""
+        if self.prior_images is not None and self._prior_step != self.step:
+            self.model.fit_prior(self.prior_images, seed=derive_seed(self.config.train.seed, 8))
+            self._prior_step = self.step
+
+    def _grid_latent(self) -> torch.Tensor:
+        """The grids' fixed noise; from a fitted prior, the same seeded draws of it each time."""
+        if not self.model.fitted_prior:
+            return self.fixed_z
+        gen = torch.Generator(self.device).manual_seed(derive_seed(self.config.train.seed, 3))
+        return self.model.sample_latent(len(self.fixed_z), gen)
 
     # -- one step -----------------------------------------------------------------------
     def _autocast(self):
@@ -527,8 +546,9 @@ class Trainer:
         """Sample grid from the fixed noise (and reconstructions of fixed real images)."""
         if not self.world.main:
             return
+        self._fit_prior()
         name = f"step-{self.step:08d}.png"
-        images = self.model.generate(self.fixed_z, self.fixed_y)
+        images = self.model.generate(self._grid_latent(), self.fixed_y)
         nrow = 10 if self.config.model.conditional else None
         save_grid(images.cpu(), self.run_dir / "samples" / name, nrow=nrow, scale=2)
         if hasattr(self.model, "reconstruct"):
@@ -619,6 +639,7 @@ class Trainer:
         the last good one). Every process takes part; process 0 writes."""
         self._check_weights()
         self._sync_buffers()
+        self._fit_prior()  # a checkpoint's prior belongs to its weights
         folder = self.run_dir / "checkpoints"
         path = folder / name if name else checkpoint.checkpoint_path(folder, self.step)
         state = self.state()
@@ -643,6 +664,7 @@ class Trainer:
         self._check_weights()  # no numbers from (or best checkpoint of) a diverged model
         started = time.perf_counter()
         self._sync_buffers()
+        self._fit_prior()
         images, labels = self._eval_samples()
         values = distributed.on_main(self.world, lambda: self._score(images, labels),
                                      "receiving the evaluation")
