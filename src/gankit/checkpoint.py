@@ -34,7 +34,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save
 
 from gankit.errors import CheckpointError
-from gankit.files import atomic_write
+from gankit.files import atomic_write, remove_temporaries
 
 FORMAT = "gankit-checkpoint"
 FORMAT_VERSION = 1
@@ -90,8 +90,8 @@ def prune_checkpoints(
     return deleted
 
 
-# Temporary files a write killed mid-way can leave: ours, and the one safetensors makes
-_TEMP_FILE = re.compile(r"^\.[\w.-]+\.safetensors\.[0-9a-f]{12}\.tmp$|^\.tmp\w{6,}$")
+# the temporary file safetensors' own save_file made, in checkpoints of earlier versions
+_OLD_TEMP_FILE = re.compile(r"^\.tmp\w{6,}$")
 
 
 def remove_stale_temp_files(folder: str | os.PathLike) -> list[Path]:
@@ -100,10 +100,10 @@ def remove_stale_temp_files(folder: str | os.PathLike) -> list[Path]:
     root = Path(folder)
     if not root.is_dir():
         return []
-    stale = [p for p in root.iterdir() if _TEMP_FILE.match(p.name) and p.is_file()]
-    for path in stale:
+    old = [p for p in root.iterdir() if _OLD_TEMP_FILE.match(p.name) and p.is_file()]
+    for path in old:
         path.unlink(missing_ok=True)
-    return stale
+    return remove_temporaries(root) + old
 
 
 def latest_checkpoint(folder: str | os.PathLike) -> Path | None:

@@ -815,8 +815,8 @@ class Trainer:
         temporary files and of log rows past the step this run restarts from."""
         runs.check_writable(self.run_dir, self._space_needed())
         # temporary files of a killed run (this process holds the folder's lock)
-        for folder in ("checkpoints", "samples", "reconstructions"):
-            checkpoint.remove_stale_temp_files(self.run_dir / folder)
+        checkpoint.remove_stale_temp_files(self.run_dir / "checkpoints")
+        for folder in ("samples", "reconstructions"):
             remove_temporaries(self.run_dir / folder)
         for name in ("config.toml", "metrics.jsonl", "real.png"):
             remove_temporaries(self.run_dir, of=name)
