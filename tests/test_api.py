@@ -42,7 +42,7 @@ def test_your_own_networks_train_with_gankit_losses_and_schedule(fashion, tmp_pa
     d_before = [p.detach().clone() for p in d.parameters()]
     config = gankit.configure("wgan-gp", steps=4, batch_size=16, log_every=2,
                               data_limit=500)
-    from gankit.train import Trainer
+    from gankit.training import Trainer
 
     model = gankit.build(config, generator=g, discriminator=d)
     assert model.nets["generator"] is g and model.nets["discriminator"] is d

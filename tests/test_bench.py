@@ -13,10 +13,10 @@ import pytest
 import torch
 
 import gankit
-from gankit import bench
 from gankit.cli import main
 from gankit.errors import GankitError
-from gankit.train import Trainer, uses_convolutions
+from gankit.tools import bench
+from gankit.training import Trainer, uses_convolutions
 
 
 def _trained(name: str, fast: bool, data, folder, steps: int = 1,
@@ -68,7 +68,7 @@ def test_fast_path_trains_the_same_parameters_as_plain_pytorch(name, fashion, tm
 
 def test_reuse_takes_g_of_z_from_the_d_update_and_runs_g_once_less(fashion, tmp_path):
     """gan-000 reuses D's noise: with the fast path its generator runs once per step."""
-    from gankit.flops import sample_flops, step_flops
+    from gankit.tools.flops import sample_flops, step_flops
 
     counts = {}
     for fast in (True, False):

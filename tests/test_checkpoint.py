@@ -18,9 +18,10 @@ from hypothesis import strategies as st
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from gankit import checkpoint as ckpt
 from gankit import files
-from gankit.checkpoint import (
+from gankit.errors import CheckpointError, GankitError, StorageError
+from gankit.runs import checkpoint as ckpt
+from gankit.runs.checkpoint import (
     capture_rng_state,
     checkpoint_path,
     flatten_state_dict,
@@ -34,7 +35,6 @@ from gankit.checkpoint import (
     save_checkpoint,
     unflatten_state_dict,
 )
-from gankit.errors import CheckpointError, GankitError, StorageError
 
 
 def _sample_tensors() -> dict[str, torch.Tensor]:
@@ -557,7 +557,7 @@ def test_checkpoint_error_is_a_gankit_error() -> None:
 
 
 def test_stale_temporary_files_of_a_killed_write_are_removed(tmp_path: Path) -> None:
-    from gankit.checkpoint import remove_stale_temp_files
+    from gankit.runs.checkpoint import remove_stale_temp_files
 
     good = save_checkpoint(tmp_path / "step-00000001.safetensors", {"w": torch.ones(2)}, {})
     stale = [tmp_path / ".step-00000002.safetensors.0123456789ab.tmp", tmp_path / ".tmpAbC123"]

@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 from gankit.cli import main
-from gankit.train import read_metrics
+from gankit.runs import read_metrics
 
 
 def run(*argv: str) -> int:

@@ -16,7 +16,7 @@ import torch
 from safetensors.torch import load_file
 
 import gankit
-from gankit.train import read_metrics
+from gankit.runs import read_metrics
 
 FIXTURES = Path(__file__).parent / "fixtures"
 

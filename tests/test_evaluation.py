@@ -19,15 +19,15 @@ import torch
 import torch.nn.functional as F
 
 import gankit
-from gankit.checkpoint import read_meta
 from gankit.cli import main
 from gankit.data import Dataset
-from gankit.diagnostics import Alarms
 from gankit.errors import GankitError
 from gankit.evaluation import evaluate_run
-from gankit.evaluator import evaluator_key, get_evaluator, load_evaluator
-from gankit.runs import load_run
-from gankit.train import Trainer, read_metrics
+from gankit.evaluation.evaluator import evaluator_key, get_evaluator, load_evaluator
+from gankit.runs import load_run, read_metrics
+from gankit.runs.checkpoint import read_meta
+from gankit.training import Trainer
+from gankit.training.diagnostics import Alarms
 
 N = 2000  # samples per evaluation in these tests
 
@@ -76,7 +76,7 @@ QUICK = {"version": 1, "layers": ["conv 8 k5 s2 p2", "relu", "flatten", "fc 16",
 
 
 def test_evaluator_cache_same_data_same_file_changed_data_rebuilt(monkeypatch):
-    import gankit.evaluator as ev
+    import gankit.evaluation.evaluator as ev
 
     built = []
     real_build = ev.build_evaluator
@@ -99,7 +99,7 @@ def test_evaluator_cache_same_data_same_file_changed_data_rebuilt(monkeypatch):
 
 
 def test_evaluator_training_is_deterministic():
-    from gankit.evaluator import build_evaluator
+    from gankit.evaluation.evaluator import build_evaluator
 
     a = build_evaluator(*_small_set(), QUICK, progress=False)
     b = build_evaluator(*_small_set(), QUICK, progress=False)
@@ -108,7 +108,7 @@ def test_evaluator_training_is_deterministic():
 
 
 def test_evaluator_file_round_trip_and_refusals(tmp_path):
-    from gankit.evaluator import build_evaluator, save_evaluator
+    from gankit.evaluation.evaluator import build_evaluator, save_evaluator
 
     net = build_evaluator(*_small_set(), QUICK, progress=False)
     path = save_evaluator(net, tmp_path / "mine.safetensors")
@@ -123,7 +123,7 @@ def test_evaluator_file_round_trip_and_refusals(tmp_path):
     with pytest.raises(GankitError, match=r"shape \(1, 28, 28\).*\(1, 32, 32\)"):
         net.embed(torch.zeros(4, 1, 32, 32, dtype=torch.uint8))
     run_ckpt = tmp_path / "ckpt.safetensors"
-    gankit.checkpoint.save_checkpoint(run_ckpt, {"w": torch.zeros(2)}, {"step": 3})
+    gankit.runs.checkpoint.save_checkpoint(run_ckpt, {"w": torch.zeros(2)}, {"step": 3})
     with pytest.raises(GankitError, match="not a usable gankit evaluator file: it holds a "
                                           "training checkpoint"):
         load_evaluator(run_ckpt)

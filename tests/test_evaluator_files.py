@@ -17,15 +17,14 @@ from pathlib import Path
 import pytest
 import torch
 
-import gankit.checkpoint
-import gankit.evaluator as ev
+import gankit.evaluation.evaluator as ev
 import gankit.files
-from gankit.checkpoint import read_meta
+import gankit.runs.checkpoint
 from gankit.cli import main
 from gankit.data import Dataset
 from gankit.errors import CheckpointError, StorageError
 from gankit.evaluation import evaluate_images, format_report, rows_to_csv, write_report
-from gankit.evaluator import (
+from gankit.evaluation.evaluator import (
     build_evaluator,
     cache_entry,
     evaluator_key,
@@ -36,6 +35,7 @@ from gankit.evaluator import (
     save_evaluator,
     shipped_evaluator,
 )
+from gankit.runs.checkpoint import read_meta
 
 HERE = Path(__file__).parent
 # a recipe that trains in half a second on the small set below
@@ -129,7 +129,7 @@ def test_build_runs_on_the_recipe_thread_count_whatever_others_set(tmp_path):
 SECOND = f"""
 import json, sys
 sys.path.insert(0, {str(HERE)!r})
-import gankit.evaluator as ev
+import gankit.evaluation.evaluator as ev
 from test_evaluator_files import QUICK, small_set
 built = []
 real = ev.build_evaluator
@@ -227,7 +227,7 @@ def _raw_oserror(monkeypatch) -> None:
     def full(*args, **kwargs):
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(gankit.checkpoint, "save_checkpoint", full)
+    monkeypatch.setattr(gankit.runs.checkpoint, "save_checkpoint", full)
 
 
 @pytest.mark.parametrize("inject", [_full_disk, _raw_oserror], ids=["StorageError", "OSError"])

@@ -6,8 +6,8 @@ import torch
 from torch import nn
 
 import gankit
-from gankit.flops import count_flops, sample_flops, step_flops
-from gankit.train import Trainer
+from gankit.tools.flops import count_flops, sample_flops, step_flops
+from gankit.training import Trainer
 
 
 def test_mlp_forward_and_backward_match_a_hand_count():

@@ -14,10 +14,10 @@ from pathlib import Path
 
 import pytest
 
-from gankit.checkpoint import latest_checkpoint, list_checkpoints, load_checkpoint
 from gankit.cli import main
 from gankit.errors import CheckpointError
-from gankit.train import read_metrics
+from gankit.runs import read_metrics
+from gankit.runs.checkpoint import latest_checkpoint, list_checkpoints, load_checkpoint
 
 # A small MLP GAN (~2.6 MB checkpoints, a few hundredths of a second per step) with a
 # checkpoint every step: a large share of each step is spent writing one.

@@ -11,8 +11,8 @@ import torch
 from scipy import linalg
 from torch.testing import assert_close
 
-from gankit import metrics
 from gankit.errors import GankitError
+from gankit.evaluation import metrics
 
 
 def randn(n: int, f: int, seed: int, dtype=torch.float64) -> torch.Tensor:

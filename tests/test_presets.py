@@ -8,7 +8,8 @@ import torch
 import gankit
 from gankit.nets import count_parameters
 from gankit.presets import DEFAULT_NAMES, preset_names
-from gankit.train import Trainer, read_metrics
+from gankit.runs import read_metrics
+from gankit.training import Trainer
 
 
 def fc(n_in: int, n_out: int) -> int:

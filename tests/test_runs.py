@@ -20,10 +20,11 @@ import numpy as np
 import pytest
 
 import gankit
-from gankit import checkpoint, cli, files, runs
+from gankit import cli, files, runs
 from gankit.errors import CheckpointError, StorageError
 from gankit.files import FolderBusy, FolderLock
-from gankit.train import Trainer, read_metrics, resume_trainer
+from gankit.runs import checkpoint, read_metrics
+from gankit.training import Trainer, resume_trainer
 
 GANKIT = [sys.executable, "-m", "gankit"]
 

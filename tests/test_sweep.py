@@ -19,9 +19,8 @@ from gankit import cli
 from gankit.cli import main
 from gankit.config import load_toml
 from gankit.errors import ConfigError, GankitError
-from gankit.runs import load_run
-from gankit.sweep import parse_param, sweep, sweep_report
-from gankit.train import read_metrics
+from gankit.runs import load_run, read_metrics
+from gankit.tools.sweep import parse_param, sweep, sweep_report
 
 # A small MLP GAN on 2,000 images: a 20-step run with 3 evaluations of 200 samples takes
 # about a second. One thread per worker: two workers share two cores.

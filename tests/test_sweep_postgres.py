@@ -17,7 +17,7 @@ import optuna
 import pytest
 from test_sweep import check_run_folder, finish, spawn_worker
 
-from gankit.sweep import sweep_report
+from gankit.tools.sweep import sweep_report
 
 
 def server_binaries() -> Path | None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 from gankit.cli import main
-from gankit.table import format_table, verdicts
+from gankit.tools.table import format_table, verdicts
 
 
 def test_the_table_command_trains_scores_and_writes_the_table(tmp_path, capsys, data_dir):

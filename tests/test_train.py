@@ -13,9 +13,10 @@ import torch
 from PIL import Image
 
 import gankit
-from gankit.checkpoint import load_checkpoint
 from gankit.errors import ConfigError
-from gankit.train import Batches, Trainer, TrainingDiverged, read_metrics, resume_trainer
+from gankit.runs import read_metrics
+from gankit.runs.checkpoint import load_checkpoint
+from gankit.training import Batches, Trainer, TrainingDiverged, resume_trainer
 
 # A few hundred updates of each family on real Fashion-MNIST: enough to move far from the
 # untrained grid, small enough for two CPU cores.

@@ -5,11 +5,10 @@
 >>> gankit.show_grid(run.sample(64))                               # doctest: +SKIP
 """
 
-__version__ = "0.1.0"
-
-from gankit.api import build, configure, evaluate, load_run, resume, train  # noqa: E402
-from gankit.sweep import sweep, sweep_report  # noqa: E402  (Optuna is imported on use)
-from gankit.viz import show_grid  # noqa: E402
+from gankit.api import build, configure, evaluate, load_run, resume, train
+from gankit.tools.sweep import sweep, sweep_report  # Optuna is imported on use
+from gankit.version import __version__
+from gankit.viz import show_grid
 
 __all__ = ["build", "configure", "evaluate", "load_run", "resume", "show_grid", "sweep",
            "sweep_report", "train", "__version__"]

@@ -13,13 +13,12 @@ from pathlib import Path
 
 from torch import nn
 
-from gankit import distributed
 from gankit.config import RunConfig, build_config, resolve_key
 from gankit.errors import ConfigError
 from gankit.models import GenerativeModel, build_model
 from gankit.presets import get_preset
 from gankit.runs import Run, discard_claim, load_run, new_run_dir
-from gankit.train import FitResult, Trainer, resume_trainer
+from gankit.training import FitResult, Trainer, distributed, resume_trainer
 
 
 def configure(model: str, config_file: str | Path | None = None, sets: Iterable[str] = (),

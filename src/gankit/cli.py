@@ -7,8 +7,8 @@ import os
 import sys
 from pathlib import Path
 
-from gankit import __version__
 from gankit.errors import GankitError
+from gankit.version import __version__
 
 DEFAULT_STORAGE = "sqlite:///sweep.db"  # a sweep's study, in the working directory
 
@@ -123,7 +123,7 @@ def _run_overrides(args: argparse.Namespace) -> dict:
 
 def cmd_train(args: argparse.Namespace) -> int:
     """Train (or resume) one run; under torchrun, one of its K processes (see Scale out)."""
-    from gankit import distributed
+    from gankit.training import distributed
 
     try:
         code = _train(args, distributed.init())
@@ -137,11 +137,10 @@ def cmd_train(args: argparse.Namespace) -> int:
 def _train(args: argparse.Namespace, world) -> int:
     from functools import partial
 
-    from gankit import distributed
     from gankit.api import configure
     from gankit.config import to_dict
     from gankit.runs import discard_claim, new_run_dir
-    from gankit.train import Trainer, resume_trainer
+    from gankit.training import Trainer, distributed, resume_trainer
 
     say = partial(distributed.say, world)  # process 0 speaks for the run
 
@@ -250,7 +249,7 @@ def _add_sweep(sub) -> None:
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
-    from gankit.sweep import require_optuna, sweep
+    from gankit.tools.sweep import require_optuna, sweep
 
     optuna = require_optuna()
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # gankit prints each trial itself
@@ -278,7 +277,7 @@ def _add_sweep_report(sub) -> None:
 
 
 def cmd_sweep_report(args: argparse.Namespace) -> int:
-    from gankit.sweep import format_sweep_report, require_optuna, sweep_report
+    from gankit.tools.sweep import format_sweep_report, require_optuna, sweep_report
 
     optuna = require_optuna()
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -542,7 +541,7 @@ def _add_evaluator(sub) -> None:
 def cmd_evaluator(args: argparse.Namespace) -> int:
     import json
 
-    from gankit.evaluator import describe, get_evaluator, load_evaluator, save_evaluator
+    from gankit.evaluation.evaluator import describe, get_evaluator, load_evaluator, save_evaluator
 
     if args.action == "info" and Path(args.data).is_file():
         net = load_evaluator(args.data)
@@ -608,7 +607,7 @@ def _add_bench(sub) -> None:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from gankit import bench
+    from gankit.tools import bench
 
     models = bench.resolve_models(args.models)
     settings = bench.Settings.quick() if args.quick else bench.Settings()
@@ -650,8 +649,8 @@ def _add_table(sub) -> None:
 
 
 def cmd_table(args: argparse.Namespace) -> int:
-    from gankit.bench import resolve_models
-    from gankit.table import TableSettings, format_table, run_table
+    from gankit.tools.bench import resolve_models
+    from gankit.tools.table import TableSettings, format_table, run_table
 
     settings = (TableSettings(0.1, args.seeds, 1000, args.data) if args.quick else
                 TableSettings(args.minutes, args.seeds, args.eval_n, args.data))

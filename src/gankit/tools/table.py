@@ -18,15 +18,15 @@ from pathlib import Path
 
 import torch
 
-from gankit import __version__
 from gankit.api import configure
-from gankit.bench import machine, write_json
 from gankit.errors import ConfigError
 from gankit.evaluation import evaluate_run, open_evaluation
 from gankit.files import write_text
 from gankit.presets import DEFAULT_NAMES
 from gankit.runs import Run
-from gankit.train import Trainer
+from gankit.tools.bench import machine, write_json
+from gankit.training import Trainer
+from gankit.version import __version__
 
 # the reference presets each default is measured against (same family of design)
 REFERENCES: dict[str, tuple[str, ...]] = {

@@ -30,11 +30,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from gankit import checkpoint
 from gankit.data import Dataset, cache_dir, load_dataset
 from gankit.errors import CheckpointError, DataError, StorageError
 from gankit.files import FolderBusy, FolderLock, describe_holder, remove_temporaries, storage_error
 from gankit.nets import build_body
+from gankit.runs import checkpoint
 
 # How gankit trains an evaluator. Any change to it changes every cache key.
 RECIPE: dict = {

@@ -37,15 +37,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from gankit import __version__
 from gankit.config import RunConfig
 from gankit.data import Dataset, load_dataset
 from gankit.errors import ConfigError
 from gankit.files import write_text
-from gankit.flops import sample_flops, step_flops
 from gankit.models import build_model
 from gankit.presets import DEFAULT_NAMES, preset_names
-from gankit.train import Trainer, build_optimizers, configure_threads
+from gankit.tools.flops import sample_flops, step_flops
+from gankit.training import Trainer, build_optimizers, configure_threads
+from gankit.version import __version__
 
 BASELINE_BATCH = 64  # the batch size of the usual example code
 
@@ -394,7 +394,7 @@ def interpreter_start_seconds() -> float:
     """Seconds a fresh Python takes to import torch and gankit's trainer (part of a user's
     start-up, which an in-process measurement would not see)."""
     started = time.perf_counter()
-    subprocess.run([sys.executable, "-c", "import gankit.train"], check=True,
+    subprocess.run([sys.executable, "-c", "import gankit.training"], check=True,
                    capture_output=True)
     return time.perf_counter() - started
 

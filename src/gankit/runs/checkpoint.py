@@ -461,7 +461,7 @@ def _check_json_keys(value: Any, where: str) -> None:
 
 
 def _versions() -> dict[str, str]:
-    from gankit import __version__
+    from gankit.version import __version__
 
     return {
         "gankit": __version__,

@@ -1,8 +1,8 @@
 """Data-parallel training on ``torch.distributed``: K processes started by ``torchrun``.
 
 One run, K processes, one device each. Every process holds the whole model; each draws its
-contiguous share of every global batch (see :class:`gankit.train.Batches`) and of every noise
-draw (:class:`gankit.models.Shard`), and DistributedDataParallel averages the gradients of the
+contiguous share of every global batch (see :class:`gankit.training.Batches`) and of every
+noise draw (:class:`gankit.models.Shard`), and DistributedDataParallel averages the gradients of the
 networks an update trains. Because every loss is a mean over the batch, K processes on
 B/K images each take the step one process takes on B images.
 

@@ -14,11 +14,11 @@ from pathlib import Path
 
 import torch
 
-from gankit import checkpoint
 from gankit.config import RunConfig, from_dict
 from gankit.errors import CheckpointError, ConfigError
 from gankit.files import FolderLock
 from gankit.models import GenerativeModel, build_model
+from gankit.runs import checkpoint
 
 RUN_LOCK = ".gankit-lock"  # in a run folder: held by the process training there
 _PROBE = ".gankit-write-probe"

@@ -1,4 +1,4 @@
-"""The one training loop: run a model's phases over in-memory batches, log, draw, checkpoint.
+"""The training loop: run a model's phases over in-memory batches, log, draw, checkpoint.
 
 Everything that shapes the future of a run is a function of the seed and counters kept in
 the checkpoint (batch order, noise, RNG states), so an interrupted run resumes where it was.
@@ -7,9 +7,7 @@ the checkpoint (batch order, noise, RNG states), so an interrupted run resumes w
 from __future__ import annotations
 
 import contextlib
-import json
 import math
-import random
 import signal
 import sys
 import time
@@ -17,19 +15,30 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
-from gankit import __version__, checkpoint, distributed, runs
-from gankit.config import OptimConfig, RunConfig, from_dict, save_toml, to_dict
-from gankit.cpu import ThreadGovernor, physical_cores
+from gankit import runs
+from gankit.config import RunConfig, from_dict, save_toml, to_dict
 from gankit.data import Dataset, load_dataset
-from gankit.diagnostics import Alarms
 from gankit.errors import CheckpointError, ConfigError, GankitError, StorageError
-from gankit.files import remove_temporaries, storage_error, write_text
+from gankit.files import remove_temporaries
 from gankit.models import Context, GenerativeModel, Phase, Shard, build_model
+from gankit.runs import checkpoint
+from gankit.runs.metrics_log import MetricsLog
+from gankit.training import distributed
+from gankit.training.batches import Batches
+from gankit.training.cpu import ThreadGovernor
+from gankit.training.diagnostics import Alarms
+from gankit.training.environment import (
+    configure_threads,
+    derive_seed,
+    resolve_device,
+    seed_everything,
+)
+from gankit.training.optim import build_optimizers, match_memory_format
+from gankit.version import __version__
 from gankit.viz import pair_grid, save_grid
 
 Callback = Callable[[dict], None]
@@ -43,239 +52,11 @@ class TrainingDiverged(GankitError):
         self.cause = cause or message
 
 
-# --------------------------------------------------------------------------- set-up helpers
-
-
-def resolve_device(name: str) -> torch.device:
-    """``auto`` → CUDA when present, else CPU; ``cuda`` without a GPU is a clear error."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("--device cuda: no CUDA GPU is visible to PyTorch on this machine "
-                          f"(torch {torch.__version__}); use --device cpu or auto")
-    return torch.device(name)
-
-
-def configure_threads(threads: int, processes: int = 1) -> int:
-    """Use ``threads`` CPU threads (0: this process's share of the physical cores it may run
-    on, with ``processes`` training processes on the machine)."""
-    threads = threads or max(1, physical_cores() // processes)
-    torch.set_num_threads(threads)
-    return threads
-
-
-def seed_everything(seed: int) -> None:
-    """Seed Python, NumPy and torch's global generators (dropout and friends use them)."""
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-
-
-def derive_seed(*keys: int) -> int:
-    """A well-mixed 63-bit seed from integers (NumPy's SeedSequence)."""
-    return int(np.random.SeedSequence([k % 2**63 for k in keys]).generate_state(2, np.uint64)[0]
-               >> np.uint64(1))
-
-
-def make_optimizer(c: OptimConfig, params: list, fast: bool = True) -> torch.optim.Optimizer:
-    """The optimiser ``c`` describes. ``fast``: PyTorch's fused kernels (Adam, AdamW, SGD) or
-    its multi-tensor ``foreach`` path (RMSprop); else PyTorch's plain defaults."""
-    name, fused = c.name, ({"fused": True} if fast else {})
-    if name == "adam":
-        return torch.optim.Adam(params, c.lr, betas=tuple(c.betas), eps=c.eps,
-                                weight_decay=c.weight_decay, **fused)
-    if name == "adamw":
-        return torch.optim.AdamW(params, c.lr, betas=tuple(c.betas), eps=c.eps,
-                                 weight_decay=c.weight_decay, **fused)
-    if name == "rmsprop":
-        return torch.optim.RMSprop(params, c.lr, alpha=c.alpha, eps=c.eps,
-                                   weight_decay=c.weight_decay, momentum=c.momentum,
-                                   foreach=True if fast else None)
-    if name == "sgd":
-        return torch.optim.SGD(params, c.lr, momentum=c.momentum, weight_decay=c.weight_decay,
-                               **fused)
-    raise ConfigError(f"unknown optimiser {name!r}: use adam, adamw, rmsprop or sgd")
-
-
-def build_optimizers(model: GenerativeModel, phases: list[Phase],
-                     fast: bool = True) -> dict[str, torch.optim.Optimizer]:
-    """One optimiser per key in the phases ("g", "d"), over the networks those phases train."""
-    nets: dict[str, list[str]] = {}
-    for phase in phases:
-        nets.setdefault(phase.optimizer, [])
-        nets[phase.optimizer] += [n for n in phase.nets if n not in nets[phase.optimizer]]
-    configs = {"g": model.config.opt_g, "d": model.config.opt_d}
-    return {key: make_optimizer(configs[key],
-                                [p for n in names for p in model.nets[n].parameters()], fast)
-            for key, names in nets.items()}
-
-
-def match_memory_format(optimizer: torch.optim.Optimizer) -> None:
-    """Give each loaded optimiser state tensor its parameter's memory layout: a checkpoint
-    stores them contiguous, and fused kernels assume the layouts agree."""
-    for group in optimizer.param_groups:
-        for p in group["params"]:
-            state = optimizer.state.get(p, {})
-            for key, value in state.items():
-                if (isinstance(value, torch.Tensor) and value.shape == p.shape
-                        and value.stride() != p.stride()):
-                    state[key] = torch.empty_like(p).copy_(value)
-
 
 def uses_convolutions(model: nn.Module) -> bool:
     """Whether any network holds a 4-D (convolution) weight."""
     return any(p.dim() == 4 for p in model.parameters())
 
-
-# --------------------------------------------------------------------------- batches
-
-
-class Batches:
-    """Batches of uint8 images (and labels) from tensors already on the training device.
-
-    ``epoch`` sampler: a fresh permutation per epoch, the last partial batch dropped.
-    ``random`` sampler: every batch drawn anew without replacement. The order depends only on
-    the seed and the counters in :meth:`state`, so a resumed run sees the same batches. With
-    ``world`` processes, ``batch_size`` is the global batch and process ``rank`` gets its
-    contiguous share of each one: together they see exactly the single-process batches.
-    """
-
-    def __init__(self, images: torch.Tensor, labels: torch.Tensor | None, batch_size: int,
-                 seed: int, sampler: str = "epoch", rank: int = 0, world: int = 1):
-        if batch_size > len(images):
-            raise ConfigError(f"train.batch_size = {batch_size} is larger than the data set "
-                              f"({len(images)} images): lower it")
-        if batch_size % world:
-            raise ConfigError(f"train.batch_size = {batch_size} is the global batch and must "
-                              f"split evenly over {world} processes: use a multiple of {world}")
-        self.shard = Shard(rank, world)
-        self.images, self.labels = images, labels
-        self.batch_size, self.seed, self.sampler = batch_size, seed, sampler
-        self.epoch, self.pos, self.drawn = 0, 0, 0
-        self._perm: torch.Tensor | None = None
-
-    @property
-    def per_epoch(self) -> int:
-        """Batches in one epoch."""
-        return len(self.images) // self.batch_size
-
-    def _randperm(self, *keys: int) -> torch.Tensor:
-        gen = torch.Generator().manual_seed(derive_seed(self.seed, *keys))
-        return torch.randperm(len(self.images), generator=gen).to(self.images.device)
-
-    def next(self) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """The next (images (B, C, H, W) uint8, labels (B,) or None)."""
-        if self.sampler == "random":
-            idx = self._randperm(1, self.drawn)[: self.batch_size]
-        else:
-            if self.pos + self.batch_size > len(self.images):
-                self.epoch, self.pos, self._perm = self.epoch + 1, 0, None
-            if self._perm is None:
-                self._perm = self._randperm(0, self.epoch)
-            idx = self._perm[self.pos:self.pos + self.batch_size]
-            self.pos += self.batch_size
-        self.drawn += 1
-        idx = self.shard.take(idx)  # this process's share of the global batch, in order
-        return self.images[idx], (self.labels[idx] if self.labels is not None else None)
-
-    def state(self) -> dict:
-        return {"epoch": self.epoch, "pos": self.pos, "drawn": self.drawn}
-
-    def load_state(self, state: dict) -> None:
-        self.epoch, self.pos, self.drawn = state["epoch"], state["pos"], state["drawn"]
-        self._perm = None
-
-
-# --------------------------------------------------------------------------- logging
-
-
-class MetricsLog:
-    """Scalars to ``metrics.jsonl`` (one JSON object per logged step) and to TensorBoard."""
-
-    def __init__(self, run_dir: Path, tensorboard: bool = True, active: bool = True):
-        self.path = run_dir / "metrics.jsonl"
-        self.tb_dir = run_dir / "tensorboard"
-        self.tensorboard = tensorboard
-        self.active = active  # False: writes nothing (processes other than 0 of a run)
-        self._writer = None
-
-    def write(self, row: dict) -> None:
-        """Append ``row`` (one whole line per write: a reader skips a line torn by a kill)."""
-        if not self.active:
-            return
-        try:
-            with open(self.path, "a") as f:
-                f.write(json.dumps(row) + "\n")
-        except OSError as err:
-            raise storage_error(self.path, err) from err
-        if self.tensorboard:
-            try:
-                if self._writer is None:
-                    self._writer = _summary_writer(self.tb_dir)
-                for key, value in row.items():
-                    if key != "step" and isinstance(value, (int, float)):
-                        self._writer.add_scalar(key, value, row["step"])
-            except OSError as err:  # TensorBoard's writer thread failed (e.g. a full disk)
-                self._writer = None  # its file is unusable; a resume starts a new one
-                raise storage_error(self.tb_dir, err) from err
-
-    def truncate_after(self, step: int) -> None:
-        """Drop rows logged after ``step`` (they belong to a future a resume will redo)."""
-        if not self.active or not self.path.exists():
-            return
-        rows = [json.dumps(row) for row in _parse_rows(self.path) if row["step"] <= step]
-        write_text(self.path, "".join(r + "\n" for r in rows))  # a kill leaves the old whole
-
-    def close(self) -> None:
-        if self._writer is not None:
-            writer, self._writer = self._writer, None
-            try:
-                writer.close()
-            except OSError:
-                pass  # the write that failed has already stopped the run, naming the file
-
-
-def _summary_writer(folder: Path):
-    """A TensorBoard SummaryWriter on ``folder``. Its background thread's write errors reach
-    the trainer at the next write, as a StorageError: they are not also printed as a thread
-    traceback."""
-    import threading
-
-    from torch.utils.tensorboard import SummaryWriter  # slow import: only when used
-
-    if not getattr(threading.excepthook, "gankit", False):
-        previous = threading.excepthook
-
-        def hook(args):
-            if not (isinstance(args.exc_value, OSError)
-                    and type(args.thread).__name__ == "_AsyncWriterThread"):
-                previous(args)
-
-        hook.gankit = True
-        threading.excepthook = hook
-    try:
-        return SummaryWriter(str(folder))
-    except OSError as err:
-        raise storage_error(folder, err) from err
-
-
-def read_metrics(run_dir: str | Path) -> list[dict]:
-    """The rows of a run's ``metrics.jsonl``."""
-    path = Path(run_dir) / "metrics.jsonl"
-    if not path.exists():
-        return []
-    return _parse_rows(path)
-
-
-def _parse_rows(path: Path) -> list[dict]:
-    """JSON rows of a metrics file, skipping a line torn by a process killed mid-write."""
-    rows = []
-    for line in path.read_text().splitlines():
-        try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError:
-            continue
-    return rows
 
 
 # --------------------------------------------------------------------------- the trainer

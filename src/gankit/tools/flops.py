@@ -45,7 +45,7 @@ def count_flops(fn: Callable[[], object]) -> int:
 
 
 def step_flops(trainer) -> int:
-    """FLOPs of one training step of a :class:`gankit.train.Trainer` (every phase, forward
+    """FLOPs of one training step of a :class:`gankit.training.loop.Trainer` (every phase, forward
     and backward). The step really runs: use a trainer you can spare."""
     return count_flops(trainer.train_step)
 

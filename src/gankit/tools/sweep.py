@@ -474,7 +474,7 @@ class _Reporter:
 def _evaluation(config: RunConfig, cache: dict, progress: bool):
     """The run's evaluation, opened once per worker (every trial of a sweep shares it)."""
     from gankit.evaluation import open_evaluation
-    from gankit.train import resolve_device
+    from gankit.training import resolve_device
 
     tc, mc = config.train, config.model
     key = (tc.data, tc.data_dir, mc.image_size, tc.device, tc.evaluator)
@@ -491,7 +491,7 @@ def _run_trial(study, trial_id: int, spec: SweepSpec, out: Path, evaluations: di
     from optuna.trial import TrialState
 
     from gankit.runs import discard_claim, lock_run, new_run_dir
-    from gankit.train import Trainer, TrainingDiverged
+    from gankit.training import Trainer, TrainingDiverged
 
     trial = optuna.trial.Trial(study, trial_id)
     run_dir = out / f"trial-{trial.number:04d}"

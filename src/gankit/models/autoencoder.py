@@ -1,0 +1,138 @@
+"""The autoencoder and the VAE: one phase, reconstruction (plus KL for the VAE), and for
+sampling a prior that is N(0, I) or a Gaussian mixture fitted to the training codes.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from gankit import losses
+from gankit.config import ModelConfig
+from gankit.density import GaussianMixture
+from gankit.errors import ConfigError
+from gankit.models.base import Context, GenerativeModel, Phase, Stats
+from gankit.nets import Encoder, Generator, finish
+
+
+class Reconstructing:
+    """For models with an encoder: x → E(x) → G(E(x)), through the mean code."""
+
+    @torch.inference_mode()
+    def reconstruct(self, images: Tensor) -> Tensor:
+        """uint8 images (B, C, H, W) → uint8 reconstructions."""
+        with self.evaluating():
+            code, _ = self.encode(self.prepare(images))
+            return self.to_uint8(self.decode(code))
+
+    @torch.inference_mode()
+    def reconstruction_metrics(self, images: Tensor, batch_size: int = 1000) -> dict:
+        """Mean squared error per pixel, on the [0, 1] scale, of reconstructions of uint8
+        images (B, C, H, W) through the mean code."""
+        total = 0.0
+        for i in range(0, len(images), batch_size):
+            x = images[i:i + batch_size].to(self.device)
+            diff = (self.reconstruct(x).float() - x.float()) / 255.0
+            total += float(diff.square().sum())
+        return {"recon_mse": total / max(images.numel(), 1)}
+
+
+class AutoEncoder(Reconstructing, GenerativeModel):
+    """AE (deterministic code) or VAE (Gaussian code, Kingma & Welling 2014)."""
+
+    def __init__(self, config: ModelConfig, encoder: nn.Module | None = None,
+                 generator: nn.Module | None = None):
+        super().__init__(config)
+        self.variational = config.family == "vae"
+        dim = config.latent.dim
+        self.nets["encoder"] = encoder or finish(
+            Encoder(config.encoder.layers, self.image_shape, 2 * dim if self.variational else dim),
+            config.encoder.init, config.encoder.spectral_norm)
+        self.nets["generator"] = generator or finish(
+            Generator(config.generator.layers, dim, self.image_shape),
+            config.generator.init, config.generator.spectral_norm)
+        self.logits = config.loss.recon.startswith("bce")  # decoder emits logits for BCE
+        if self.logits and config.data_range != "unit":
+            raise ConfigError("loss.recon = 'bce…' needs model.data_range = 'unit' ([0, 1] "
+                              "pixels); use 'mse' for [-1, 1]")
+        # a density of the codes to sample from (Ghosh et al. 2020), fitted by fit_prior
+        self.prior = (GaussianMixture(dim, config.latent.components)
+                      if config.latent.prior == "fitted" else None)
+        self._make_ema()
+
+    @property
+    def fitted_prior(self) -> bool:
+        return self.prior is not None and bool(self.prior.fitted)
+
+    def sample_latent(self, n: int, rng: torch.Generator | None = None) -> Tensor:
+        if self.fitted_prior:
+            return self.prior.sample(n, rng)
+        return self.noise(n, rng)
+
+    @torch.inference_mode()
+    def fit_prior(self, images: Tensor, seed: int = 0, batch_size: int = 1000) -> None:
+        """Fit the Gaussian mixture to the codes of ``images`` (the mean code for a VAE)."""
+        if self.prior is None:
+            return
+        with self.evaluating():
+            codes = torch.cat([self.encode(self.prepare(images[i:i + batch_size]
+                                                        .to(self.device)))[0]
+                               for i in range(0, len(images), batch_size)])
+        self.prior.fit(codes, seed)
+
+    def decode(self, z: Tensor, y: Tensor | None = None, use_ema: bool = True) -> Tensor:
+        out = super().decode(z, y, use_ema)
+        return torch.sigmoid(out) if self.logits else out
+
+    def encode(self, x: Tensor) -> tuple[Tensor, Tensor | None]:
+        """Images in the data range → (code, log-variance or None). The code is μ for a VAE."""
+        h = self.net("encoder")(x)
+        if self.variational:
+            mu, logvar = h.chunk(2, dim=1)  # (B, D) each
+            return mu, logvar
+        return h, None
+
+    def loss(self, ctx: Context) -> tuple[Tensor, Stats]:
+        code, logvar = self.encode(ctx.x)
+        if self.variational:
+            eps = self.shard.draw(len(code), lambda m: torch.randn(
+                (m, code.shape[1]), generator=ctx.rng, device=code.device))
+            z = code + torch.exp(0.5 * logvar) * eps  # reparameterisation trick
+        else:
+            z = code
+        out = self.net("generator")(z)  # (B, C, H, W): logits for BCE, pixels for MSE
+        recon = losses.reconstruction(self.config.loss.recon, out, ctx.x)
+        if not self.variational:
+            return recon, {"loss/recon": recon.detach()}
+        kl = losses.kl_normal(code, logvar)
+        total = recon + self.config.loss.kl_weight * kl
+        return total, {"loss/recon": recon.detach(), "loss/kl": kl.detach(),
+                       "loss/total": total.detach()}
+
+    def phases(self, reuse: bool = True) -> list[Phase]:
+        return [Phase("AE", ("encoder", "generator"), "g", self.loss)]
+
+    @torch.inference_mode()
+    def reconstruction_metrics(self, images: Tensor, batch_size: int = 1000) -> dict:
+        """Adds, for a VAE, the KL term and, with a Bernoulli (BCE) decoder, the evidence lower
+        bound log p(x) ≥ E_q[log p(x|z)] − KL(q(z|x) ‖ p(z)) in nats per image (one draw of z
+        per image, seeded)."""
+        out = super().reconstruction_metrics(images, batch_size)
+        if not self.variational:
+            return out
+        rng = torch.Generator(self.device).manual_seed(0)
+        kl_sum, log_lik = 0.0, 0.0
+        with self.evaluating():
+            for i in range(0, len(images), batch_size):
+                x = self.prepare(images[i:i + batch_size].to(self.device))
+                mu, logvar = self.encode(x)
+                kl_sum += float(losses.kl_normal(mu, logvar)) * len(x)
+                if self.logits:
+                    eps = torch.randn(mu.shape, generator=rng, device=mu.device)
+                    logits = self.nets["generator"](mu + torch.exp(0.5 * logvar) * eps)
+                    log_lik -= float(losses.reconstruction("bce-sum", logits, x)) * len(x)
+        n = max(len(images), 1)
+        out["kl"] = kl_sum / n
+        if self.logits:
+            out["elbo"] = (log_lik - kl_sum) / n
+        return out

@@ -1,0 +1,279 @@
+"""What every model is: networks, the noise it draws, the phases a training step runs, an
+EMA copy of the generator, and its weights as one flat dict.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Literal
+
+import torch
+from torch import Tensor, nn
+
+from gankit.config import ModelConfig
+
+Stats = dict[str, Tensor]
+
+
+@dataclass
+class Context:
+    """What one update sees: the real batch, its labels, the noise and a random generator."""
+
+    x: Tensor | None  # (B, C, H, W) real images in the model's data range
+    y: Tensor | None  # (B,) real labels, or None
+    z: Tensor  # (B, latent) noise
+    y_fake: Tensor | None  # (B,) labels requested from a conditional generator
+    rng: torch.Generator  # for any further randomness (VAE ε, gradient-penalty ε)
+    kept: dict[str, Tensor] = field(default_factory=dict)  # outputs, with their autograd
+    # graphs, that one phase computed for the next to reuse (e.g. G(z) from D's update)
+
+
+@dataclass(frozen=True)
+class Shard:
+    """This process's share of every global batch in a K-process run: rows
+    [rank·n, (rank + 1)·n) of each random draw one process would make for all K·n rows, so
+    K processes together use exactly the single-process noise."""
+
+    rank: int = 0
+    world: int = 1
+
+    def take(self, rows: Tensor) -> Tensor:
+        """This process's contiguous 1/K of global ``rows`` (K·n of them)."""
+        if self.world == 1:
+            return rows
+        n = len(rows) // self.world
+        return rows[self.rank * n:(self.rank + 1) * n]
+
+    def draw(self, n: int, sample: Callable[[int], Tensor]) -> Tensor:
+        """``sample(m)`` draws m rows; returns this process's n of the K·n global ones."""
+        return self.take(sample(n * self.world))
+
+
+@dataclass
+class Phase:
+    """One kind of update: which networks it trains, with which optimiser, on which loss."""
+
+    name: str
+    nets: tuple[str, ...]  # networks whose parameters this phase updates
+    optimizer: Literal["g", "d"]  # key of the optimiser config (model.opt_g / model.opt_d)
+    loss: Callable[[Context], tuple[Tensor, Stats]]
+    repeat: int = 1  # consecutive updates per training step
+    draw: Literal["batch", "noise", "none"] = "batch"  # fresh real batch + noise, noise, nothing
+    after_step: Callable[[], None] | None = None  # e.g. weight clipping, EMA update
+    keeps: tuple[str, ...] = ()  # networks whose graphs this phase keeps for the next one
+
+
+class GenerativeModel(nn.Module):
+    """Base of every family: networks in ``self.nets``, data scaling, latent, sampling."""
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.config = config
+        self.nets = nn.ModuleDict()
+        self.ema: nn.Module | None = None  # EMA copy of the generator, when config.ema > 0
+        self.prior: nn.Module | None = None  # a density fitted to codes (autoencoders)
+        self._reuse = False  # set by phases(): D's update keeps its forward pass for G's
+        self.shard = Shard()  # set by a multi-process trainer
+        self._routes: dict[str, nn.Module] = {}  # see routed()
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        c = self.config
+        return (c.channels, c.image_size, c.image_size)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device
+
+    # -- data scaling -----------------------------------------------------------------
+    def prepare(self, images: Tensor) -> Tensor:
+        """uint8 images (B, C, H, W) → floats in the model's data range."""
+        x = images.float()
+        if self.config.data_range == "tanh":
+            return x.mul_(1.0 / 127.5).sub_(1.0)  # [-1, 1]
+        return x.mul_(1.0 / 255.0)  # [0, 1]
+
+    def to_uint8(self, x: Tensor) -> Tensor:
+        """Floats in the model's data range → uint8 images, clamped."""
+        if self.config.data_range == "tanh":
+            x = (x + 1.0) * 127.5
+        else:
+            x = x * 255.0
+        return x.clamp(0, 255).round().to(torch.uint8)
+
+    # -- latent -------------------------------------------------------------------------
+    def sample_latent(self, n: int, rng: torch.Generator | None = None) -> Tensor:
+        """n latents (n, latent) to generate from, on the model's device: the noise
+        distribution, or a prior fitted to the codes (:meth:`fit_prior`)."""
+        return self.noise(n, rng)
+
+    @property
+    def fitted_prior(self) -> bool:
+        """Whether :meth:`sample_latent` draws from a prior fitted to data."""
+        return False
+
+    def fit_prior(self, images: Tensor, seed: int = 0) -> None:
+        """Fit the prior that samples are drawn from to these uint8 training images (a
+        no-op for models whose prior is fixed)."""
+
+    def noise(self, n: int, rng: torch.Generator | None = None) -> Tensor:
+        """n draws (n, latent) of the configured noise distribution, N(0, std²) or
+        U(−std, std), on the model's device."""
+        lat = self.config.latent
+        if lat.dist == "normal":
+            z = torch.randn(n, lat.dim, generator=rng, device=self.device)
+            return z.mul_(lat.std) if lat.std != 1.0 else z
+        return torch.rand(n, lat.dim, generator=rng, device=self.device).mul_(2 * lat.std).sub_(
+            lat.std)
+
+    def sample_labels(self, n: int, rng: torch.Generator | None = None) -> Tensor | None:
+        """Uniform class labels for a conditional model, else None."""
+        if not self.config.conditional:
+            return None
+        return torch.randint(self.config.num_classes, (n,), generator=rng, device=self.device)
+
+    def context(self, x: Tensor | None, y: Tensor | None, rng: torch.Generator) -> Context:
+        """A fresh context: real batch (possibly None) plus new noise (and fake labels)."""
+        return Context(x, y, *self._noise(x.shape[0] if x is not None else 1, rng), rng)
+
+    def refresh_noise(self, ctx: Context) -> None:
+        """New noise (and fake labels) for the next update, keeping the real batch."""
+        ctx.z, ctx.y_fake = self._noise(ctx.z.shape[0], ctx.rng)
+
+    def _noise(self, n: int, rng: torch.Generator) -> tuple[Tensor, Tensor | None]:
+        """This process's n latents (and fake labels) of the global draw."""
+        z = self.shard.draw(n, lambda m: self.noise(m, rng))
+        y = (self.shard.draw(n, lambda m: self.sample_labels(m, rng))
+             if self.config.conditional else None)
+        return z, y
+
+    # -- networks -----------------------------------------------------------------------
+    def net(self, name: str) -> nn.Module:
+        """The network ``name`` to call in a loss: its data-parallel wrapper where the
+        current update trains it, else the network itself (see :meth:`routed`)."""
+        return self._routes.get(name) or self.nets[name]
+
+    @contextlib.contextmanager
+    def routed(self, wrappers: dict[str, nn.Module]):
+        """Call these wrappers (e.g. DistributedDataParallel) instead of their networks in
+        the block. Only the networks an update trains go through one, so their gradients
+        alone are all-reduced; frozen networks run as themselves."""
+        self._routes = wrappers
+        try:
+            yield
+        finally:
+            self._routes = {}
+
+    # -- generation ---------------------------------------------------------------------
+    def decode(self, z: Tensor, y: Tensor | None = None, use_ema: bool = True) -> Tensor:
+        """Latent (B, latent) → images in the data range (B, C, H, W)."""
+        g = self.ema if (use_ema and self.ema is not None) else self.net("generator")
+        return g(z, y) if self.config.conditional else g(z)
+
+    @contextlib.contextmanager
+    def evaluating(self):
+        """Every network in eval mode for the block, then back to the mode it was in."""
+        was_training = self.training
+        self.eval()
+        try:
+            yield
+        finally:
+            self.train(was_training)
+
+    @torch.inference_mode()
+    def generate(self, z: Tensor, y: Tensor | None = None, use_ema: bool = True) -> Tensor:
+        """uint8 images from given latents, with every network in eval mode."""
+        with self.evaluating():
+            return self.to_uint8(self.decode(z, y, use_ema))
+
+    def sample(self, n: int, labels: Tensor | None = None, rng: torch.Generator | None = None,
+               batch_size: int = 1000) -> Tensor:
+        """n new uint8 images (n, C, H, W) from the prior (and labels, if conditional)."""
+        if labels is None:
+            labels = self.sample_labels(n, rng)
+        return self.generate_batched(self.sample_latent(n, rng), labels, batch_size)
+
+    def generate_batched(self, z: Tensor, labels: Tensor | None = None,
+                         batch_size: int = 1000) -> Tensor:
+        """:meth:`generate` over latents (n, latent) in batches of at most ``batch_size``."""
+        return torch.cat([self.generate(z[i:i + batch_size], labels[i:i + batch_size]
+                                        if labels is not None else None)
+                          for i in range(0, len(z), batch_size)])
+
+    # -- EMA ----------------------------------------------------------------------------
+    def _make_ema(self) -> None:
+        if self.config.ema > 0:
+            self.ema = copy.deepcopy(self.nets["generator"]).requires_grad_(False)
+            # the update count travels with the EMA's state dict (and so with checkpoints)
+            self.ema.register_buffer("ema_updates", torch.zeros((), dtype=torch.long))
+            self._ema_updates = 0
+
+    @torch.no_grad()
+    def update_ema(self) -> None:
+        """ema ← β·ema + (1 − β)·G, β = min(decay, (1 + n)/(10 + n)) after n updates.
+
+        The warm-up keeps early grids of a short run from showing the untrained generator;
+        buffers (batch-norm statistics) are copied.
+        """
+        if self.ema is None:
+            return
+        n = self._ema_updates
+        beta = min(self.config.ema, (1 + n) / (10 + n))
+        g = self.nets["generator"]
+        torch._foreach_lerp_(list(self.ema.parameters()), [p.detach() for p in g.parameters()],
+                             1.0 - beta)
+        ema_buffers = dict(self.ema.named_buffers())
+        for name, b in g.named_buffers():
+            ema_buffers[name].copy_(b)
+        self._ema_updates = n + 1
+        self.ema.ema_updates.fill_(n + 1)
+
+    # -- weights as flat tensors (the checkpoint layout) --------------------------------
+    def weights(self) -> dict[str, Tensor]:
+        """Every network's state as ``net/NAME/KEY`` (and the EMA copy as ``ema/KEY``)."""
+        out = {f"net/{name}/{k}": v for name, net in self.nets.items()
+               for k, v in net.state_dict().items()}
+        if self.ema is not None:
+            out |= {f"ema/{k}": v for k, v in self.ema.state_dict().items()}
+        if self.prior is not None:
+            out |= {f"prior/{k}": v for k, v in self.prior.state_dict().items()}
+        return out
+
+    def load_weights(self, tensors: dict[str, Tensor]) -> None:
+        """The inverse of :meth:`weights` (other keys in ``tensors`` are ignored)."""
+        def part(prefix: str) -> dict[str, Tensor]:
+            return {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
+
+        for name, net in self.nets.items():
+            net.load_state_dict(part(f"net/{name}/"))
+        if self.ema is not None:
+            self.ema.load_state_dict(part("ema/"))
+            self._ema_updates = int(self.ema.ema_updates)
+        if self.prior is not None and part("prior/"):  # (checkpoints before priors: none)
+            self.prior.load_state_dict(part("prior/"))
+
+    # -- to be defined by each family ---------------------------------------------------
+    def phases(self, reuse: bool = True) -> list[Phase]:
+        """The updates of one training step, in order. ``reuse``: where the next phase sees
+        the same inputs and networks, it reuses this phase's forward pass instead of running
+        it again (same gradients; a batch-norm layer updates its running statistics once)."""
+        raise NotImplementedError
+
+
+def kept_or_run(ctx: Context, key: str, keep: bool, forward: Callable[[], Tensor]) -> Tensor:
+    """``forward()`` without gradient, or, when ``keep``, with its graph stored as
+    ``ctx.kept[key]`` for the next phase (see :func:`reused_or_run`); returned detached."""
+    if not keep:
+        with torch.no_grad():
+            return forward()
+    out = ctx.kept[key] = forward()
+    return out.detach()
+
+
+def reused_or_run(ctx: Context, key: str, forward: Callable[[], Tensor]) -> Tensor:
+    """The output the previous phase kept under ``key`` (once), else ``forward()``."""
+    out = ctx.kept.pop(key, None)
+    return forward() if out is None else out
