@@ -113,7 +113,8 @@ def test_errors_are_one_clear_line(tmp_path, capsys, trained):
     assert run("sample", tmp_path, "--out", tmp_path / "x.npz") == 2
     assert "no usable checkpoint" in capsys.readouterr().err
     assert run("train", "--resume", trained, "--lr", "0.1") == 2
-    assert "only --steps, --device and --no-progress apply" in capsys.readouterr().err
+    assert "--lr: a resumed run keeps the settings it was started with" in \
+        capsys.readouterr().err
 
 
 def test_dry_run_prints_the_resolved_config(capsys):

@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 
 import gankit
+from gankit.api import launch
 from gankit.cli import main
 from gankit.data import Dataset
 from gankit.errors import GankitError
@@ -187,8 +188,8 @@ def run_dir(evaluation, data_dir, tmp_path_factory):
                               sample_every=60, checkpoint_every=60, eval_every=20,
                               eval_samples=500, data="fashion-mnist", data_dir=str(data_dir),
                               threads=2)  # fixed: rounding must not follow the machine's load
-    Trainer(config, out, data=evaluation.train.subset(4000), progress=False,
-            evaluation=evaluation).fit()
+    launch(config, out=out, data=evaluation.train.subset(4000), progress=False,
+           evaluation=evaluation).fit()
     return out
 
 
@@ -240,8 +241,8 @@ def test_reconstruction_metrics_improve_with_training(evaluation, tmp_path):
                               sample_every=150, checkpoint_every=150, eval_every=150,
                               eval_samples=500)
     untrained = gankit.build(config).reconstruction_metrics(test_images)
-    trainer = Trainer(config, tmp_path, data=data, progress=False, tensorboard=False,
-                      evaluation=evaluation)
+    trainer = launch(config, out=tmp_path, data=data, progress=False, tensorboard=False,
+                     evaluation=evaluation)
     trainer.fit()
     trained = trainer.model.reconstruction_metrics(test_images)
     assert trained["recon_mse"] < 0.5 * untrained["recon_mse"]

@@ -21,10 +21,11 @@ import pytest
 
 import gankit
 from gankit import cli, files, runs
+from gankit.api import launch
 from gankit.errors import CheckpointError, StorageError
 from gankit.files import FolderBusy, FolderLock
 from gankit.runs import checkpoint, read_metrics
-from gankit.training import Trainer, resume_trainer
+from gankit.training import Trainer
 
 GANKIT = [sys.executable, "-m", "gankit"]
 
@@ -137,7 +138,7 @@ def test_a_refused_run_leaves_no_folder_behind(tmp_path, capsys):
     assert code == 2 and "missing.npz" in capsys.readouterr().err
     assert not out.exists()
     with pytest.raises(CheckpointError, match="is not a run folder"):
-        resume_trainer(tmp_path / "never-made")
+        launch(tmp_path / "never-made")
     assert not (tmp_path / "never-made").exists()
 
 
@@ -237,8 +238,8 @@ def test_a_full_disk_at_any_write_stops_the_run_cleanly_and_resume_continues(
     assert not [p for p in tmp_path.rglob(".*.tmp")], "a temporary file was left behind"
     monkeypatch.undo()  # space is free again
 
-    resumed = resume_trainer(tmp_path, data=tiny_data, progress=False,
-                             tensorboard=site == "tensorboard")
+    resumed = launch(tmp_path, data=tiny_data, progress=False,
+                     tensorboard=site == "tensorboard")
     assert resumed.step == step
     assert resumed.fit().step == 60
     steps = [row["step"] for row in read_metrics(tmp_path) if "loss/D" in row]

@@ -7,18 +7,22 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from numbers import Real
 from pathlib import Path
+from typing import Any
 
 from torch import nn
 
-from gankit.config import RunConfig, build_config, resolve_key
-from gankit.errors import ConfigError
+from gankit.config import RunConfig, build_config, from_dict, resolve_key, resumed_config
+from gankit.data import Dataset
+from gankit.errors import CheckpointError, ConfigError
+from gankit.evaluation import Evaluation, evaluate_run, open_evaluation
+from gankit.evaluation.during_training import PeriodicEvaluation
 from gankit.models import GenerativeModel, build_model
 from gankit.presets import get_preset
-from gankit.runs import Run, discard_claim, load_run, new_run_dir
-from gankit.training import FitResult, Trainer, distributed, resume_trainer
+from gankit.runs import Run, checkpoint, claim_run_dir, discard_claim, load_run, new_run_dir
+from gankit.training import Callback, FitResult, Trainer, distributed, resolve_device
 
 
 def configure(model: str, config_file: str | Path | None = None, sets: Iterable[str] = (),
@@ -58,37 +62,122 @@ def build(model: str | RunConfig, **networks: nn.Module) -> GenerativeModel:
     return build_model(config.model, **networks)
 
 
+def launch(run: RunConfig | str | Path, *, out: str | Path | None = None,
+           overwrite: bool = False, changes: Mapping[str, Any] | None = None,
+           named: Mapping[str, str] | None = None, networks: Mapping[str, nn.Module] | None = None,
+           data: Dataset | None = None, callbacks: Iterable[Callback | Callable[[dict], None]] = (),
+           progress: bool = True, tensorboard: bool = True, evaluation: Evaluation | None = None
+           ) -> Trainer:
+    """The one way a run starts or resumes (the command line, :func:`train`, :func:`resume`,
+    sweeps and benchmarks all come here): a :class:`~gankit.training.Trainer` ready to fit.
+
+    ``run`` a config: a new run in ``out`` (default ``runs/PRESET-DATA-NNNN``, numbered).
+    ``run`` a run folder: that run from its newest good checkpoint, with ``changes`` (keys of
+    :data:`gankit.config.RESUMABLE` by name, e.g. ``{"log_every": 10}``) applied and any
+    other key refused by the name ``named`` gives it (``--batch-size``). With
+    ``eval_every``, the run is scored while it trains (``evaluation``: one already open).
+    Started by ``torchrun``, every process calls this alike; process 0 picks the folder.
+    """
+    world = distributed.init()
+    if isinstance(run, RunConfig):
+        if changes:
+            raise ConfigError("changes apply to a resumed run; for a new run put them in its "
+                              "config (configure(..., key=value))")
+        config, state = run, None
+        run_dir = distributed.on_main(world, lambda: new_run_dir(
+            out, f"{config.preset or 'custom'}-{config.train.data}", overwrite=overwrite),
+            "choosing the run folder")
+    else:
+        if out is not None or networks:
+            raise ConfigError("a resumed run keeps its folder and its networks (out= and "
+                              "networks= are for new runs)")
+        run_dir = Path(run)
+        # process 0 locks the folder and reads its checkpoint, sent to the others
+        state = distributed.on_main(world, lambda: _read_newest(run_dir),
+                                    "receiving the checkpoint")
+    try:
+        if state is not None:
+            config = _resumed(state[1], dict(changes or {}), dict(named or {}))
+        custom = build_model(config.model, **networks) if networks else None
+        extra = [PeriodicEvaluation(evaluation or _open_evaluation(config, world, progress),
+                                    config)] if config.train.eval_every else []
+        trainer = Trainer(config, run_dir, model=custom, data=data,
+                          callbacks=[*extra, *callbacks], progress=progress,
+                          tensorboard=tensorboard)
+    finally:
+        discard_claim(run_dir)  # the trainer took the folder's lock, unless it was refused
+    if state is not None:
+        trainer.load_state(*state)
+    return trainer
+
+
+def _read_newest(run_dir: Path) -> tuple[dict, dict]:
+    """The newest good checkpoint of ``run_dir``, read after locking the folder (a second
+    resume of the same run is refused)."""
+    if not run_dir.is_dir():
+        raise CheckpointError(f"{run_dir} is not a run folder (it does not exist)")
+    claim_run_dir(run_dir)
+    try:
+        path = checkpoint.latest_checkpoint(run_dir / "checkpoints")
+        if path is None:
+            raise CheckpointError(f"{run_dir} has no usable checkpoint to resume from "
+                                  "(looked in its checkpoints/ folder)")
+        return checkpoint.load_checkpoint(path)
+    except BaseException:
+        discard_claim(run_dir)
+        raise
+
+
+def _resumed(meta: dict, changes: dict, named: dict) -> RunConfig:
+    """A checkpoint's config with ``changes``; the new total is never below the step the run
+    has reached."""
+    config = resumed_config(from_dict(RunConfig, meta["config"]), changes, named)
+    steps = config.train.steps
+    if "train.steps" in {resolve_key(k) for k in changes} and steps < meta["step"]:
+        raise ConfigError(f"{named.get('steps', 'steps')} {steps} is below the step this run "
+                          f"already reached ({meta['step']}): it is the run's total")
+    return config
+
+
+def _open_evaluation(config: RunConfig, world, progress: bool) -> Evaluation | None:
+    """The evaluation of the run's data, on process 0 (the others score nothing)."""
+    if not world.main:
+        return None
+    tc, mc = config.train, config.model
+    device = distributed.device_for(world, resolve_device(tc.device))
+    return open_evaluation(tc.data, tc.data_dir or None, mc.image_size, device,
+                           tc.evaluator or None, progress=progress)
+
+
 def train(model: str | RunConfig = "dcgan", *, out: str | Path | None = None,
-          callbacks: Iterable[Callable[[dict], None]] = (), progress: bool = True,
+          callbacks: Iterable[Callback | Callable[[dict], None]] = (), progress: bool = True,
           overwrite: bool = False, networks: dict[str, nn.Module] | None = None,
           config_file: str | Path | None = None, sets: Iterable[str] = (),
           **overrides) -> Run:
     """Train a model into a run folder and return it loaded.
 
     ``callbacks`` receive every logged row (a dict of step, losses, D(x), …): plot live in a
-    notebook. ``networks`` replaces built-in networks by your own modules, e.g.
+    notebook; or pass :class:`~gankit.training.Callback` objects for the run's other
+    moments. ``networks`` replaces built-in networks by your own modules, e.g.
     ``networks={"generator": MyG(), "discriminator": MyD()}``. Started by ``torchrun``,
     the same call in every process trains one run data-parallel.
     """
     config = model if isinstance(model, RunConfig) else configure(
         model, config_file, sets, **overrides)
-    # under torchrun, process 0 picks the folder for all (numbered folders would race)
-    run_dir = distributed.on_main(distributed.init(), lambda: new_run_dir(
-        out, f"{config.preset or 'custom'}-{config.train.data}", overwrite=overwrite),
-        "choosing the run folder")
-    try:
-        custom = build_model(config.model, **networks) if networks else None
-        trainer = Trainer(config, run_dir, model=custom, callbacks=callbacks, progress=progress)
-    finally:
-        discard_claim(run_dir)  # the trainer took the folder's lock, unless it was refused
+    trainer = launch(config, out=out, overwrite=overwrite, networks=networks,
+                     callbacks=callbacks, progress=progress)
     trainer.fit()
     return _as_run(trainer)
 
 
 def resume(run_dir: str | Path, steps: int | None = None, progress: bool = True,
-           callbacks: Iterable[Callable[[dict], None]] = ()) -> Run:
-    """Continue a run from its newest checkpoint up to ``steps`` in total."""
-    trainer = resume_trainer(run_dir, steps, progress=progress, callbacks=callbacks)
+           callbacks: Iterable[Callback | Callable[[dict], None]] = (), **changes) -> Run:
+    """Continue a run from its newest checkpoint up to ``steps`` in total; ``changes`` are
+    the options a resumed run may change (``data_dir``, ``log_every``, ``eval_every``, …:
+    :data:`gankit.config.RESUMABLE`)."""
+    if steps is not None:
+        changes["steps"] = steps
+    trainer = launch(run_dir, changes=changes, callbacks=callbacks, progress=progress)
     trainer.fit()
     return _as_run(trainer)
 
@@ -97,8 +186,6 @@ def evaluate(run: Run | str | Path, n: int = 10_000, seed: int = 0, data: str | 
              evaluator: str | Path | None = None, progress: bool = True) -> dict:
     """The metrics report of a run (what ``gankit eval`` prints): FID, KID, precision/recall,
     density/coverage, classifier score, mode coverage, memorisation, reconstruction."""
-    from gankit.evaluation import evaluate_run, open_evaluation
-
     run = run if isinstance(run, Run) else load_run(run)
     tc = run.config.train
     evaluation = open_evaluation(data or tc.data, tc.data_dir or None,
@@ -112,4 +199,5 @@ def _as_run(trainer: Trainer) -> Run:
     return Run(trainer.run_dir, trainer.config, trainer.model, trainer.step)
 
 
-__all__ = ["FitResult", "Run", "build", "configure", "evaluate", "load_run", "resume", "train"]
+__all__ = ["FitResult", "Run", "build", "configure", "evaluate", "launch", "load_run", "resume",
+           "train"]

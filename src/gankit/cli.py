@@ -106,19 +106,29 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
-def _run_overrides(args: argparse.Namespace) -> dict:
-    """The run options given on the command line, as config overrides by dotted key."""
-    overrides = {k: v for k, v in {
-        "data": args.data, "data_dir": args.data_dir, "steps": args.steps,
-        "epochs": args.epochs, "max_seconds": args.max_seconds,
-        "batch_size": args.batch_size, "seed": args.seed,
-        "device": args.device, "sample_every": args.sample_every,
-        "checkpoint_every": args.checkpoint_every, "log_every": args.log_every,
-        "eval_every": args.eval_every, "eval_samples": args.eval_samples,
-        "evaluator": args.evaluator, "on_divergence": args.on_divergence,
-        "model.opt_g.lr": args.lr_g or args.lr, "model.opt_d.lr": args.lr_d or args.lr,
-    }.items() if v is not None}
-    return overrides  # configure() lets epochs alone replace the preset's step count
+# Each run option of the command line: its flag and the config keys it sets.
+RUN_FLAGS: dict[str, tuple[str, ...]] = {
+    "data": ("data",), "data_dir": ("data_dir",), "steps": ("steps",), "epochs": ("epochs",),
+    "max_seconds": ("max_seconds",), "batch_size": ("batch_size",), "seed": ("seed",),
+    "device": ("device",), "sample_every": ("sample_every",),
+    "checkpoint_every": ("checkpoint_every",), "log_every": ("log_every",),
+    "eval_every": ("eval_every",), "eval_samples": ("eval_samples",),
+    "evaluator": ("evaluator",), "on_divergence": ("on_divergence",),
+    "lr": ("model.opt_g.lr", "model.opt_d.lr"), "lr_g": ("model.opt_g.lr",),
+    "lr_d": ("model.opt_d.lr",),
+}
+
+
+def _run_overrides(args: argparse.Namespace) -> tuple[dict, dict]:
+    """The run options given on the command line as config overrides by dotted key, and
+    the flag that gave each (for messages)."""
+    overrides, named = {}, {}
+    for option in sorted(RUN_FLAGS, key=lambda o: o in ("lr_g", "lr_d")):  # lr_g/lr_d win
+        value = getattr(args, option)
+        if value is not None:
+            for key in RUN_FLAGS[option]:
+                overrides[key], named[key] = value, f"--{option.replace('_', '-')}"
+    return overrides, named  # configure() lets epochs alone replace the preset's step count
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -137,47 +147,35 @@ def cmd_train(args: argparse.Namespace) -> int:
 def _train(args: argparse.Namespace, world) -> int:
     from functools import partial
 
-    from gankit.api import configure
-    from gankit.config import to_dict
-    from gankit.runs import discard_claim, new_run_dir
-    from gankit.training import Trainer, distributed, resume_trainer
+    from gankit.api import configure, launch
+    from gankit.training import distributed
 
     say = partial(distributed.say, world)  # process 0 speaks for the run
-
+    overrides, named = _run_overrides(args)
     if args.resume:
-        ignored = [f"--{k.replace('_', '-')}" for k in (
-            "data", "batch_size", "lr", "lr_g", "lr_d", "seed", "config", "epochs", "out",
-            "max_seconds", "eval_every", "eval_samples", "evaluator") if getattr(args, k)]
-        if args.model or ignored or args.set:
-            raise GankitError("--resume continues a run with its saved config; only --steps, "
-                              f"--device and --no-progress apply (got {args.model or ''} "
-                              f"{' '.join(ignored + args.set)})".replace("  ", " "))
-        trainer = resume_trainer(args.resume, args.steps, args.device,
-                                 progress=not args.no_progress)
-        say(f"resuming {trainer.run_dir} at step {trainer.step} of {trainer.total_steps}")
+        changes = _resume_changes(args, overrides, named)
+        if args.dry_run:
+            return _show_config(say, _resumed_config(args.resume, changes, named))
+        trainer = launch(args.resume, changes=changes, named=named,
+                         progress=not args.no_progress)
+        changed = ", ".join(f"{named[k]} {v}" for k, v in changes.items())
+        say(f"resuming {trainer.run_dir} at step {trainer.step} of {trainer.total_steps}"
+            + (f" with {changed}" if changed else ""))
     else:
         if not args.model:
             raise GankitError("name a model or preset (e.g. `gankit train dcgan`), or pass "
                               "--resume RUN_DIR; `gankit presets` lists them")
         config = configure(args.model, args.config, args.set,
-                           **{k.replace(".", "__"): v for k, v in _run_overrides(args).items()})
+                           **{k.replace(".", "__"): v for k, v in overrides.items()})
         if args.dry_run:
-            import tomli_w
-
-            say(tomli_w.dumps(to_dict(config)), end="")
-            return 0
-        run_dir = distributed.on_main(world, lambda: new_run_dir(
-            args.out, f"{config.preset}-{config.train.data}", overwrite=args.overwrite),
-            "choosing the run folder")
-        try:
-            trainer = Trainer(config, run_dir, progress=not args.no_progress)
-        finally:
-            discard_claim(run_dir)  # the trainer took the folder's lock, unless refused
+            return _show_config(say, config)
+        trainer = launch(config, out=args.out, overwrite=args.overwrite,
+                         progress=not args.no_progress)
         where = (f"{world.size} processes ({trainer.device.type}, "
                  f"{config.train.batch_size // world.size} images each)"
                  if world.parallel else trainer.device)
         say(f"training {config.preset} on {trainer.data.name} ({len(trainer.data)} images) "
-            f"for {trainer.total_steps} steps on {where} -> {run_dir}")
+            f"for {trainer.total_steps} steps on {where} -> {trainer.run_dir}")
     result = trainer.fit()
     launcher = ("" if not world.parallel else
                 f"torchrun --standalone --nproc-per-node {world.size} -m "
@@ -192,13 +190,59 @@ def _train(args: argparse.Namespace, world) -> int:
         say(f"time budget of {trainer.config.train.max_seconds:g} s used at step "
             f"{result.step} of {trainer.total_steps}; continue with: {launcher}gankit train "
             f"--resume {trainer.run_dir}")
-    say(f"done: step {result.step}, {trainer.elapsed:.0f} s of training. {row}\n"
+    say(f"done: step {result.step}, {trainer.clock.elapsed:.0f} s of training. {row}\n"
         f"samples: {trainer.run_dir / 'samples'}  checkpoint: {result.checkpoint}")
-    if trainer.best["step"] is not None:
-        share = trainer.eval_seconds / max(trainer.elapsed + trainer.eval_seconds, 1e-9)
-        say(f"best FID {trainer.best['fid']:.4g} at step {trainer.best['step']} "
-            f"(checkpoints/best.safetensors); evaluation took {trainer.eval_seconds:.0f} s, "
-            f"{share:.0%} of the run")
+    from gankit.evaluation.during_training import PeriodicEvaluation
+
+    scoring = trainer.callback(PeriodicEvaluation)
+    if scoring is not None and scoring.best["step"] is not None:
+        best, spent = scoring.best, scoring.seconds
+        share = spent / max(trainer.clock.elapsed + spent, 1e-9)
+        say(f"best FID {best['fid']:.4g} at step {best['step']} (checkpoints/best.safetensors);"
+            f" evaluation took {spent:.0f} s, {share:.0%} of the run")
+    return 0
+
+
+def _resume_changes(args: argparse.Namespace, overrides: dict, named: dict) -> dict:
+    """What ``--resume`` is asked to change (flags and ``--set``, by dotted key), after
+    refusing what never applies to a resumed run."""
+    from gankit.config import parse_set, resolve_key
+
+    for given, flag in ((args.model, f"the model {args.model!r}"), (args.out, "--out"),
+                        (args.overwrite, "--overwrite"), (args.config, "--config")):
+        if given:
+            raise GankitError(f"{flag}: --resume continues a run with its own model, folder "
+                              "and saved config; pass only what may change (e.g. --steps, "
+                              "--data-dir, --log-every; see `gankit train -h`)")
+    changes = dict(overrides)
+    for item in args.set:
+        nested = parse_set(item)
+        path = resolve_key(item.split("=", 1)[0].strip())
+        value = nested
+        for part in path.split("."):
+            value = value[part]
+        changes[path], named[path] = value, f"--set {item}"
+    return changes
+
+
+def _resumed_config(run_dir: str, changes: dict, named: dict):
+    """The config ``--resume RUN_DIR`` would train with (for --dry-run)."""
+    from gankit.config import RunConfig, from_dict, resumed_config
+    from gankit.errors import CheckpointError
+    from gankit.runs.checkpoint import latest_checkpoint, read_meta
+
+    path = latest_checkpoint(Path(run_dir) / "checkpoints")
+    if path is None:
+        raise CheckpointError(f"{run_dir} has no usable checkpoint to resume from")
+    return resumed_config(from_dict(RunConfig, read_meta(path)["config"]), changes, named)
+
+
+def _show_config(say, config) -> int:
+    import tomli_w
+
+    from gankit.config import to_dict
+
+    say(tomli_w.dumps(to_dict(config)), end="")
     return 0
 
 
@@ -257,7 +301,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
                      trials=args.trials, seeds=args.seeds, out=args.out, sampler=args.sampler,
                      pruner=args.pruner, heartbeat=args.heartbeat, config_file=args.config,
                      sets=args.set, progress=not args.no_progress,
-                     **{k.replace(".", "__"): v for k, v in _run_overrides(args).items()})
+                     **{k.replace(".", "__"): v for k, v in _run_overrides(args)[0].items()})
     ran = ", ".join(f"{o.number} {o.state.lower()}" for o in outcomes) or "none"
     print(f"no trial left to take; this worker ran: {ran}\n"
           f"results: gankit sweep report --storage {args.storage} --study {args.study}")

@@ -224,6 +224,16 @@ class TrainConfig:
             _check(value >= 1, f"train.{key}", value, "an integer >= 1")
 
 
+# The options a resumed run may change (`gankit train --resume RUN --log-every 10`, or
+# `gankit.resume(RUN, log_every=10)`): where the data lies, the machine it runs on, the run's
+# length, and how often it logs, draws, checkpoints and evaluates. Every other option would
+# make it a different run (another model, other data, another batch or seed) and is refused.
+RESUMABLE: tuple[str, ...] = (
+    "data_dir", "device", "threads", "steps", "max_seconds", "log_every", "sample_every",
+    "checkpoint_every", "keep_checkpoints", "eval_every", "on_divergence",
+)
+
+
 @dataclass
 class RunConfig:
     """A whole run: the preset it started from, the model and the training settings."""
@@ -386,6 +396,31 @@ def resolve_key(key: str) -> str:
     ]
     hint = f"; did you mean {' or '.join(dict.fromkeys(close))}?" if close else ""
     raise ConfigError(f"unknown config key {key!r}{hint}")
+
+
+def resumed_config(config: RunConfig, changes: dict[str, Any],
+                   named: dict[str, str] | None = None) -> RunConfig:
+    """``config`` with ``changes`` applied, each a key of :data:`RESUMABLE` (by its dotted
+    path or its name); any other key is refused by name (``named[key]``: how the user wrote
+    it, e.g. ``--batch-size``) before anything is loaded."""
+    named = named or {}
+    nested: dict = {"train": {}}
+    for key, value in changes.items():
+        path = resolve_key(key)
+        section, _, leaf = path.partition(".")
+        if section != "train" or leaf not in RESUMABLE:
+            raise ConfigError(
+                f"{named.get(key, key)}: a resumed run keeps the settings it was started with "
+                f"({path} = {_show(_get(config, path))}); on resume only "
+                f"{', '.join(RESUMABLE)} may change. To change {path}, start a new run")
+        nested["train"][leaf] = value
+    return from_dict(RunConfig, merge(to_dict(config), nested))
+
+
+def _get(config: Any, path: str) -> Any:
+    for part in path.split("."):
+        config = getattr(config, part)
+    return config
 
 
 def parse_set(item: str) -> dict:

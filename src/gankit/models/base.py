@@ -14,6 +14,7 @@ import torch
 from torch import Tensor, nn
 
 from gankit.config import ModelConfig
+from gankit.viz import to_uint8
 
 Stats = dict[str, Tensor]
 
@@ -98,11 +99,7 @@ class GenerativeModel(nn.Module):
 
     def to_uint8(self, x: Tensor) -> Tensor:
         """Floats in the model's data range → uint8 images, clamped."""
-        if self.config.data_range == "tanh":
-            x = (x + 1.0) * 127.5
-        else:
-            x = x * 255.0
-        return x.clamp(0, 255).round().to(torch.uint8)
+        return to_uint8(x, (-1.0, 1.0) if self.config.data_range == "tanh" else (0.0, 1.0))
 
     # -- latent -------------------------------------------------------------------------
     def sample_latent(self, n: int, rng: torch.Generator | None = None) -> Tensor:

@@ -16,7 +16,7 @@ import torch
 
 from gankit.config import RunConfig, from_dict
 from gankit.errors import CheckpointError, ConfigError
-from gankit.files import FolderLock
+from gankit.files import FolderLock, remove_temporaries
 from gankit.models import GenerativeModel, build_model
 from gankit.runs import checkpoint
 
@@ -136,6 +136,17 @@ def check_writable(path: Path, need_bytes: int = 0) -> None:
         raise ConfigError(f"run folder {path} has {free / 2**20:.0f} MiB free but this run needs "
                           f"about {need_bytes / 2**20:.0f} MiB (checkpoints, grids, logs): free "
                           "some space, lower --set keep_checkpoints, or choose another --out")
+
+
+def prepare_run_dir(path: Path, need_bytes: int = 0) -> None:
+    """A run folder ready for the process that holds its lock: writable with ``need_bytes``
+    free, and cleared of the temporary files a killed run left behind."""
+    check_writable(path, need_bytes)
+    checkpoint.remove_stale_temp_files(path / "checkpoints")
+    for folder in ("samples", "reconstructions"):
+        remove_temporaries(path / folder)
+    for name in ("config.toml", "metrics.jsonl", "real.png"):
+        remove_temporaries(path, of=name)
 
 
 def _clear_run(path: Path, keep: Path) -> None:

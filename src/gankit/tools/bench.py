@@ -37,6 +37,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from gankit.api import launch
 from gankit.config import RunConfig
 from gankit.data import Dataset, load_dataset
 from gankit.errors import ConfigError
@@ -44,8 +45,9 @@ from gankit.files import write_text
 from gankit.models import build_model
 from gankit.presets import DEFAULT_NAMES, preset_names
 from gankit.tools.flops import sample_flops, step_flops
-from gankit.training import Trainer, build_optimizers, configure_threads
+from gankit.training import build_optimizers, configure_threads
 from gankit.version import __version__
+from gankit.viz import to_uint8
 
 BASELINE_BATCH = 64  # the batch size of the usual example code
 
@@ -275,7 +277,8 @@ def bench_model(name: str, data: Dataset, settings: Settings, peak: float) -> di
     """One model's row of the table."""
     config = preset_config(name, settings, data.name.split(":")[0])
     with PeakMemory() as memory, tempfile.TemporaryDirectory() as tmp:
-        trainer = Trainer(config, tmp, data=data, progress=False, tensorboard=False)
+        trainer = launch(config, out=Path(tmp) / "run", data=data, progress=False,
+                         tensorboard=False)
         device = trainer.device
         flops = step_flops(trainer)
         usual_batch = min(BASELINE_BATCH, settings.max_batch or BASELINE_BATCH, len(data))
@@ -405,6 +408,7 @@ def time_to_quality(data_name: str, settings: Settings, device: torch.device) ->
     the same 10,000-sample evaluation; plus when gankit's DCGAN first matched the tutorial's
     final FID and one fifth of it (on its ``ttq_eval_n``-sample evaluations)."""
     from gankit.evaluation import open_evaluation
+    from gankit.evaluation.during_training import PeriodicEvaluation
 
     budget = settings.ttq_seconds
     evaluation = open_evaluation(data_name, device=device, progress=False)
@@ -418,7 +422,7 @@ def time_to_quality(data_name: str, settings: Settings, device: torch.device) ->
         images, budget - start_up - (time.perf_counter() - started))
     with torch.inference_mode():
         z = torch.randn(settings.eval_n, 100, generator=eval_gen)
-        fake = ((generator(z) + 1) * 127.5).clamp(0, 255).round().to(torch.uint8)
+        fake = to_uint8(generator(z))
     tutorial = _scores(evaluation(fake, memorisation=False)) | {"steps": tutorial_steps}
 
     # gankit's default, through the ordinary trainer
@@ -431,13 +435,13 @@ def time_to_quality(data_name: str, settings: Settings, device: torch.device) ->
 
     def on_row(row: dict) -> None:
         if "eval/fid" in row:
-            now = time.perf_counter() - started - trainer.eval_seconds
+            now = time.perf_counter() - started - trainer.callback(PeriodicEvaluation).seconds
             curve.append((start_up + now, row["eval/fid"]))
 
     with tempfile.TemporaryDirectory() as tmp:
         started = time.perf_counter()
-        trainer = Trainer(config, tmp, progress=False, tensorboard=False, evaluation=evaluation,
-                          callbacks=[on_row])
+        trainer = launch(config, out=Path(tmp) / "run", progress=False, tensorboard=False,
+                         evaluation=evaluation, callbacks=[on_row])
         trainer.config.train.max_seconds = budget - start_up - (time.perf_counter() - started)
         result = trainer.fit()
         images = trainer.model.sample(settings.eval_n, rng=eval_gen)

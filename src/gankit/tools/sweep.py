@@ -490,8 +490,10 @@ def _run_trial(study, trial_id: int, spec: SweepSpec, out: Path, evaluations: di
     optuna = require_optuna()
     from optuna.trial import TrialState
 
-    from gankit.runs import discard_claim, lock_run, new_run_dir
-    from gankit.training import Trainer, TrainingDiverged
+    from gankit.api import launch
+    from gankit.evaluation.during_training import PeriodicEvaluation
+    from gankit.runs import lock_run
+    from gankit.training import TrainingDiverged
 
     trial = optuna.trial.Trial(study, trial_id)
     run_dir = out / f"trial-{trial.number:04d}"
@@ -512,13 +514,9 @@ def _run_trial(study, trial_id: int, spec: SweepSpec, out: Path, evaluations: di
                          for k, v in values.items())
         log(f"trial {trial.number} (configuration {attrs['config']}, seed "
             f"{config.train.seed}): {shown} -> {run_dir}")
-        new_run_dir(run_dir, "")  # refuses a folder that already holds a run
         reporter = _Reporter(trial)
-        try:
-            trainer = Trainer(config, run_dir, callbacks=[reporter], progress=progress,
-                              evaluation=_evaluation(config, evaluations, progress))
-        finally:
-            discard_claim(run_dir)  # the trainer took the folder's lock, unless refused
+        trainer = launch(config, out=run_dir, callbacks=[reporter], progress=progress,
+                         evaluation=_evaluation(config, evaluations, progress))
         reporter.total_steps = trainer.total_steps
         result = trainer.fit()
         if result.interrupted:
@@ -527,7 +525,7 @@ def _run_trial(study, trial_id: int, spec: SweepSpec, out: Path, evaluations: di
             raise KeyboardInterrupt
         if reporter.last_eval.get("step") != trainer.step:  # a time budget ended the run
             with lock_run(run_dir):  # it may write the best checkpoint
-                trainer.evaluate()
+                trainer.callback(PeriodicEvaluation).evaluate(trainer)
         metrics = {k.removeprefix("eval/"): v for k, v in reporter.last_eval.items()
                    if k.startswith("eval/")}
         trial.set_user_attr("steps", trainer.step)

@@ -18,14 +18,13 @@ from pathlib import Path
 
 import torch
 
-from gankit.api import configure
+from gankit.api import configure, launch
 from gankit.errors import ConfigError
 from gankit.evaluation import evaluate_run, open_evaluation
 from gankit.files import write_text
 from gankit.presets import DEFAULT_NAMES
 from gankit.runs import Run
 from gankit.tools.bench import machine, write_json
-from gankit.training import Trainer
 from gankit.version import __version__
 
 # the reference presets each default is measured against (same family of design)
@@ -76,13 +75,13 @@ def _train_and_score(name: str, seed: int, out: Path, settings: TableSettings, e
                        sample_every=2000, checkpoint_every=5000)
     run_dir = out / f"{name}-s{seed}"
     log(f"{name} (seed {seed}): training for {settings.minutes:g} min -> {run_dir}")
-    trainer = Trainer(config, run_dir, progress=False)
+    trainer = launch(config, out=run_dir, progress=False)
     trainer.fit()
     wall = time.perf_counter() - started
     run = Run(trainer.run_dir, trainer.config, trainer.model.eval(), trainer.step)
     result = evaluate_run(run, evaluation, settings.eval_n, seed=0)
     metrics = result["metrics"]
-    row = {"seed": seed, "steps": trainer.step, "train_s": round(trainer.elapsed, 1),
+    row = {"seed": seed, "steps": trainer.step, "train_s": round(trainer.clock.elapsed, 1),
            "wall_s": round(wall, 1), "run": str(run_dir)}
     row |= {k: metrics[k] for k in METRICS + ("label_accuracy", "recon_mse") if k in metrics}
     log(f"  step {row['steps']}, FID {row['fid']:.1f}, recall {row['recall']:.2f}, "

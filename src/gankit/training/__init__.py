@@ -1,23 +1,18 @@
-"""Training: the loop, its batches, optimisers, the machine it runs on (device, threads,
-processes) and the guards that keep a run healthy."""
+"""Training: the loop and its callbacks, batches, optimisers, the guards that keep a run
+healthy and stoppable, and the machine it runs on (device, threads, processes)."""
 
 from gankit.training.batches import Batches
+from gankit.training.callbacks import Callback
 from gankit.training.environment import (
     configure_threads,
     derive_seed,
     resolve_device,
     seed_everything,
 )
-from gankit.training.loop import (
-    Callback,
-    FitResult,
-    Trainer,
-    TrainingDiverged,
-    resume_trainer,
-    uses_convolutions,
-)
+from gankit.training.guards import TrainingDiverged
+from gankit.training.loop import FitResult, Trainer, uses_convolutions
 from gankit.training.optim import build_optimizers, make_optimizer
 
 __all__ = ["Batches", "Callback", "FitResult", "Trainer", "TrainingDiverged", "build_optimizers",
            "configure_threads", "derive_seed", "make_optimizer", "resolve_device",
-           "resume_trainer", "seed_everything", "uses_convolutions"]
+           "seed_everything", "uses_convolutions"]
