@@ -27,8 +27,10 @@ def real_data_dir() -> Path:
     """The real IDX files: $GANKIT_DATA, else ../shared/data beside the repository."""
     path = DATA_DIR
     if not (path / "fashion-mnist" / "train-images-idx3-ubyte.gz").exists():
-        pytest.fail(f"real test data not found in {path}: set GANKIT_DATA to the folder "
-                    "holding fashion-mnist/ and mnist/ (CI uses ../shared/data)")
+        pytest.fail(
+            f"real test data not found in {path}: set GANKIT_DATA to the folder "
+            "holding fashion-mnist/ and mnist/ (CI uses ../shared/data)"
+        )
     return path
 
 

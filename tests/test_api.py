@@ -40,14 +40,20 @@ def test_your_own_networks_train_with_gankit_losses_and_schedule(fashion, tmp_pa
     g, d = TinyG(64), TinyD()
     g_before = [p.detach().clone() for p in g.parameters()]
     d_before = [p.detach().clone() for p in d.parameters()]
-    config = gankit.configure("wgan-gp", steps=4, batch_size=16, log_every=2,
-                              data_limit=500)
+    config = gankit.configure("wgan-gp", steps=4, batch_size=16, log_every=2, data_limit=500)
     from gankit.training import Trainer
 
     model = gankit.build(config, generator=g, discriminator=d)
     assert model.nets["generator"] is g and model.nets["discriminator"] is d
-    trainer = Trainer(config, tmp_path, model=model, data=fashion, callbacks=[rows.append],
-                      progress=False, tensorboard=False)
+    trainer = Trainer(
+        config,
+        tmp_path,
+        model=model,
+        data=fashion,
+        callbacks=[rows.append],
+        progress=False,
+        tensorboard=False,
+    )
     trainer.fit()
     assert [r["step"] for r in rows] == [2, 4]
     assert {"loss/D", "loss/G", "gp", "critic_gap"} <= set(rows[-1])
@@ -57,8 +63,15 @@ def test_your_own_networks_train_with_gankit_losses_and_schedule(fashion, tmp_pa
 
 
 def test_train_returns_a_loaded_run_that_samples(fashion, tmp_path, data_dir):
-    run = gankit.train("gan-002", out=tmp_path / "r", steps=5, batch_size=32,
-                       data="fashion-mnist", data_dir=str(data_dir), progress=False)
+    run = gankit.train(
+        "gan-002",
+        out=tmp_path / "r",
+        steps=5,
+        batch_size=32,
+        data="fashion-mnist",
+        data_dir=str(data_dir),
+        progress=False,
+    )
     assert run.step == 5
     images = run.sample(10, seed=3)
     assert images.shape == (10, 1, 28, 28) and images.dtype == torch.uint8

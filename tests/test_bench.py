@@ -19,20 +19,33 @@ from gankit.tools import bench
 from gankit.training import Trainer, uses_convolutions
 
 
-def _trained(name: str, fast: bool, data, folder, steps: int = 1,
-             seed: int = 3) -> tuple[dict, dict]:
+def _trained(
+    name: str, fast: bool, data, folder, steps: int = 1, seed: int = 3
+) -> tuple[dict, dict]:
     """Parameters before and after ``steps`` steps."""
-    config = gankit.configure(name, batch_size=32, steps=steps, seed=seed, log_every=1,
-                              sample_every=100, checkpoint_every=100, threads=2)
+    config = gankit.configure(
+        name,
+        batch_size=32,
+        steps=steps,
+        seed=seed,
+        log_every=1,
+        sample_every=100,
+        checkpoint_every=100,
+        threads=2,
+    )
     config.train.fast = fast
     trainer = Trainer(config, folder, data=data, progress=False, tensorboard=False)
     convolutional = uses_convolutions(trainer.model)
-    assert trainer.memory_format == (torch.channels_last if fast and convolutional
-                                     else torch.contiguous_format)
+    assert trainer.memory_format == (
+        torch.channels_last if fast and convolutional else torch.contiguous_format
+    )
 
     def params() -> dict:
-        return {f"{n}.{k}": p.detach().clone() for n, net in trainer.model.nets.items()
-                for k, p in net.named_parameters()}
+        return {
+            f"{n}.{k}": p.detach().clone()
+            for n, net in trainer.model.nets.items()
+            for k, p in net.named_parameters()
+        }
 
     before = params()
     for _ in range(steps):
@@ -74,8 +87,13 @@ def test_reuse_takes_g_of_z_from_the_d_update_and_runs_g_once_less(fashion, tmp_
     for fast in (True, False):
         config = gankit.configure("gan-000", batch_size=32, steps=1)
         config.train.fast = fast
-        trainer = Trainer(config, tmp_path / str(fast), data=fashion.subset(256),
-                          progress=False, tensorboard=False)
+        trainer = Trainer(
+            config,
+            tmp_path / str(fast),
+            data=fashion.subset(256),
+            progress=False,
+            tensorboard=False,
+        )
         counts[fast] = step_flops(trainer)
         g_forward = sample_flops(trainer.model, 32)
     assert counts[False] - counts[True] == g_forward
@@ -97,21 +115,38 @@ def test_usual_way_baseline_trains_the_same_model(fashion):
     assert x.shape == (1, 28, 28) and x.min() >= -1 and x.max() <= 1 and x.min() < -0.9
 
 
-def test_bench_quick_runs_end_to_end_and_writes_its_table(evaluation, data_dir, tmp_path,
-                                                          monkeypatch, capsys):
+def test_bench_quick_runs_end_to_end_and_writes_its_table(
+    evaluation, data_dir, tmp_path, monkeypatch, capsys
+):
     """``gankit bench --quick`` on three models: every section in the table, JSON rows with
     the documented fields. The values are not asserted (they are the machine's)."""
     monkeypatch.setenv("GANKIT_DATA", str(data_dir))
     out = tmp_path / "bench.json"
     assert main(["bench", "--quick", "--models", "gan,dcgan,vae", "--json", str(out)]) == 0
     table = capsys.readouterr().out
-    for text in ("GEMM peak", "| gan |", "| dcgan |", "| vae |", "usual way", "evaluation of",
-                 "tutorial DCGAN", "gankit dcgan"):
+    for text in (
+        "GEMM peak",
+        "| gan |",
+        "| dcgan |",
+        "| vae |",
+        "usual way",
+        "evaluation of",
+        "tutorial DCGAN",
+        "gankit dcgan",
+    ):
         assert text in table
     report = json.loads(out.read_text())
     assert [r["model"] for r in report["rows"]] == ["gan", "dcgan", "vae"]
-    fields = ("model", "batch_size", "images_per_s", "baseline_images_per_s", "speedup",
-              "gflop_per_step", "gemm_peak_gflops", "peak_fraction")
+    fields = (
+        "model",
+        "batch_size",
+        "images_per_s",
+        "baseline_images_per_s",
+        "speedup",
+        "gflop_per_step",
+        "gemm_peak_gflops",
+        "peak_fraction",
+    )
     for row in report["rows"]:
         assert all(k in row for k in fields)
         assert row["images_per_s"] > 0 and row["gflop_per_step"] > 0
@@ -130,8 +165,13 @@ def test_bf16_autocast_trains_close_to_fp32(fashion, tmp_path, capsys):
     for precision in ("fp32", "bf16"):
         config = gankit.configure("gan", batch_size=32, steps=1, seed=0, threads=2)
         config.train.precision = precision
-        trainer = Trainer(config, tmp_path / precision, data=fashion.subset(256),
-                          progress=False, tensorboard=False)
+        trainer = Trainer(
+            config,
+            tmp_path / precision,
+            data=fashion.subset(256),
+            progress=False,
+            tensorboard=False,
+        )
         start = torch.cat([p.detach().flatten().clone() for p in trainer.model.parameters()])
         trainer.train_step()
         runs[precision] = torch.cat([p.detach().flatten() for p in trainer.model.parameters()])

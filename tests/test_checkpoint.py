@@ -568,4 +568,5 @@ def test_stale_temporary_files_of_a_killed_write_are_removed(tmp_path: Path) -> 
         path.write_text("the user's")
     assert sorted(remove_stale_temp_files(tmp_path)) == sorted(stale)
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
-        [good.name] + [p.name for p in keep])
+        [good.name] + [p.name for p in keep]
+    )

@@ -23,24 +23,54 @@ def run(*argv: str) -> int:
 def trained(tmp_path_factory, data_dir):
     """gan-002 trained 20 steps on Fashion-MNIST through the CLI."""
     out = tmp_path_factory.mktemp("cli") / "run"
-    rc = run("train", "gan-002", "--data", "fashion-mnist", "--data-dir", data_dir,
-             "--steps", 20, "--batch-size", 32, "--log-every", 5, "--sample-every", 10,
-             "--checkpoint-every", 10, "--out", out, "--no-progress")
+    rc = run(
+        "train",
+        "gan-002",
+        "--data",
+        "fashion-mnist",
+        "--data-dir",
+        data_dir,
+        "--steps",
+        20,
+        "--batch-size",
+        32,
+        "--log-every",
+        5,
+        "--sample-every",
+        10,
+        "--checkpoint-every",
+        10,
+        "--out",
+        out,
+        "--no-progress",
+    )
     assert rc == 0
     return out
 
 
 def test_train_writes_a_complete_run_folder(trained):
     names = {p.name for p in trained.iterdir()}
-    assert {"config.toml", "metrics.jsonl", "real.png", "samples", "checkpoints",
-            "tensorboard"} <= names
+    assert {
+        "config.toml",
+        "metrics.jsonl",
+        "real.png",
+        "samples",
+        "checkpoints",
+        "tensorboard",
+    } <= names
     assert sorted(p.name for p in (trained / "checkpoints").iterdir()) == [
-        "step-00000010.safetensors", "step-00000020.safetensors"]
+        "step-00000010.safetensors",
+        "step-00000020.safetensors",
+    ]
     assert sorted(p.name for p in (trained / "samples").iterdir()) == [
-        "step-00000000.png", "step-00000010.png", "step-00000020.png"]
+        "step-00000000.png",
+        "step-00000010.png",
+        "step-00000020.png",
+    ]
     assert [r["step"] for r in read_metrics(trained)] == [5, 10, 15, 20]
-    assert any(p.name.startswith("events.out.tfevents") for p in
-               (trained / "tensorboard").iterdir())
+    assert any(
+        p.name.startswith("events.out.tfevents") for p in (trained / "tensorboard").iterdir()
+    )
     config = (trained / "config.toml").read_text()
     assert 'preset = "gan-002"' in config and "batch_size = 32" in config
 
@@ -84,8 +114,24 @@ def test_interpolate_writes_one_row_per_walk(trained, tmp_path):
 
 def test_conditional_sampling_by_label(tmp_path, data_dir):
     out = tmp_path / "cgan"
-    assert run("train", "cgan", "--data", "fashion-mnist", "--data-dir", data_dir, "--steps", 3,
-               "--batch-size", 16, "--out", out, "--no-progress") == 0
+    assert (
+        run(
+            "train",
+            "cgan",
+            "--data",
+            "fashion-mnist",
+            "--data-dir",
+            data_dir,
+            "--steps",
+            3,
+            "--batch-size",
+            16,
+            "--out",
+            out,
+            "--no-progress",
+        )
+        == 0
+    )
     npz = tmp_path / "c.npz"
     assert run("sample", out, "--n", 12, "--label", 7, "--out", npz) == 0
     with np.load(npz) as f:
@@ -96,8 +142,24 @@ def test_conditional_sampling_by_label(tmp_path, data_dir):
 
 def test_latent_plot_and_vae_manifold(tmp_path, data_dir):
     out = tmp_path / "vae"
-    assert run("train", "vae", "--data", "fashion-mnist", "--data-dir", data_dir, "--steps", 5,
-               "--set", "latent.dim=2", "--out", out, "--no-progress") == 0
+    assert (
+        run(
+            "train",
+            "vae",
+            "--data",
+            "fashion-mnist",
+            "--data-dir",
+            data_dir,
+            "--steps",
+            5,
+            "--set",
+            "latent.dim=2",
+            "--out",
+            out,
+            "--no-progress",
+        )
+        == 0
+    )
     plot = tmp_path / "codes.png"
     assert run("latent", out, "--out", plot, "--n", 500) == 0
     assert plot.exists() and (tmp_path / "codes-manifold.png").exists()
@@ -113,8 +175,7 @@ def test_errors_are_one_clear_line(tmp_path, capsys, trained):
     assert run("sample", tmp_path, "--out", tmp_path / "x.npz") == 2
     assert "no usable checkpoint" in capsys.readouterr().err
     assert run("train", "--resume", trained, "--lr", "0.1") == 2
-    assert "--lr: a resumed run keeps the settings it was started with" in \
-        capsys.readouterr().err
+    assert "--lr: a resumed run keeps the settings it was started with" in capsys.readouterr().err
 
 
 def test_dry_run_prints_the_resolved_config(capsys):
@@ -127,8 +188,24 @@ def test_console_script_runs_as_a_subprocess(tmp_path, data_dir):
     """The installed `gankit` entry point, as a user types it (no terminal: plain lines)."""
     env = os.environ | {"GANKIT_DATA": str(data_dir)}
     done = subprocess.run(
-        [sys.executable, "-m", "gankit", "train", "gan-001", "--steps", "6", "--log-every", "3",
-         "--out", str(tmp_path / "r")], capture_output=True, text=True, env=env, timeout=300)
+        [
+            sys.executable,
+            "-m",
+            "gankit",
+            "train",
+            "gan-001",
+            "--steps",
+            "6",
+            "--log-every",
+            "3",
+            "--out",
+            str(tmp_path / "r"),
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
     assert done.returncode == 0, done.stderr
     assert "step 6/6" in done.stderr and "\r" not in done.stderr
     assert "done: step 6" in done.stdout
@@ -136,17 +213,36 @@ def test_console_script_runs_as_a_subprocess(tmp_path, data_dir):
     assert rows[-1]["step"] == 6
 
 
-@pytest.mark.parametrize(("argv", "phrase"), [
-    (["train", "gan-002", "--steps", "0"], "argument --steps: 0: a run needs at least 1 step"),
-    (["train", "gan-002", "--steps", "-5"], "argument --steps: -5: a run needs at least 1 step"),
-    (["train", "gan-002", "--steps", "1.5"], "'1.5' is not a whole number of steps"),
-    (["train", "gan-002", "--epochs", "0"], "argument --epochs: 0: the run length in passes"),
-    (["train", "gan-002", "--epochs", "-1"], "argument --epochs: -1: the run length in passes"),
-    (["train", "gan-002", "--epochs", "nan"], "argument --epochs: nan: the run length"),
-    (["train", "--resume", "RUN", "--steps", "0"], "argument --steps: 0: a run needs at least"),
-    (["sweep", "gan", "--param", "lr=uniform:1e-4:1e-3", "--trials", "1", "--study", "s",
-      "--steps", "0"], "argument --steps: 0: a run needs at least 1 step"),
-])
+@pytest.mark.parametrize(
+    ("argv", "phrase"),
+    [
+        (["train", "gan-002", "--steps", "0"], "argument --steps: 0: a run needs at least 1 step"),
+        (
+            ["train", "gan-002", "--steps", "-5"],
+            "argument --steps: -5: a run needs at least 1 step",
+        ),
+        (["train", "gan-002", "--steps", "1.5"], "'1.5' is not a whole number of steps"),
+        (["train", "gan-002", "--epochs", "0"], "argument --epochs: 0: the run length in passes"),
+        (["train", "gan-002", "--epochs", "-1"], "argument --epochs: -1: the run length in passes"),
+        (["train", "gan-002", "--epochs", "nan"], "argument --epochs: nan: the run length"),
+        (["train", "--resume", "RUN", "--steps", "0"], "argument --steps: 0: a run needs at least"),
+        (
+            [
+                "sweep",
+                "gan",
+                "--param",
+                "lr=uniform:1e-4:1e-3",
+                "--trials",
+                "1",
+                "--study",
+                "s",
+                "--steps",
+                "0",
+            ],
+            "argument --steps: 0: a run needs at least 1 step",
+        ),
+    ],
+)
 def test_run_length_below_one_is_refused_while_parsing(argv, phrase, capsys, monkeypatch):
     from gankit import cli
 
@@ -162,12 +258,15 @@ def test_api_refuses_a_run_length_below_one(tmp_path):
     import gankit
     from gankit.errors import ConfigError
 
-    for length, phrase in (({"steps": 0}, "steps=0: a run needs at least 1 step"),
-                           ({"steps": -3}, "steps=-3: a run needs at least 1 step"),
-                           ({"epochs": 0}, "epochs=0: the run length in passes over the data")):
+    for length, phrase in (
+        ({"steps": 0}, "steps=0: a run needs at least 1 step"),
+        ({"steps": -3}, "steps=-3: a run needs at least 1 step"),
+        ({"epochs": 0}, "epochs=0: the run length in passes over the data"),
+    ):
         with pytest.raises(ConfigError, match=phrase):
-            gankit.train("gan-002", out=tmp_path / "run", progress=False, max_seconds=1,
-                         **length)  # max_seconds: a regression fails fast, not in 100 epochs
+            gankit.train(
+                "gan-002", out=tmp_path / "run", progress=False, max_seconds=1, **length
+            )  # max_seconds: a regression fails fast, not in 100 epochs
     assert not (tmp_path / "run").exists()  # refused before the run folder was made
 
 

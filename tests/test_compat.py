@@ -34,8 +34,13 @@ def test_an_old_run_folder_resumes_to_the_weights_it_would_have_reached(name, tm
     assert set(expected) <= set(weights)
     for key, value in expected.items():
         # the same computation, on whatever CPU runs the test: equal up to float rounding
-        torch.testing.assert_close(weights[key].float(), value.float(), rtol=1e-3, atol=1e-4,
-                                   msg=f"{name}: {key} differs from the run that never stopped")
+        torch.testing.assert_close(
+            weights[key].float(),
+            value.float(),
+            rtol=1e-3,
+            atol=1e-4,
+            msg=f"{name}: {key} differs from the run that never stopped",
+        )
     assert [row["step"] for row in read_metrics(run_dir)] == [2, 4, 6]
     assert (run_dir / "samples" / "step-00000006.png").is_file()
 

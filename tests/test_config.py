@@ -32,8 +32,9 @@ def test_set_accepts_full_paths_and_unique_leaf_names():
     assert parse_set("model.opt_d.lr=1e-4") == {"model": {"opt_d": {"lr": 1e-4}}}
     assert parse_set("n_critic=3") == {"model": {"n_critic": 3}}
     assert parse_set("data=mnist-5k") == {"train": {"data": "mnist-5k"}}  # bare word
-    config = configure("dcgan", sets=["n_critic=3", "label_smoothing=0.1",
-                                      "model.opt_d.betas=[0.0, 0.9]"])
+    config = configure(
+        "dcgan", sets=["n_critic=3", "label_smoothing=0.1", "model.opt_d.betas=[0.0, 0.9]"]
+    )
     assert config.model.opt_d.betas == [0.0, 0.9]
     assert config.model.n_critic == 3 and config.model.loss.label_smoothing == 0.1
 
@@ -50,17 +51,20 @@ def test_unknown_key_suggests_the_closest():
         build_config(get_preset("gan"), overrides={"model": {"widths": [1]}})
 
 
-@pytest.mark.parametrize("item, phrase", [
-    ("model.opt_d.lr=0", "lr = 0.0 is out of range"),
-    ("model.opt_g.lr=-1e-3", "lr = -0.001 is out of range"),
-    ("batch_size=0", "train.batch_size = 0 is out of range"),
-    ("n_critic=0", "model.n_critic = 0 is out of range"),
-    ("label_smoothing=1.5", "label_smoothing = 1.5 is out of range"),
-    ("batch_size=1.5", "expected an integer"),
-    ("batch_size=\"64\"", "expected an integer"),
-    ("conditional=1", "expected true or false"),
-    ("gan=wasserstien", "did you mean 'wasserstein'"),
-])
+@pytest.mark.parametrize(
+    "item, phrase",
+    [
+        ("model.opt_d.lr=0", "lr = 0.0 is out of range"),
+        ("model.opt_g.lr=-1e-3", "lr = -0.001 is out of range"),
+        ("batch_size=0", "train.batch_size = 0 is out of range"),
+        ("n_critic=0", "model.n_critic = 0 is out of range"),
+        ("label_smoothing=1.5", "label_smoothing = 1.5 is out of range"),
+        ("batch_size=1.5", "expected an integer"),
+        ('batch_size="64"', "expected an integer"),
+        ("conditional=1", "expected true or false"),
+        ("gan=wasserstien", "did you mean 'wasserstein'"),
+    ],
+)
 def test_bad_values_are_refused_with_key_value_and_range(item, phrase):
     with pytest.raises(ConfigError, match=phrase.replace("(", r"\(").replace(".", r"\.")):
         configure("gan", sets=[item])

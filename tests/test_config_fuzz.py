@@ -46,8 +46,15 @@ def _leaf_paths(cls: type, prefix: str = "") -> list[str]:
 
 
 PATHS = _leaf_paths(RunConfig)
-CHOICES = sorted({str(a) for cls in CLASSES for tp in typing.get_type_hints(cls).values()
-                  if typing.get_origin(tp) is typing.Literal for a in typing.get_args(tp)})
+CHOICES = sorted(
+    {
+        str(a)
+        for cls in CLASSES
+        for tp in typing.get_type_hints(cls).values()
+        if typing.get_origin(tp) is typing.Literal
+        for a in typing.get_args(tp)
+    }
+)
 
 
 def _deep(depth: int) -> list:
@@ -63,12 +70,18 @@ keys = st.one_of(st.sampled_from(KEYS), st.text(max_size=12))
 # test_values_python_cannot_print_are_refused_cleanly: Hypothesis could not print them)
 huge_ints = st.sampled_from([2**63 - 1, 2**63, -(2**63) - 1, 2**64, 10**400, -(10**4000)])
 scalars = st.one_of(
-    st.none(), st.booleans(), st.integers(), huge_ints,
-    st.floats(allow_nan=True, allow_infinity=True), st.sampled_from([0.0, -0.0, 1e-300]),
-    st.text(max_size=20), st.sampled_from(CHOICES),
+    st.none(),
+    st.booleans(),
+    st.integers(),
+    huge_ints,
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.sampled_from([0.0, -0.0, 1e-300]),
+    st.text(max_size=20),
+    st.sampled_from(CHOICES),
 )
 json_like = st.recursive(
-    scalars, lambda inner: st.lists(inner, max_size=4) | st.dictionaries(keys, inner, max_size=4),
+    scalars,
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(keys, inner, max_size=4),
     max_leaves=16,
 )
 
@@ -78,9 +91,12 @@ def overrides(draw) -> dict:
     """A few real leaf paths (or near misses) set to JSON-like values, as nested dicts."""
     out: dict = {}
     for _ in range(draw(st.integers(1, 4))):
-        path = draw(st.sampled_from(PATHS) | st.builds(lambda p, k: f"{p}.{k}" if p else k,
-                                                       st.sampled_from(["", "model", "train"]),
-                                                       keys))
+        path = draw(
+            st.sampled_from(PATHS)
+            | st.builds(
+                lambda p, k: f"{p}.{k}" if p else k, st.sampled_from(["", "model", "train"]), keys
+            )
+        )
         node = out
         *parents, leaf = path.split(".")
         for part in parents:
@@ -105,8 +121,11 @@ def folder(tmp_path_factory):
     return tmp_path_factory.mktemp("fuzz")
 
 
-FUZZ = settings(max_examples=300, deadline=None,
-                suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+FUZZ = settings(
+    max_examples=300,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
 
 
 @FUZZ
@@ -138,18 +157,46 @@ def test_a_preset_with_random_values_is_valid_or_refused(name, changes, folder):
 
 
 toml_values = st.one_of(
-    st.integers().map(str), st.floats().map(repr), st.sampled_from(
-        ["nan", "inf", "-inf", "+inf", "true", "false", "1_000", "0x1F", "1e400", "-0.0",
-         "9" * 5000, "[" * 5000, "{a=" * 3000, '"x"', "'y'", "[1, 2.5]", "[0.0, 0.9]",
-         "{a = 1}", "2024-01-01", "", " ", "\"unterminated"]),
-    st.sampled_from(CHOICES), st.text(max_size=20),
+    st.integers().map(str),
+    st.floats().map(repr),
+    st.sampled_from(
+        [
+            "nan",
+            "inf",
+            "-inf",
+            "+inf",
+            "true",
+            "false",
+            "1_000",
+            "0x1F",
+            "1e400",
+            "-0.0",
+            "9" * 5000,
+            "[" * 5000,
+            "{a=" * 3000,
+            '"x"',
+            "'y'",
+            "[1, 2.5]",
+            "[0.0, 0.9]",
+            "{a = 1}",
+            "2024-01-01",
+            "",
+            " ",
+            '"unterminated',
+        ]
+    ),
+    st.sampled_from(CHOICES),
+    st.text(max_size=20),
 )
 
 
 @FUZZ
-@given(text=st.text() | st.builds(lambda k, v: f"{k}={v}",
-                                  st.sampled_from(PATHS + KEYS) | st.text(max_size=10),
-                                  toml_values))
+@given(
+    text=st.text()
+    | st.builds(
+        lambda k, v: f"{k}={v}", st.sampled_from(PATHS + KEYS) | st.text(max_size=10), toml_values
+    )
+)
 @example(text="model.opt_g.lr=" + "1" * 5000)
 @example(text="model.generator.layers=" + "[" * 5000 + "]" * 5000)
 def test_set_parses_or_raises_config_error(text):
@@ -161,8 +208,10 @@ def test_set_parses_or_raises_config_error(text):
 
 
 @FUZZ
-@given(raw=st.binary(max_size=200) | st.builds(
-    lambda k, v: f"[train]\n{k} = {v}\n".encode(), st.sampled_from(KEYS), toml_values))
+@given(
+    raw=st.binary(max_size=200)
+    | st.builds(lambda k, v: f"[train]\n{k} = {v}\n".encode(), st.sampled_from(KEYS), toml_values)
+)
 @example(raw=b"a = " + b"1" * 5000)
 @example(raw=b"a = " + b"[" * 5000 + b"]" * 5000)
 @example(raw=b"\xff\xfe")
@@ -178,9 +227,12 @@ def test_load_toml_returns_a_dict_or_raises_config_error(raw, folder):
 
 
 @FUZZ
-@given(name=st.sampled_from(preset_names()),
-       sets=st.lists(st.builds(lambda k, v: f"{k}={v}", st.sampled_from(PATHS + KEYS),
-                               toml_values), max_size=3))
+@given(
+    name=st.sampled_from(preset_names()),
+    sets=st.lists(
+        st.builds(lambda k, v: f"{k}={v}", st.sampled_from(PATHS + KEYS), toml_values), max_size=3
+    ),
+)
 @example(name="gan", sets=["epochs=inf", "steps=0"])
 @example(name="gan", sets=["alpha=nan"])
 def test_build_config_with_random_sets_is_valid_or_refused(name, sets, folder):
@@ -202,20 +254,23 @@ def _refused(changes: dict, name: str = "gan") -> str:
     return str(info.value)
 
 
-@pytest.mark.parametrize("changes, key, value", [
-    ({"train": {"steps": -1}}, "train.steps", "-1"),
-    ({"train": {"steps": -(2**40)}}, "train.steps", str(-(2**40))),
-    ({"train": {"batch_size": "64"}}, "train.batch_size", "'64'"),
-    ({"model": {"n_critic": "5"}}, "model.n_critic", "'5'"),
-    ({"model": {"opt_d": {"lr": "fast"}}}, "model.opt_d.lr", "'fast'"),
-    ({"model": {"opt_d": {"lr": float("nan")}}}, "model.opt_d.lr", "nan"),
-    ({"model": {"opt_g": {"lr": float("inf")}}}, "model.opt_g.lr", "inf"),
-    ({"model": {"opt_g": {"lr": 10**400}}}, "model.opt_g.lr", "bit integer"),
-    ({"train": {"epochs": float("inf"), "steps": 0}}, "train.epochs", "inf"),
-    ({"train": {"seed": 2**64}}, "train.seed", "65-bit integer"),
-    ({"model": {"opt_g": {"alpha": -0.5}}}, "alpha", "-0.5"),
-    ({"model": {"opt_d": {"alpha": 1.0}}}, "alpha", "1.0"),
-])
+@pytest.mark.parametrize(
+    "changes, key, value",
+    [
+        ({"train": {"steps": -1}}, "train.steps", "-1"),
+        ({"train": {"steps": -(2**40)}}, "train.steps", str(-(2**40))),
+        ({"train": {"batch_size": "64"}}, "train.batch_size", "'64'"),
+        ({"model": {"n_critic": "5"}}, "model.n_critic", "'5'"),
+        ({"model": {"opt_d": {"lr": "fast"}}}, "model.opt_d.lr", "'fast'"),
+        ({"model": {"opt_d": {"lr": float("nan")}}}, "model.opt_d.lr", "nan"),
+        ({"model": {"opt_g": {"lr": float("inf")}}}, "model.opt_g.lr", "inf"),
+        ({"model": {"opt_g": {"lr": 10**400}}}, "model.opt_g.lr", "bit integer"),
+        ({"train": {"epochs": float("inf"), "steps": 0}}, "train.epochs", "inf"),
+        ({"train": {"seed": 2**64}}, "train.seed", "65-bit integer"),
+        ({"model": {"opt_g": {"alpha": -0.5}}}, "alpha", "-0.5"),
+        ({"model": {"opt_d": {"alpha": 1.0}}}, "alpha", "1.0"),
+    ],
+)
 def test_out_of_range_and_wrong_type_name_key_and_value(changes, key, value):
     message = _refused(changes)
     assert key in message and value in message, message
@@ -227,13 +282,16 @@ def test_unknown_nested_key_suggests_the_close_match():
     assert "did you mean 'train.batch_size'" in message
 
 
-@pytest.mark.parametrize("changes, key", [
-    ({"train": {"batch_size": -(10**5000)}}, "train.batch_size"),
-    ({"model": {"family": 10**5000}}, "model.family"),
-    ({"model": [10**5000]}, "model"),
-    ({"model": {"generator": {"layers": [_deep(100_000)]}}}, "model.generator.layers[0]"),
-    ({"train": _deep(100_000)}, "train"),
-])
+@pytest.mark.parametrize(
+    "changes, key",
+    [
+        ({"train": {"batch_size": -(10**5000)}}, "train.batch_size"),
+        ({"model": {"family": 10**5000}}, "model.family"),
+        ({"model": [10**5000]}, "model"),
+        ({"model": {"generator": {"layers": [_deep(100_000)]}}}, "model.generator.layers[0]"),
+        ({"train": _deep(100_000)}, "train"),
+    ],
+)
 def test_values_python_cannot_print_are_refused_cleanly(changes, key):
     message = _refused(changes)
     assert key in message and len(message) < 300, message

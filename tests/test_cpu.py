@@ -69,10 +69,20 @@ def test_physical_cores_counts_each_core_once():
 
 
 def test_trainer_follows_the_load_only_when_threads_are_not_fixed(tiny_data, tmp_path):
-    auto = Trainer(gankit.configure("gan", steps=1), tmp_path / "a", data=tiny_data,
-                   progress=False, tensorboard=False)
-    fixed = Trainer(gankit.configure("gan", steps=1, threads=2), tmp_path / "b",
-                    data=tiny_data, progress=False, tensorboard=False)
+    auto = Trainer(
+        gankit.configure("gan", steps=1),
+        tmp_path / "a",
+        data=tiny_data,
+        progress=False,
+        tensorboard=False,
+    )
+    fixed = Trainer(
+        gankit.configure("gan", steps=1, threads=2),
+        tmp_path / "b",
+        data=tiny_data,
+        progress=False,
+        tensorboard=False,
+    )
     assert fixed.callback(FollowLoad) is None and torch.get_num_threads() == 2
     if cpu.physical_cores() > 1:
         assert auto.callback(FollowLoad).governor.max_threads == cpu.physical_cores()

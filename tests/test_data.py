@@ -770,8 +770,11 @@ def test_npz_claiming_gigabytes_is_refused_at_once(tmp_path: Path) -> None:
     path = tmp_path / "claim.npz"
     _npy_header_only(path, (2_000_000, 28, 28))
     started = time.perf_counter()
-    with pytest.raises(DataError, match=r"claims 2,000,000 images .* = 1,568 MB\), more than "
-                       r"the limit of 1,000,000 images"):
+    with pytest.raises(
+        DataError,
+        match=r"claims 2,000,000 images .* = 1,568 MB\), more than "
+        r"the limit of 1,000,000 images",
+    ):
         load_dataset(f"npz:{path}")
     assert time.perf_counter() - started < 1.0
 
@@ -783,10 +786,14 @@ def test_npz_claiming_gigabytes_is_refused_at_once(tmp_path: Path) -> None:
         ({"images": np.zeros((50, 32, 32), np.uint8)}, r"\(50, 32, 32\) but images of 28x28"),
         ({"images": np.zeros((5, 28, 28, 3), np.uint8)}, r"\(5, 28, 28, 3\); expected"),
         ({"images": np.zeros((5, 28, 28), np.int16)}, "dtype int16; expected uint8"),
-        ({"images": np.zeros((5, 28, 28), np.uint8), "labels": np.zeros((5, 2), int)},
-         "1-D integer"),
-        ({"images": np.zeros((5, 28, 28), np.uint8), "labels": np.zeros(10**6, int)},
-         "1000000 labels but 5 images"),
+        (
+            {"images": np.zeros((5, 28, 28), np.uint8), "labels": np.zeros((5, 2), int)},
+            "1-D integer",
+        ),
+        (
+            {"images": np.zeros((5, 28, 28), np.uint8), "labels": np.zeros(10**6, int)},
+            "1000000 labels but 5 images",
+        ),
     ],
 )
 def test_npz_wrong_shapes_are_refused_before_decompressing(

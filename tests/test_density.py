@@ -27,8 +27,12 @@ def test_a_mixture_of_two_well_separated_gaussians_is_recovered():
     covs = (mixture.scale_tril @ mixture.scale_tril.transpose(1, 2))[order]
     torch.testing.assert_close(weights, torch.tensor([0.75, 0.25]), atol=0.01, rtol=0)
     torch.testing.assert_close(means, torch.tensor([[5.0, 0.0], [-5.0, 3.0]]), atol=0.08, rtol=0)
-    torch.testing.assert_close(covs.diagonal(dim1=1, dim2=2),
-                               torch.tensor([[0.25, 0.25], [1.0, 0.04]]), atol=0.0, rtol=0.12)
+    torch.testing.assert_close(
+        covs.diagonal(dim1=1, dim2=2),
+        torch.tensor([[0.25, 0.25], [1.0, 0.04]]),
+        atol=0.0,
+        rtol=0.12,
+    )
     assert bool(mixture.fitted)
 
 
@@ -59,8 +63,14 @@ def test_the_fitted_prior_is_for_autoencoders_only():
 
 
 def test_the_prior_travels_in_the_checkpoint_and_drives_sampling(tiny_data, tmp_path):
-    config = gankit.configure("ae", steps=6, batch_size=32, log_every=3, sample_every=3,
-                              sets=["latent.prior='fitted'", "latent.components=3"])
+    config = gankit.configure(
+        "ae",
+        steps=6,
+        batch_size=32,
+        log_every=3,
+        sample_every=3,
+        sets=["latent.prior='fitted'", "latent.components=3"],
+    )
     trainer = Trainer(config, tmp_path, data=tiny_data, progress=False, tensorboard=False)
     trainer.fit()
     assert trainer.model.fitted_prior
@@ -68,8 +78,9 @@ def test_the_prior_travels_in_the_checkpoint_and_drives_sampling(tiny_data, tmp_
     for key, value in trainer.model.prior.state_dict().items():
         assert torch.equal(run.model.prior.state_dict()[key], value), key
     trainer.model.eval()
-    assert torch.equal(run.sample(16, seed=3), trainer.model.sample(
-        16, rng=torch.Generator().manual_seed(3)))
+    assert torch.equal(
+        run.sample(16, seed=3), trainer.model.sample(16, rng=torch.Generator().manual_seed(3))
+    )
     codes = run.model.sample_latent(500, torch.Generator().manual_seed(0))
     noise = run.model.noise(500, torch.Generator().manual_seed(0))
     assert not torch.allclose(codes, noise)  # samples come from the mixture, not N(0, I)
@@ -77,16 +88,20 @@ def test_the_prior_travels_in_the_checkpoint_and_drives_sampling(tiny_data, tmp_
 
 @pytest.mark.slow
 def test_an_autoencoder_samples_far_better_from_its_fitted_prior(fashion, evaluation, tmp_path):
-    config = gankit.configure("ae", steps=400, sample_every=400, checkpoint_every=400,
-                              sets=["latent.prior='fitted'"])
-    trainer = Trainer(config, tmp_path, data=fashion.subset(20_000), progress=False,
-                      tensorboard=False)
+    config = gankit.configure(
+        "ae", steps=400, sample_every=400, checkpoint_every=400, sets=["latent.prior='fitted'"]
+    )
+    trainer = Trainer(
+        config, tmp_path, data=fashion.subset(20_000), progress=False, tensorboard=False
+    )
     trainer.fit()
     model = trainer.model.eval()
     fitted = model.sample(4000, rng=torch.Generator().manual_seed(0))
     normal = model.generate_batched(model.noise(4000, torch.Generator().manual_seed(0)))
-    fid = {name: evaluation(images, memorisation=False, kid_subsets=5)["fid"]
-           for name, images in (("fitted", fitted), ("normal", normal))}
+    fid = {
+        name: evaluation(images, memorisation=False, kid_subsets=5)["fid"]
+        for name, images in (("fitted", fitted), ("normal", normal))
+    }
     # measured: 600 steps gave FID 88 (fitted) against 924 (N(0, I)); 400 steps, 4,000 samples
     # leave a wide margin around a 4x gap
     assert fid["fitted"] < fid["normal"] / 4, fid

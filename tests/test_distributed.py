@@ -26,21 +26,44 @@ from gankit.runs.checkpoint import latest_checkpoint, list_checkpoints, load_che
 from gankit.training import distributed
 from gankit.training.distributed import World
 
-TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone",
-            "--nproc-per-node", "2", "-m", "gankit", "train"]
-COMMON = ["--data", "fashion-mnist", "--data-dir", str(real_data_dir()), "--no-progress",
-          "--sample-every", "1000", "--set", "data_limit=2000", "--set", "threads=1"]
+TORCHRUN = [
+    sys.executable,
+    "-m",
+    "torch.distributed.run",
+    "--standalone",
+    "--nproc-per-node",
+    "2",
+    "-m",
+    "gankit",
+    "train",
+]
+COMMON = [
+    "--data",
+    "fashion-mnist",
+    "--data-dir",
+    str(real_data_dir()),
+    "--no-progress",
+    "--sample-every",
+    "1000",
+    "--set",
+    "data_limit=2000",
+    "--set",
+    "threads=1",
+]
 # wgan-gp's networks with batch norm taken out of G: batch norm over half a batch is another
 # computation, so only models without it can match one process exactly
-WGAN_GP_NO_BN = ('model.generator.layers=["fc 6272", "relu", "reshape 128 7 7", '
-                 '"convT 64 k4 s2 p1", "relu", "convT 32 k4 s2 p1", "relu", "conv 1 k3 p1", '
-                 '"tanh"]')
-GAN_002_DROPOUT = ('model.discriminator.layers=["flatten", "fc 128", "lrelu 0.01", '
-                   '"dropout 0.3", "fc 1"]')
+WGAN_GP_NO_BN = (
+    'model.generator.layers=["fc 6272", "relu", "reshape 128 7 7", '
+    '"convT 64 k4 s2 p1", "relu", "convT 32 k4 s2 p1", "relu", "conv 1 k3 p1", '
+    '"tanh"]'
+)
+GAN_002_DROPOUT = (
+    'model.discriminator.layers=["flatten", "fc 128", "lrelu 0.01", "dropout 0.3", "fc 1"]'
+)
 
 # Records, per process, every file the process writes, renames, creates or removes under
 # GANKIT_AUDIT_ROOT (Python's audit hooks see every open() and os call that writes).
-AUDIT = '''
+AUDIT = """
 import os, sys
 _root = os.environ["GANKIT_AUDIT_ROOT"]
 _log = os.path.join(os.environ["GANKIT_AUDIT_LOG"], "rank-" + os.environ.get("RANK", "none"))
@@ -73,7 +96,7 @@ def _hook(event, args):
             _busy[0] = False
 
 sys.addaudithook(_hook)
-'''
+"""
 
 
 def _env(tmp_path: Path, audit_root: Path | None = None) -> dict:
@@ -83,15 +106,18 @@ def _env(tmp_path: Path, audit_root: Path | None = None) -> dict:
         hook_dir.mkdir(exist_ok=True)
         (hook_dir / "sitecustomize.py").write_text(AUDIT)
         (tmp_path / "audit").mkdir(exist_ok=True)
-        env |= {"PYTHONPATH": os.pathsep.join([str(hook_dir), env.get("PYTHONPATH", "")]),
-                "GANKIT_AUDIT_ROOT": str(audit_root.resolve()),
-                "GANKIT_AUDIT_LOG": str(tmp_path / "audit")}
+        env |= {
+            "PYTHONPATH": os.pathsep.join([str(hook_dir), env.get("PYTHONPATH", "")]),
+            "GANKIT_AUDIT_ROOT": str(audit_root.resolve()),
+            "GANKIT_AUDIT_LOG": str(tmp_path / "audit"),
+        }
     return env
 
 
 def _torchrun(*argv: str, env: dict, timeout: float = 240) -> subprocess.CompletedProcess:
-    done = subprocess.run([*TORCHRUN, *argv], env=env, capture_output=True, text=True,
-                          timeout=timeout)
+    done = subprocess.run(
+        [*TORCHRUN, *argv], env=env, capture_output=True, text=True, timeout=timeout
+    )
     if done.returncode != 0:
         pytest.fail(f"torchrun exited with {done.returncode}:\n{done.stdout}\n{done.stderr}")
     return done
@@ -123,22 +149,51 @@ def _assert_same_weights(one: dict, two: dict, rel: float = 1e-3) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize(("preset", "steps", "batch", "sets"), [
-    ("gan-002", 8, 64, []),                       # G(z) kept from D's update (reuse_noise)
-    # gradient penalty (double backward). Adam's first updates are about lr·sign(g): where a
-    # gradient is near zero, rounding flips its sign and moves a weight by a whole lr, so the
-    # bound holds only at a small lr (reuse_noise is covered by gan-002 above)
-    ("wgan-gp", 4, 32, ["--set", WGAN_GP_NO_BN, "--lr", "1e-4", "--set", "reuse_noise=false"]),
-])
-def test_two_processes_take_the_one_process_step(tmp_path, evaluation, capsys, preset, steps,
-                                                 batch, sets):
+@pytest.mark.parametrize(
+    ("preset", "steps", "batch", "sets"),
+    [
+        ("gan-002", 8, 64, []),  # G(z) kept from D's update (reuse_noise)
+        # gradient penalty (double backward). Adam's first updates are about lr·sign(g): where a
+        # gradient is near zero, rounding flips its sign and moves a weight by a whole lr, so the
+        # bound holds only at a small lr (reuse_noise is covered by gan-002 above)
+        ("wgan-gp", 4, 32, ["--set", WGAN_GP_NO_BN, "--lr", "1e-4", "--set", "reuse_noise=false"]),
+    ],
+)
+def test_two_processes_take_the_one_process_step(
+    tmp_path, evaluation, capsys, preset, steps, batch, sets
+):
     one, two = tmp_path / "one", tmp_path / "two"
-    args = [preset, *COMMON, "--batch-size", str(batch), "--log-every", "2",
-            "--eval-every", str(steps), "--eval-samples", "200", *sets]
-    assert main(["train", *args, "--steps", str(steps + 4), "--checkpoint-every", str(steps),
-                 "--out", str(one)]) == 0
-    done = _torchrun(*args, "--steps", str(steps), "--out", str(two),
-                     env=_env(tmp_path, audit_root=two))
+    args = [
+        preset,
+        *COMMON,
+        "--batch-size",
+        str(batch),
+        "--log-every",
+        "2",
+        "--eval-every",
+        str(steps),
+        "--eval-samples",
+        "200",
+        *sets,
+    ]
+    assert (
+        main(
+            [
+                "train",
+                *args,
+                "--steps",
+                str(steps + 4),
+                "--checkpoint-every",
+                str(steps),
+                "--out",
+                str(one),
+            ]
+        )
+        == 0
+    )
+    done = _torchrun(
+        *args, "--steps", str(steps), "--out", str(two), env=_env(tmp_path, audit_root=two)
+    )
     assert f"on 2 processes (cpu, {batch // 2} images each)" in done.stdout
 
     step = f"step-{steps:08d}.safetensors"
@@ -197,14 +252,31 @@ def test_killed_two_process_run_resumes_exactly(tmp_path):
     redoes the lost steps and ends with the uninterrupted job's weights, bit for bit (dropout
     draws included: each process's RNG state is in the checkpoint)."""
     env = _env(tmp_path)
-    args = ["gan-002", *COMMON, "--batch-size", "32", "--set", GAN_002_DROPOUT,
-            "--steps", "400", "--checkpoint-every", "50", "--log-every", "50"]
+    args = [
+        "gan-002",
+        *COMMON,
+        "--batch-size",
+        "32",
+        "--set",
+        GAN_002_DROPOUT,
+        "--steps",
+        "400",
+        "--checkpoint-every",
+        "50",
+        "--log-every",
+        "50",
+    ]
     _torchrun(*args, "--out", str(tmp_path / "whole"), env=env)
 
     run = tmp_path / "killed"
-    proc = subprocess.Popen([*TORCHRUN, *args, "--out", str(run)], env=env, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            start_new_session=True)
+    proc = subprocess.Popen(
+        [*TORCHRUN, *args, "--out", str(run)],
+        env=env,
+        text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+    )
     _wait_for(lambda: _newest_step(run / "checkpoints") >= 100, proc, "a checkpoint at step 100")
     for pid in [proc.pid, *_processes_of(run)]:  # torchrun starts workers in their own session
         os.kill(pid, signal.SIGKILL)
@@ -233,10 +305,24 @@ def latest_step(stdout: str) -> int:
 def test_a_dead_process_ends_the_run_with_a_message(tmp_path):
     env = _env(tmp_path)
     run = tmp_path / "run"
-    proc = subprocess.Popen([*TORCHRUN, "gan-002", *COMMON, "--steps", "1000000",
-                             "--checkpoint-every", "20", "--out", str(run)], env=env, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            start_new_session=True)
+    proc = subprocess.Popen(
+        [
+            *TORCHRUN,
+            "gan-002",
+            *COMMON,
+            "--steps",
+            "1000000",
+            "--checkpoint-every",
+            "20",
+            "--out",
+            str(run),
+        ],
+        env=env,
+        text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+    )
     _wait_for(lambda: _newest_step(run / "checkpoints") >= 20, proc, "a checkpoint")
     rank1 = [pid for pid in _processes_of(run) if _environ(pid).get("RANK") == "1"]
     assert len(rank1) == 1, rank1
@@ -247,8 +333,9 @@ def test_a_dead_process_ends_the_run_with_a_message(tmp_path):
         proc.kill()
         pytest.fail("the job hung after one of its processes died")
     assert proc.returncode != 0
-    assert "gankit: error (process 0 of 2): process 0 lost the other processes of this run" \
-        in err, err
+    assert (
+        "gankit: error (process 0 of 2): process 0 lost the other processes of this run" in err
+    ), err
     assert "The last good checkpoint is" in err and "--resume" in err
     assert latest_checkpoint(run / "checkpoints") is not None
 
@@ -291,16 +378,18 @@ def test_model_noise_is_sharded_like_the_batch():
     halves = []
     for rank in range(2):
         model.shard = Shard(rank, 2)
-        halves.append(model.context(torch.zeros(4, 1, 28, 28), None,
-                                    torch.Generator().manual_seed(1)))
+        halves.append(
+            model.context(torch.zeros(4, 1, 28, 28), None, torch.Generator().manual_seed(1))
+        )
     assert torch.equal(torch.cat([h.z for h in halves]), ctx.z)
     assert torch.equal(torch.cat([h.y_fake for h in halves]), ctx.y_fake)
 
 
 def test_sync_bn_on_cpu_is_refused_with_the_reason():
     with pytest.raises(ConfigError, match="sync_bn = true needs CUDA"):
-        distributed.wrap(World(0, 2, 0, 2), {"g": torch.nn.Linear(2, 2)}, torch.device("cpu"),
-                         sync_bn=True)
+        distributed.wrap(
+            World(0, 2, 0, 2), {"g": torch.nn.Linear(2, 2)}, torch.device("cpu"), sync_bn=True
+        )
 
 
 def test_half_a_torchrun_environment_is_a_clear_error(monkeypatch):
@@ -320,10 +409,25 @@ def test_one_process_needs_no_process_group(monkeypatch):
 @pytest.mark.slow
 def test_sigterm_stops_every_process_after_the_same_step(tmp_path):
     run = tmp_path / "run"
-    proc = subprocess.Popen([*TORCHRUN, "gan-002", *COMMON, "--steps", "1000000",
-                             "--checkpoint-every", "50", "--log-every", "10", "--out", str(run)],
-                            env=_env(tmp_path), text=True, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        [
+            *TORCHRUN,
+            "gan-002",
+            *COMMON,
+            "--steps",
+            "1000000",
+            "--checkpoint-every",
+            "50",
+            "--log-every",
+            "10",
+            "--out",
+            str(run),
+        ],
+        env=_env(tmp_path),
+        text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
     _wait_for(lambda: _newest_step(run / "checkpoints") >= 50, proc, "a checkpoint")
     proc.send_signal(signal.SIGTERM)  # torchrun passes it on to both processes
     out, err = proc.communicate(timeout=90)
@@ -352,21 +456,42 @@ def test_two_machines_need_no_shared_folder(tmp_path):
 
     def launch(node: int, *argv: str) -> subprocess.Popen:
         return subprocess.Popen(
-            [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--node-rank",
-             str(node), "--nproc-per-node", "1", "--master-addr", "127.0.0.1",
-             "--master-port", str(port), "-m", "gankit", "train", *argv],
-            cwd=machines[node], env=_env(tmp_path), text=True, stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE)
+            [
+                sys.executable,
+                "-m",
+                "torch.distributed.run",
+                "--nnodes",
+                "2",
+                "--node-rank",
+                str(node),
+                "--nproc-per-node",
+                "1",
+                "--master-addr",
+                "127.0.0.1",
+                "--master-port",
+                str(port),
+                "-m",
+                "gankit",
+                "train",
+                *argv,
+            ],
+            cwd=machines[node],
+            env=_env(tmp_path),
+            text=True,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
 
-    for argv in (["gan-002", *COMMON, "--steps", "20", "--out", "runs/two"],
-                 ["--resume", "runs/two", "--steps", "30", "--no-progress"]):
+    for argv in (
+        ["gan-002", *COMMON, "--steps", "20", "--out", "runs/two"],
+        ["--resume", "runs/two", "--steps", "30", "--no-progress"],
+    ):
         procs = [launch(node, *argv) for node in (0, 1)]
         outputs = [p.communicate(timeout=180) for p in procs]
         assert [p.returncode for p in procs] == [0, 0], outputs
     assert not (machines[1] / "runs").exists()
     assert "resuming runs/two at step 20 of 30" in outputs[0][0]
-    assert load_checkpoint(latest_checkpoint(machines[0] / "runs/two/checkpoints"))[1][
-        "step"] == 30
+    assert load_checkpoint(latest_checkpoint(machines[0] / "runs/two/checkpoints"))[1]["step"] == 30
 
 
 def _count_reductions(rank: int, port: int, preset: str, steps: int, out: str) -> None:
@@ -380,18 +505,32 @@ def _count_reductions(rank: int, port: int, preset: str, steps: int, out: str) -
     from gankit.data import Dataset
     from gankit.training import Trainer
 
-    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2",
-                      LOCAL_WORLD_SIZE="2", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    images = torch.randint(0, 256, (256, 1, 28, 28), generator=torch.Generator().manual_seed(0),
-                           dtype=torch.uint8)
+    os.environ.update(
+        RANK=str(rank),
+        LOCAL_RANK=str(rank),
+        WORLD_SIZE="2",
+        LOCAL_WORLD_SIZE="2",
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(port),
+    )
+    images = torch.randint(
+        0, 256, (256, 1, 28, 28), generator=torch.Generator().manual_seed(0), dtype=torch.uint8
+    )
     config = gankit.configure(preset, batch_size=32, steps=steps, threads=1)
-    trainer = Trainer(config, Path(out).parent / "run", data=Dataset(images, None, "tiny"),
-                      progress=False, tensorboard=False)
+    trainer = Trainer(
+        config,
+        Path(out).parent / "run",
+        data=Dataset(images, None, "tiny"),
+        progress=False,
+        tensorboard=False,
+    )
     counts = dict.fromkeys(trainer.wrappers, 0)
     for name, wrapper in trainer.wrappers.items():
+
         def hook(group, bucket, name=name):
             counts[name] += 1
             return allreduce_hook(group, bucket)
+
         wrapper.register_comm_hook(None, hook)
     for _ in range(steps):
         trainer.train_step()
@@ -400,13 +539,16 @@ def _count_reductions(rank: int, port: int, preset: str, steps: int, out: str) -
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize(("preset", "expected"), [
-    # n_critic D updates then one G update per step; D frozen (not reduced) in G's update,
-    # G's kept forward from D's update reduced once, in G's
-    ("gan-002", {"discriminator": 1, "generator": 1}),
-    ("wgan-gp", {"discriminator": 2, "generator": 1}),  # the default's n_critic is 2
-    ("bigan-004", {"discriminator": 1, "encoder": 1, "generator": 1}),
-])
+@pytest.mark.parametrize(
+    ("preset", "expected"),
+    [
+        # n_critic D updates then one G update per step; D frozen (not reduced) in G's update,
+        # G's kept forward from D's update reduced once, in G's
+        ("gan-002", {"discriminator": 1, "generator": 1}),
+        ("wgan-gp", {"discriminator": 2, "generator": 1}),  # the default's n_critic is 2
+        ("bigan-004", {"discriminator": 1, "encoder": 1, "generator": 1}),
+    ],
+)
 def test_each_update_reduces_only_the_networks_it_trains(tmp_path, preset, expected):
     import json
     import socket
@@ -427,9 +569,27 @@ def test_each_update_reduces_only_the_networks_it_trains(tmp_path, preset, expec
 @pytest.mark.slow
 def test_divergence_rolls_back_on_every_process_together(tmp_path):
     run = tmp_path / "run"
-    done = subprocess.run([*TORCHRUN, "gan-002", *COMMON, "--lr", "1e30", "--steps", "100",
-                           "--log-every", "10", "--on-divergence", "rollback", "--out", str(run)],
-                          env=_env(tmp_path), capture_output=True, text=True, timeout=180)
+    done = subprocess.run(
+        [
+            *TORCHRUN,
+            "gan-002",
+            *COMMON,
+            "--lr",
+            "1e30",
+            "--steps",
+            "100",
+            "--log-every",
+            "10",
+            "--on-divergence",
+            "rollback",
+            "--out",
+            str(run),
+        ],
+        env=_env(tmp_path),
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
     assert done.returncode != 0
     # the logged means are the same on both processes, so both roll back at the same steps
     # (process 0 warns) and both give up after the third

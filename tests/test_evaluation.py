@@ -37,8 +37,8 @@ def _blur(images: torch.Tensor, sigma: float) -> torch.Tensor:
     """Gaussian blur of uint8 images (N, 1, H, W)."""
     r = int(3 * sigma) + 1
     x = torch.arange(-r, r + 1, dtype=torch.float32)
-    k = torch.exp(-x**2 / (2 * sigma**2))
-    k = (k / k.sum())
+    k = torch.exp(-(x**2) / (2 * sigma**2))
+    k = k / k.sum()
     out = images.float()
     out = F.conv2d(F.pad(out, (r, r, 0, 0), mode="reflect"), k.view(1, 1, 1, -1))
     out = F.conv2d(F.pad(out, (0, 0, r, r), mode="reflect"), k.view(1, 1, -1, 1))
@@ -46,7 +46,9 @@ def _blur(images: torch.Tensor, sigma: float) -> torch.Tensor:
 
 
 def _real(evaluation, n=N, offset=0):
-    return evaluation.train.images[offset:offset + n], evaluation.train.labels[offset:offset + n]
+    return evaluation.train.images[offset : offset + n], evaluation.train.labels[
+        offset : offset + n
+    ]
 
 
 # --------------------------------------------------------------------------- the evaluator
@@ -68,12 +70,22 @@ def _small_set(seed: int = 0) -> tuple[Dataset, Dataset]:
     images[:, :, :, :10] += (labels == 0).view(-1, 1, 1, 1).to(torch.uint8) * 150  # class marks
     images[:, :, :10, :] += (labels == 1).view(-1, 1, 1, 1).to(torch.uint8) * 150
     classes = ["a", "b", "c"]
-    return (Dataset(images[:240], labels[:240], "small:train", classes),
-            Dataset(images[240:], labels[240:], "small:test", classes))
+    return (
+        Dataset(images[:240], labels[:240], "small:train", classes),
+        Dataset(images[240:], labels[240:], "small:test", classes),
+    )
 
 
-QUICK = {"version": 1, "layers": ["conv 8 k5 s2 p2", "relu", "flatten", "fc 16", "relu"],
-         "epochs": 2, "min_steps": 0, "batch_size": 32, "max_lr": 3e-3, "seed": 0, "threads": 1}
+QUICK = {
+    "version": 1,
+    "layers": ["conv 8 k5 s2 p2", "relu", "flatten", "fc 16", "relu"],
+    "epochs": 2,
+    "min_steps": 0,
+    "batch_size": 32,
+    "max_lr": 3e-3,
+    "seed": 0,
+    "threads": 1,
+}
 
 
 def test_evaluator_cache_same_data_same_file_changed_data_rebuilt(monkeypatch):
@@ -81,8 +93,9 @@ def test_evaluator_cache_same_data_same_file_changed_data_rebuilt(monkeypatch):
 
     built = []
     real_build = ev.build_evaluator
-    monkeypatch.setattr(ev, "build_evaluator", lambda *a, **k: built.append(1) or
-                        real_build(*a, **k))
+    monkeypatch.setattr(
+        ev, "build_evaluator", lambda *a, **k: built.append(1) or real_build(*a, **k)
+    )
     splits = _small_set()
     first = get_evaluator("small", splits=splits, recipe=QUICK, progress=False)
     again = get_evaluator("small", splits=_small_set(), recipe=QUICK, progress=False)
@@ -125,8 +138,9 @@ def test_evaluator_file_round_trip_and_refusals(tmp_path):
         net.embed(torch.zeros(4, 1, 32, 32, dtype=torch.uint8))
     run_ckpt = tmp_path / "ckpt.safetensors"
     gankit.runs.checkpoint.save_checkpoint(run_ckpt, {"w": torch.zeros(2)}, {"step": 3})
-    with pytest.raises(GankitError, match="not a usable gankit evaluator file: it holds a "
-                                          "training checkpoint"):
+    with pytest.raises(
+        GankitError, match="not a usable gankit evaluator file: it holds a training checkpoint"
+    ):
         load_evaluator(run_ckpt)
 
 
@@ -137,8 +151,9 @@ def test_real_images_score_far_better_than_noise_blur_and_one_class(evaluation):
     images, _ = _real(evaluation)
     real = evaluation(images, memorisation=False)
     gen = torch.Generator().manual_seed(1)
-    noise = evaluation(torch.randint(0, 256, images.shape, generator=gen, dtype=torch.uint8),
-                       memorisation=False)
+    noise = evaluation(
+        torch.randint(0, 256, images.shape, generator=gen, dtype=torch.uint8), memorisation=False
+    )
     blurred = [evaluation(_blur(images, s), memorisation=False)["fid"] for s in (0.6, 1.0, 1.5)]
     one = evaluation.train.images[evaluation.train.labels == 1][:N]  # trousers only
     single = evaluation(one, memorisation=False)
@@ -171,8 +186,9 @@ def test_label_accuracy_and_memorisation_on_real_images(evaluation):
     assert wrong["label_accuracy"] < 0.1  # 0.0015 [0.001, 0.002]
     # training images are their own nearest neighbours: the check calls them copies
     assert right["copy_fraction"] == 1.0 and right["nn_ratio"] == 0.0
-    fresh = evaluation(gankit.data.load_dataset("fashion-mnist", "test",
-                                                os.environ.get("GANKIT_DATA")).images[:N])
+    fresh = evaluation(
+        gankit.data.load_dataset("fashion-mnist", "test", os.environ.get("GANKIT_DATA")).images[:N]
+    )
     assert fresh["copy_fraction"] < 0.05  # 0.010 [0.006, 0.0105]
     assert 0.9 < fresh["nn_ratio"] < 1.1  # 0.992 [0.982, 0.993]
 
@@ -184,12 +200,22 @@ def test_label_accuracy_and_memorisation_on_real_images(evaluation):
 def run_dir(evaluation, data_dir, tmp_path_factory):
     """A short DCGAN run evaluated while it trains (every 20 steps, 500 samples)."""
     out = tmp_path_factory.mktemp("evalrun")
-    config = gankit.configure("dcgan", steps=60, batch_size=32, log_every=10,
-                              sample_every=60, checkpoint_every=60, eval_every=20,
-                              eval_samples=500, data="fashion-mnist", data_dir=str(data_dir),
-                              threads=2)  # fixed: rounding must not follow the machine's load
-    launch(config, out=out, data=evaluation.train.subset(4000), progress=False,
-           evaluation=evaluation).fit()
+    config = gankit.configure(
+        "dcgan",
+        steps=60,
+        batch_size=32,
+        log_every=10,
+        sample_every=60,
+        checkpoint_every=60,
+        eval_every=20,
+        eval_samples=500,
+        data="fashion-mnist",
+        data_dir=str(data_dir),
+        threads=2,
+    )  # fixed: rounding must not follow the machine's load
+    launch(
+        config, out=out, data=evaluation.train.subset(4000), progress=False, evaluation=evaluation
+    ).fit()
     return out
 
 
@@ -211,13 +237,23 @@ def test_training_logs_metrics_and_keeps_the_best_checkpoint(run_dir):
     assert [e.value for e in events.Scalars("eval/fid")] == pytest.approx(fids)
 
 
-def test_evaluation_during_training_does_not_change_training(evaluation, run_dir, data_dir,
-                                                             tmp_path):
-    config = gankit.configure("dcgan", steps=60, batch_size=32, log_every=10,
-                              sample_every=60, checkpoint_every=60, threads=2,
-                              data="fashion-mnist", data_dir=str(data_dir))
-    plain = Trainer(config, tmp_path, data=evaluation.train.subset(4000), progress=False,
-                    tensorboard=False)
+def test_evaluation_during_training_does_not_change_training(
+    evaluation, run_dir, data_dir, tmp_path
+):
+    config = gankit.configure(
+        "dcgan",
+        steps=60,
+        batch_size=32,
+        log_every=10,
+        sample_every=60,
+        checkpoint_every=60,
+        threads=2,
+        data="fashion-mnist",
+        data_dir=str(data_dir),
+    )
+    plain = Trainer(
+        config, tmp_path, data=evaluation.train.subset(4000), progress=False, tensorboard=False
+    )
     plain.fit()
     evaluated = load_run(run_dir)
     for key, value in plain.model.weights().items():
@@ -237,12 +273,20 @@ def test_run_evaluation_repeats_with_the_seed(evaluation, run_dir):
 def test_reconstruction_metrics_improve_with_training(evaluation, tmp_path):
     data = evaluation.train.subset(3000)
     test_images = evaluation.train.images[50_000:51_000]
-    config = gankit.configure("vae", steps=150, batch_size=64, log_every=50,
-                              sample_every=150, checkpoint_every=150, eval_every=150,
-                              eval_samples=500)
+    config = gankit.configure(
+        "vae",
+        steps=150,
+        batch_size=64,
+        log_every=50,
+        sample_every=150,
+        checkpoint_every=150,
+        eval_every=150,
+        eval_samples=500,
+    )
     untrained = gankit.build(config).reconstruction_metrics(test_images)
-    trainer = launch(config, out=tmp_path, data=data, progress=False, tensorboard=False,
-                     evaluation=evaluation)
+    trainer = launch(
+        config, out=tmp_path, data=data, progress=False, tensorboard=False, evaluation=evaluation
+    )
     trainer.fit()
     trained = trainer.model.reconstruction_metrics(test_images)
     assert trained["recon_mse"] < 0.5 * untrained["recon_mse"]
@@ -253,8 +297,7 @@ def test_reconstruction_metrics_improve_with_training(evaluation, tmp_path):
     assert logged[1]["eval/elbo"] > logged[0]["eval/elbo"]
 
 
-def test_cli_eval_compare_and_evaluator_info(evaluation, run_dir, tmp_path, capsys,
-                                             data_dir):
+def test_cli_eval_compare_and_evaluator_info(evaluation, run_dir, tmp_path, capsys, data_dir):
     args = ["--data-dir", str(data_dir), "--n", "300"]
     assert main(["eval", str(run_dir), *args]) == 0
     out = capsys.readouterr().out
@@ -267,15 +310,39 @@ def test_cli_eval_compare_and_evaluator_info(evaluation, run_dir, tmp_path, caps
     api = gankit.evaluate(run_dir, n=300, progress=False)
     assert api["metrics"] == report["metrics"]  # same seed, evaluator and cached features
 
-    assert main(["eval", str(run_dir), *args, "--checkpoint", "best", "--out",
-                 str(tmp_path / "best.json")]) == 0
+    assert (
+        main(
+            [
+                "eval",
+                str(run_dir),
+                *args,
+                "--checkpoint",
+                "best",
+                "--out",
+                str(tmp_path / "best.json"),
+            ]
+        )
+        == 0
+    )
     assert json.loads((tmp_path / "best.json").read_text())["checkpoint"] == "best"
 
     run = load_run(run_dir)
     samples = tmp_path / "s.npz"
     np.savez(samples, images=run.sample(300, seed=0)[:, 0].numpy())
-    assert main(["eval", "--samples", str(samples), "--data", "fashion-mnist",
-                 "--data-dir", str(data_dir)]) == 0
+    assert (
+        main(
+            [
+                "eval",
+                "--samples",
+                str(samples),
+                "--data",
+                "fashion-mnist",
+                "--data-dir",
+                str(data_dir),
+            ]
+        )
+        == 0
+    )
     from_file = json.loads((tmp_path / "s.eval.json").read_text())
     assert from_file["metrics"]["fid"] == pytest.approx(report["metrics"]["fid"])
     capsys.readouterr()
@@ -287,8 +354,9 @@ def test_cli_eval_compare_and_evaluator_info(evaluation, run_dir, tmp_path, caps
     assert len([line for line in table if line.startswith(f"| {run_dir.name} |")]) == 2
     lines = csv.read_text().splitlines()
     header = lines[0].split(",")
-    assert len(lines) == 3 and float(lines[1].split(",")[header.index("fid")]) == \
-        pytest.approx(report["metrics"]["fid"])
+    assert len(lines) == 3 and float(lines[1].split(",")[header.index("fid")]) == pytest.approx(
+        report["metrics"]["fid"]
+    )
 
     assert main(["evaluator", "info", evaluation.evaluator.info["file"]]) == 0
     assert key in capsys.readouterr().out
@@ -324,14 +392,18 @@ def test_inception_fid_without_its_package_or_weights_fails_clearly(evaluation, 
 
 
 def _gan_rows(fakes, g_losses):
-    return [{"step": 50 * (i + 1), "D(G(z))": f, "loss/G": g}
-            for i, (f, g) in enumerate(zip(fakes, g_losses, strict=True))]
+    return [
+        {"step": 50 * (i + 1), "D(G(z))": f, "loss/G": g}
+        for i, (f, g) in enumerate(zip(fakes, g_losses, strict=True))
+    ]
 
 
 def test_alarm_when_d_wins_outright_once_per_episode():
     alarms = Alarms()
-    rows = _gan_rows([0.3, 0.04, 0.03, 0.02, 0.01, 0.01, 0.3, 0.04, 0.03, 0.02, 0.01],
-                     [1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 1.0, 2.0, 3.0, 4.0, 5.0])
+    rows = _gan_rows(
+        [0.3, 0.04, 0.03, 0.02, 0.01, 0.01, 0.3, 0.04, 0.03, 0.02, 0.01],
+        [1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 1.0, 2.0, 3.0, 4.0, 5.0],
+    )
     warned = [r["step"] for r in rows if alarms.on_log(r)]
     assert warned == [250, 550]  # 4 rows of D(G(z)) < 0.05 with G's loss rising, twice
     calm = Alarms()
@@ -341,11 +413,15 @@ def test_alarm_when_d_wins_outright_once_per_episode():
 
 def test_alarm_when_class_coverage_falls():
     alarms = Alarms(num_classes=10)
-    text = [alarms.on_eval({"step": s, "eval/classes_covered": c})
-            for s, c in zip(range(0, 700, 100), [3, 10, 10, 9, 10, 8, 7], strict=True)]
+    text = [
+        alarms.on_eval({"step": s, "eval/classes_covered": c})
+        for s, c in zip(range(0, 700, 100), [3, 10, 10, 9, 10, 8, 7], strict=True)
+    ]
     assert [bool(t) for t in text] == [False, False, False, False, False, True, False]
     assert "8/10 classes, down from 10/10" in text[5][0]
     again = Alarms(num_classes=10)
-    text = [again.on_eval({"step": s, "eval/classes_covered": c})
-            for s, c in zip(range(4), [10, 9, 9, 10], strict=True)]
+    text = [
+        again.on_eval({"step": s, "eval/classes_covered": c})
+        for s, c in zip(range(4), [10, 9, 9, 10], strict=True)
+    ]
     assert [bool(t) for t in text] == [False, False, True, False]  # below its best twice

@@ -39,8 +39,16 @@ from gankit.runs.checkpoint import read_meta
 
 HERE = Path(__file__).parent
 # a recipe that trains in half a second on the small set below
-QUICK = {"version": 1, "layers": ["conv 8 k5 s2 p2", "relu", "flatten", "fc 16", "relu"],
-         "epochs": 2, "min_steps": 0, "batch_size": 32, "max_lr": 3e-3, "seed": 0, "threads": 1}
+QUICK = {
+    "version": 1,
+    "layers": ["conv 8 k5 s2 p2", "relu", "flatten", "fc 16", "relu"],
+    "epochs": 2,
+    "min_steps": 0,
+    "batch_size": 32,
+    "max_lr": 3e-3,
+    "seed": 0,
+    "threads": 1,
+}
 
 
 def small_set() -> tuple[Dataset, Dataset]:
@@ -51,8 +59,10 @@ def small_set() -> tuple[Dataset, Dataset]:
     images[:, :, :, :10] += (labels == 0).view(-1, 1, 1, 1).to(torch.uint8) * 150
     images[:, :, :10, :] += (labels == 1).view(-1, 1, 1, 1).to(torch.uint8) * 150
     classes = ["a", "b", "c"]
-    return (Dataset(images[:240], labels[:240], "small:train", classes),
-            Dataset(images[240:], labels[240:], "small:test", classes))
+    return (
+        Dataset(images[:240], labels[:240], "small:train", classes),
+        Dataset(images[240:], labels[240:], "small:test", classes),
+    )
 
 
 @pytest.fixture
@@ -117,8 +127,10 @@ def test_build_runs_on_the_recipe_thread_count_whatever_others_set(tmp_path):
     _assert_same_weights(quiet, built["net"])
     # the files hold the same weights and description (their bytes differ only in the order
     # safetensors writes the header's metadata keys)
-    a, b = (save_evaluator(n, tmp_path / f"{i}.safetensors") for i, n in
-            enumerate((quiet, built["net"])))
+    a, b = (
+        save_evaluator(n, tmp_path / f"{i}.safetensors")
+        for i, n in enumerate((quiet, built["net"]))
+    )
     assert read_meta(a) == read_meta(b)
     _assert_same_weights(load_evaluator(a), load_evaluator(b))
 
@@ -147,8 +159,12 @@ def test_second_process_waits_for_the_build_and_loads_its_file(cache):
         assert not waited
         leftover = path.with_name(f".{path.name}.0123456789ab.tmp")
         leftover.touch()  # what a killed writer leaves: the next lock holder removes it
-        second = subprocess.Popen([sys.executable, "-c", SECOND], stdout=subprocess.PIPE,
-                                  stderr=subprocess.PIPE, text=True)
+        second = subprocess.Popen(
+            [sys.executable, "-c", SECOND],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         lines: queue.Queue = queue.Queue()
         threading.Thread(target=lambda: [lines.put(x) for x in second.stderr], daemon=True).start()
         first = lines.get(timeout=120)
@@ -186,7 +202,7 @@ def test_damaged_cached_evaluator_is_rebuilt_saying_so(cache, capsys, damage):
     path = Path(first.info["file"])
     data = bytearray(path.read_bytes())
     if damage == "truncated":
-        path.write_bytes(data[:len(data) // 2])
+        path.write_bytes(data[: len(data) // 2])
     else:
         data[-5] ^= 0xFF  # in the last weights
         path.write_bytes(data)
@@ -218,12 +234,14 @@ def _full_disk(monkeypatch) -> None:
         def __exit__(self, *exc):
             self.handle.close()
 
-    monkeypatch.setattr(gankit.files, "open", lambda *a, **k: Full(real_open(*a, **k)),
-                        raising=False)
+    monkeypatch.setattr(
+        gankit.files, "open", lambda *a, **k: Full(real_open(*a, **k)), raising=False
+    )
 
 
 def _raw_oserror(monkeypatch) -> None:
     """The checkpoint writer fails with a bare OSError (ENOSPC)."""
+
     def full(*args, **kwargs):
         raise OSError(errno.ENOSPC, "No space left on device")
 
@@ -231,13 +249,15 @@ def _raw_oserror(monkeypatch) -> None:
 
 
 @pytest.mark.parametrize("inject", [_full_disk, _raw_oserror], ids=["StorageError", "OSError"])
-def test_full_disk_while_caching_the_evaluator_warns_once_and_goes_on(cache, capsys,
-                                                                       monkeypatch, inject):
+def test_full_disk_while_caching_the_evaluator_warns_once_and_goes_on(
+    cache, capsys, monkeypatch, inject
+):
     inject(monkeypatch)
     train, test = small_set()
     path = evaluator_path("small", evaluator_key(train, test, QUICK))
-    nets = [get_evaluator("small", splits=(train, test), recipe=QUICK, progress=False)
-            for _ in range(2)]  # not cached, so built twice; warned once
+    nets = [
+        get_evaluator("small", splits=(train, test), recipe=QUICK, progress=False) for _ in range(2)
+    ]  # not cached, so built twice; warned once
     err = capsys.readouterr().err
     assert err.count("warning") == 1 and err.count("\n") == 1
     assert f"could not write {path}: [Errno 28 ENOSPC]" in err
@@ -249,8 +269,9 @@ def test_full_disk_while_caching_the_evaluator_warns_once_and_goes_on(cache, cap
 
 
 @pytest.mark.parametrize("inject", [_full_disk, _raw_oserror], ids=["StorageError", "OSError"])
-def test_full_disk_while_caching_real_features_warns_and_goes_on(cache, capsys, monkeypatch,
-                                                                inject):
+def test_full_disk_while_caching_real_features_warns_and_goes_on(
+    cache, capsys, monkeypatch, inject
+):
     train, test = small_set()
     net = build_evaluator(train, test, QUICK, progress=False)
     inject(monkeypatch)
@@ -262,8 +283,7 @@ def test_full_disk_while_caching_real_features_warns_and_goes_on(cache, capsys, 
     assert not list(cache.glob("features-*")) and _temporaries(cache) == []
 
 
-def test_reports_and_csv_are_written_whole_and_a_full_disk_names_the_file(tmp_path,
-                                                                          monkeypatch):
+def test_reports_and_csv_are_written_whole_and_a_full_disk_names_the_file(tmp_path, monkeypatch):
     report, rows = tmp_path / "eval.json", [{"run": "a", "fid": 1.5}, {"run": "b", "fid": 2.0}]
     write_report({"fid": float("inf")}, report)
     rows_to_csv(rows, tmp_path / "table.csv")
@@ -271,8 +291,11 @@ def test_reports_and_csv_are_written_whole_and_a_full_disk_names_the_file(tmp_pa
     assert (tmp_path / "table.csv").read_text() == "run,fid\na,1.5\nb,2.0\n"
 
     _full_disk(monkeypatch)
-    with pytest.raises(StorageError, match=rf"could not write {re.escape(str(report))}: "
-                                           r"\[Errno 28 ENOSPC\].*free some disk space"):
+    with pytest.raises(
+        StorageError,
+        match=rf"could not write {re.escape(str(report))}: "
+        r"\[Errno 28 ENOSPC\].*free some disk space",
+    ):
         write_report({"fid": 3.0}, report)
     with pytest.raises(StorageError, match=r"table\.csv: \[Errno 28 ENOSPC\]"):
         rows_to_csv(rows[:1], tmp_path / "table.csv")
@@ -318,8 +341,9 @@ def test_session_evaluation_uses_the_shipped_evaluator(evaluation, capsys):
     assert '"origin": "shipped"' in capsys.readouterr().out
 
 
-def test_shipped_evaluator_with_a_flipped_byte_is_refused(evaluation, data_dir, tmp_path,
-                                                          monkeypatch):
+def test_shipped_evaluator_with_a_flipped_byte_is_refused(
+    evaluation, data_dir, tmp_path, monkeypatch
+):
     key = evaluation.evaluator.info["key"]
     name = ev.SHIPPED[key][0]
     good = shipped_evaluator(key, folder=ev.SHIPPED_DIR)
@@ -328,8 +352,11 @@ def test_shipped_evaluator_with_a_flipped_byte_is_refused(evaluation, data_dir, 
     data = bytearray((tmp_path / name).read_bytes())
     data[len(data) // 2] ^= 0x01
     (tmp_path / name).write_bytes(bytes(data))
-    with pytest.raises(CheckpointError, match=rf"shipped evaluator {tmp_path / name} is "
-                                              "damaged.*reinstall gankit"):
+    with pytest.raises(
+        CheckpointError,
+        match=rf"shipped evaluator {tmp_path / name} is "
+        "damaged.*reinstall gankit",
+    ):
         shipped_evaluator(key, folder=tmp_path)
     monkeypatch.setattr(ev, "SHIPPED_DIR", tmp_path)  # what get_evaluator would meet
     with pytest.raises(CheckpointError, match="reinstall gankit"):

@@ -12,8 +12,9 @@ from gankit.training import Trainer
 
 def test_mlp_forward_and_backward_match_a_hand_count():
     b, sizes = 8, [784, 256, 64, 1]
-    net = nn.Sequential(nn.Linear(784, 256), nn.ReLU(), nn.Linear(256, 64), nn.ReLU(),
-                        nn.Linear(64, 1))
+    net = nn.Sequential(
+        nn.Linear(784, 256), nn.ReLU(), nn.Linear(256, 64), nn.ReLU(), nn.Linear(64, 1)
+    )
     x = torch.randn(b, 784)
     gemms = [2 * b * i * o for i, o in zip(sizes[:-1], sizes[1:], strict=True)]
     assert count_flops(lambda: net(x)) == sum(gemms)
@@ -24,9 +25,12 @@ def test_mlp_forward_and_backward_match_a_hand_count():
 
 def test_conv_net_forward_matches_a_hand_count():
     b = 4
-    net = nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.ReLU(),  # 28×28 out
-                        nn.Conv2d(8, 16, 4, stride=2, padding=1),  # 14×14 out
-                        nn.ConvTranspose2d(16, 4, 4, stride=2, padding=1))  # 28×28 out
+    net = nn.Sequential(
+        nn.Conv2d(1, 8, 3, padding=1),
+        nn.ReLU(),  # 28×28 out
+        nn.Conv2d(8, 16, 4, stride=2, padding=1),  # 14×14 out
+        nn.ConvTranspose2d(16, 4, 4, stride=2, padding=1),
+    )  # 28×28 out
     x = torch.randn(b, 1, 28, 28)
     conv1 = 2 * b * 28 * 28 * 8 * (1 * 3 * 3)
     conv2 = 2 * b * 14 * 14 * 16 * (8 * 4 * 4)
@@ -47,5 +51,8 @@ def test_a_gan_step_counts_n_critic_d_updates_and_one_g_update(tiny_data, tmp_pa
     # (weights, and inputs of all but the first layer).
     total = step_flops(trainer)
     assert trainer.step == 1
-    assert 2 * (g_forward + 4 * d_forward) < total < 2 * (g_forward + 4 * d_forward) + \
-        4 * g_forward + 3 * d_forward
+    assert (
+        2 * (g_forward + 4 * d_forward)
+        < total
+        < 2 * (g_forward + 4 * d_forward) + 4 * g_forward + 3 * d_forward
+    )

@@ -22,16 +22,32 @@ from gankit.runs.checkpoint import latest_checkpoint, list_checkpoints, load_che
 # A small MLP GAN (~2.6 MB checkpoints, a few hundredths of a second per step) with a
 # checkpoint every step: a large share of each step is spent writing one.
 PRESET = "gan-002"
-TINY = ["--data", "fashion-mnist", "--batch-size", "32", "--log-every", "1",
-        "--sample-every", "1000", "--no-progress", "--set", "data_limit=2000"]
+TINY = [
+    "--data",
+    "fashion-mnist",
+    "--batch-size",
+    "32",
+    "--log-every",
+    "1",
+    "--sample-every",
+    "1000",
+    "--no-progress",
+    "--set",
+    "data_limit=2000",
+]
 NEVER_ENDS = "100000"  # --steps of the processes that get killed
 STEP_FILE = re.compile(r"step-\d{8}\.safetensors")
 KILLS = 8  # each costs a Python + torch start-up (~3 s on two busy cores)
 
 
 def _spawn(*argv: str, env: dict) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "gankit", "train", *argv], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        [sys.executable, "-m", "gankit", "train", *argv],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def _newest_step(folder: Path) -> int:
@@ -103,8 +119,17 @@ def test_sigkill_at_random_moments_always_leaves_a_resumable_run(data_dir, tmp_p
     left_temp = []  # per kill: did it leave a new temp checkpoint file (killed mid-write)?
     for kill in range(KILLS):
         if kill == 0:
-            proc = _spawn(PRESET, *TINY, "--steps", NEVER_ENDS, "--checkpoint-every", "1",
-                          "--out", str(run), env=env)
+            proc = _spawn(
+                PRESET,
+                *TINY,
+                "--steps",
+                NEVER_ENDS,
+                "--checkpoint-every",
+                "1",
+                "--out",
+                str(run),
+                env=env,
+            )
         else:  # the resumed process is killed too: crash → resume → crash ...
             proc = _spawn("--resume", str(run), "--steps", NEVER_ENDS, "--no-progress", env=env)
         try:
@@ -124,8 +149,7 @@ def test_sigkill_at_random_moments_always_leaves_a_resumable_run(data_dir, tmp_p
         reached = int(newest.name[5:13])
         assert reached > done_step  # the killed process had trained and checkpointed
         target = reached + 2
-        assert main(["train", "--resume", str(run), "--steps", str(target),
-                     "--no-progress"]) == 0
+        assert main(["train", "--resume", str(run), "--steps", str(target), "--no-progress"]) == 0
         out = capsys.readouterr().out
         assert f"at step {reached} of {target}" in out and f"done: step {target}" in out
         final = folder / f"step-{target:08d}.safetensors"
@@ -141,8 +165,17 @@ def test_sigkill_at_random_moments_always_leaves_a_resumable_run(data_dir, tmp_p
 def test_sigterm_stops_with_a_checkpoint_and_a_resume_hint(data_dir, tmp_path):
     env = os.environ | {"GANKIT_DATA": str(data_dir)}
     run = tmp_path / "run"
-    proc = _spawn(PRESET, *TINY, "--steps", NEVER_ENDS, "--checkpoint-every", "1000",
-                  "--out", str(run), env=env)
+    proc = _spawn(
+        PRESET,
+        *TINY,
+        "--steps",
+        NEVER_ENDS,
+        "--checkpoint-every",
+        "1000",
+        "--out",
+        str(run),
+        env=env,
+    )
     deadline = time.monotonic() + 120
     metrics = run / "metrics.jsonl"
     try:  # rows are logged inside the loop, so its signal handlers are installed by then

@@ -22,8 +22,9 @@ def tool(name: str) -> str:
 
 
 def test_imports_follow_the_layers():
-    done = subprocess.run([tool("lint-imports"), "--no-cache"], cwd=REPO, capture_output=True,
-                          text=True)
+    done = subprocess.run(
+        [tool("lint-imports"), "--no-cache"], cwd=REPO, capture_output=True, text=True
+    )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-2000:]
     assert "1 kept, 0 broken" in done.stdout
 
@@ -35,8 +36,13 @@ def test_an_upward_import_breaks_the_contract(tmp_path):
     shutil.copy(REPO / "pyproject.toml", copy / "pyproject.toml")
     base = copy / "src" / "gankit" / "models" / "base.py"
     base.write_text(base.read_text() + "\nfrom gankit.training import loop  # noqa\n")
-    done = subprocess.run([tool("lint-imports"), "--no-cache"], cwd=copy, capture_output=True,
-                          text=True, env={"PYTHONPATH": str(copy / "src"), "PATH": str(BIN)})
+    done = subprocess.run(
+        [tool("lint-imports"), "--no-cache"],
+        cwd=copy,
+        capture_output=True,
+        text=True,
+        env={"PYTHONPATH": str(copy / "src"), "PATH": str(BIN)},
+    )
     assert done.returncode != 0
     assert "gankit.models is not allowed to import gankit.training" in done.stdout
 

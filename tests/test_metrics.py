@@ -75,8 +75,9 @@ def test_frechet_distance_analytic_covariances():
     assert got == pytest.approx(expected, rel=1e-12)
     # the same covariances in a rotated basis give the same distance
     q, _ = torch.linalg.qr(randn(f, f, 50))
-    rotated = metrics.frechet_distance(zero, q @ torch.diag(a) @ q.T, q @ mu2,
-                                       q @ torch.diag(b) @ q.T)
+    rotated = metrics.frechet_distance(
+        zero, q @ torch.diag(a) @ q.T, q @ mu2, q @ torch.diag(b) @ q.T
+    )
     assert rotated == pytest.approx(expected, abs=1e-6)  # √ of ~1e-16 round-off: ~1e-8 each
 
 
@@ -169,8 +170,12 @@ def sets():
 def test_knn_radii_match_brute_force(sets, k):
     real, _ = sets
     assert_close(metrics.knn_radii(real, k), torch.from_numpy(brute_radii(real, k)))
-    assert_close(metrics.knn_radii(real.float(), k).double(),
-                 torch.from_numpy(brute_radii(real, k)), rtol=1e-5, atol=1e-5)
+    assert_close(
+        metrics.knn_radii(real.float(), k).double(),
+        torch.from_numpy(brute_radii(real, k)),
+        rtol=1e-5,
+        atol=1e-5,
+    )
 
 
 def test_knn_radius_excludes_only_the_point_itself():
@@ -204,10 +209,12 @@ def test_density_coverage_match_brute_force(sets):
 
 def test_cached_real_radii_give_the_same_manifold_metrics(sets):
     real, fake = sets
-    assert metrics.precision_recall(real, fake, 3, real_radii=metrics.knn_radii(real, 3)) == \
-        metrics.precision_recall(real, fake, 3)
-    assert metrics.density_coverage(real, fake, 5, real_radii=metrics.knn_radii(real, 5)) == \
-        metrics.density_coverage(real, fake, 5)
+    assert metrics.precision_recall(
+        real, fake, 3, real_radii=metrics.knn_radii(real, 3)
+    ) == metrics.precision_recall(real, fake, 3)
+    assert metrics.density_coverage(
+        real, fake, 5, real_radii=metrics.knn_radii(real, 5)
+    ) == metrics.density_coverage(real, fake, 5)
 
 
 def test_manifold_metrics_on_identical_and_distant_sets(sets):
@@ -225,17 +232,20 @@ def test_balls_are_closed():
     fake = torch.tensor([[0.0, 2.0], [0.0, 2.0]])  # exactly on the first ball's boundary
     assert metrics.precision_recall(real, fake, k=1)["precision"] == 1.0
     assert metrics.density_coverage(real, fake, k=1) == pytest.approx(
-        {"density": 1.0, "coverage": 1 / 3})
+        {"density": 1.0, "coverage": 1 / 3}
+    )
 
 
 def test_nearest_distances_match_brute_force_and_are_exact_for_copies(sets):
     real, fake = sets
-    assert_close(metrics.nearest_distances(fake, real),
-                 torch.from_numpy(distances(fake, real).min(1)))
+    assert_close(
+        metrics.nearest_distances(fake, real), torch.from_numpy(distances(fake, real).min(1))
+    )
     d = distances(real, real)
     np.fill_diagonal(d, np.inf)
-    assert_close(metrics.nearest_distances(real, real, exclude_self=True),
-                 torch.from_numpy(d.min(1)))
+    assert_close(
+        metrics.nearest_distances(real, real, exclude_self=True), torch.from_numpy(d.min(1))
+    )
     offset = real.float() * 10 + 1000.0  # large norms: the expanded form alone would not give 0
     assert torch.equal(metrics.nearest_distances(offset[:7], offset), torch.zeros(7))
 
@@ -243,8 +253,12 @@ def test_nearest_distances_match_brute_force_and_are_exact_for_copies(sets):
 @pytest.mark.parametrize("entries", [1, 64])
 def test_chunked_distances_give_the_same_answers(monkeypatch, sets, entries):
     real, fake = sets
-    full = (metrics.knn_radii(real, 3), metrics.nearest_distances(fake, real),
-            metrics.precision_recall(real, fake), metrics.density_coverage(real, fake))
+    full = (
+        metrics.knn_radii(real, 3),
+        metrics.nearest_distances(fake, real),
+        metrics.precision_recall(real, fake),
+        metrics.density_coverage(real, fake),
+    )
     calls = []
     blocks = metrics._distance_blocks
 
@@ -281,7 +295,7 @@ def test_classifier_score_matches_numpy_with_splits():
     p = torch.softmax(randn(103, 7, 81) * 2, dim=1).numpy()  # 5 parts of 20; 3 rows dropped
     scores = []
     for k in range(5):
-        part = p[k * 20:(k + 1) * 20]
+        part = p[k * 20 : (k + 1) * 20]
         py = part.mean(0, keepdims=True)
         scores.append(np.exp((part * (np.log(part) - np.log(py))).sum(1).mean()))
     out = metrics.classifier_score(torch.from_numpy(p), splits=5)
@@ -335,16 +349,19 @@ def test_mode_coverage_kl_is_infinite_on_a_class_real_data_lacks():
 
 def test_memorisation_flags_copies():
     train, test = randn(500, 3, 90), randn(300, 3, 91)
-    out = metrics.memorisation(metrics.nearest_distances(train[:200].clone(), train),
-                               metrics.nearest_distances(test, train))
+    out = metrics.memorisation(
+        metrics.nearest_distances(train[:200].clone(), train),
+        metrics.nearest_distances(test, train),
+    )
     assert out["nn_train_median"] == 0.0 and out["nn_ratio"] == 0.0
     assert out["copy_fraction"] == 1.0 and out["nn_test_median"] > 0
 
 
 def test_memorisation_of_fresh_samples_reads_as_no_copying():
     train, test, fake = randn(2000, 2, 92), randn(3000, 2, 93), randn(3000, 2, 94)
-    out = metrics.memorisation(metrics.nearest_distances(fake, train),
-                               metrics.nearest_distances(test, train))
+    out = metrics.memorisation(
+        metrics.nearest_distances(fake, train), metrics.nearest_distances(test, train)
+    )
     # measured: 0.968 and 0.0137; over 20 other seeds 0.971-1.041 and 0.0067-0.0153 (the 99th
     # percentile of 3,000 distances makes 0.01 ± 0.002 by chance alone)
     assert out["nn_ratio"] == pytest.approx(1.0, abs=0.06)
@@ -355,11 +372,15 @@ def test_memorisation_of_fresh_samples_reads_as_no_copying():
 
 def test_every_metric_returns_json_ready_values(sets):
     real, fake = sets
-    results = [metrics.fid(real, fake), metrics.kid(real, fake, subsets=2),
-               metrics.precision_recall(real, fake), metrics.density_coverage(real, fake),
-               metrics.classifier_score(torch.softmax(real, 1)),
-               metrics.mode_coverage(torch.tensor([0, 1, 1]), 2, requested=torch.tensor([0, 1, 0])),
-               metrics.memorisation(torch.rand(5), torch.rand(5) + 0.1)]
+    results = [
+        metrics.fid(real, fake),
+        metrics.kid(real, fake, subsets=2),
+        metrics.precision_recall(real, fake),
+        metrics.density_coverage(real, fake),
+        metrics.classifier_score(torch.softmax(real, 1)),
+        metrics.mode_coverage(torch.tensor([0, 1, 1]), 2, requested=torch.tensor([0, 1, 0])),
+        metrics.memorisation(torch.rand(5), torch.rand(5) + 0.1),
+    ]
     for out in results:
         assert json.loads(json.dumps(out)) == out
         assert all(type(v) in (float, int, list) for v in out.values())
@@ -369,7 +390,7 @@ def test_every_metric_returns_json_ready_values(sets):
 def test_manifold_metrics_in_one_pass_equal_the_separate_functions(dtype, monkeypatch):
     gen = torch.Generator().manual_seed(5)
     real = torch.randn(300, 6, generator=gen, dtype=dtype)
-    fake = (torch.randn(250, 6, generator=gen, dtype=dtype) * 1.3 + 0.4)
+    fake = torch.randn(250, 6, generator=gen, dtype=dtype) * 1.3 + 0.4
     separate = metrics.precision_recall(real, fake, 3) | metrics.density_coverage(real, fake, 5)
     assert 0 < separate["recall"] < 1 and 0 < separate["coverage"] < 1  # cases that can fail
     monkeypatch.setattr(metrics, "CHUNK_ENTRIES", 7 * 300)  # several blocks

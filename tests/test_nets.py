@@ -23,8 +23,10 @@ from gankit.nets import (
 
 
 def test_layer_language_tracks_shapes():
-    body, out = build_body(["conv 32 k5 same", "lrelu 0.2", "maxpool 2", "conv 64 k4 s2 p1",
-                            "bn", "flatten", "fc 10"], (1, 28, 28))
+    body, out = build_body(
+        ["conv 32 k5 same", "lrelu 0.2", "maxpool 2", "conv 64 k4 s2 p1", "bn", "flatten", "fc 10"],
+        (1, 28, 28),
+    )
     assert out == (10,)
     assert body(torch.zeros(3, 1, 28, 28)).shape == (3, 10)
     conv2 = body[3]
@@ -39,14 +41,17 @@ def test_transposed_conv_output_padding_and_valid_padding():
     assert out == (4, 14, 14)
 
 
-@pytest.mark.parametrize("layers, phrase", [
-    (["fc 10"], "needs flat input"),
-    (["flatten", "conv 3 k3"], "needs (C, H, W) input"),
-    (["flatten", "reshape 3 3 3"], "cannot reshape"),
-    (["flatten", "dense 10"], "unknown layer 'dense'"),
-    (["conv 8"], "malformed"),
-    (["conv 8 k9"], "does not fit"),
-])
+@pytest.mark.parametrize(
+    "layers, phrase",
+    [
+        (["fc 10"], "needs flat input"),
+        (["flatten", "conv 3 k3"], "needs (C, H, W) input"),
+        (["flatten", "reshape 3 3 3"], "cannot reshape"),
+        (["flatten", "dense 10"], "unknown layer 'dense'"),
+        (["conv 8"], "malformed"),
+        (["conv 8 k9"], "does not fit"),
+    ],
+)
 def test_bad_layers_are_named(layers, phrase):
     with pytest.raises(ConfigError, match=phrase.replace("(", r"\(").replace(")", r"\)")):
         build_body(layers, (1, 4, 4))

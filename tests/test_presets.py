@@ -32,8 +32,13 @@ EXPECTED = {
     "vae-000": {"encoder": mlp(784, 128, 64, 12, 6), "generator": mlp(3, 12, 64, 128, 784)},
     "gan-000": {"generator": mlp(96, 1024, 1024, 784), "discriminator": mlp(784, 256, 256, 1)},
     "dcgan-000": {
-        "generator": fc(96, 1024) + 1024 + fc(1024, 7 * 7 * 128) + 7 * 7 * 128
-        + conv(128, 64, 4) + 64 + conv(64, 1, 4),  # transposed convs: one bias per output
+        "generator": fc(96, 1024)
+        + 1024
+        + fc(1024, 7 * 7 * 128)
+        + 7 * 7 * 128
+        + conv(128, 64, 4)
+        + 64
+        + conv(64, 1, 4),  # transposed convs: one bias per output
         "discriminator": conv(1, 32, 5) + conv(32, 64, 5) + fc(7 * 7 * 64, 1024) + fc(1024, 1),
     },
     "gan-001": {"generator": mlp(128, 256, 784), "discriminator": mlp(784, 256, 1)},
@@ -43,8 +48,11 @@ EXPECTED = {
     },
     "wgan-001": {"generator": mlp(128, 256, 784), "discriminator": mlp(784, 256, 1)},
     "gan-002": {"generator": mlp(100, 128, 784), "discriminator": mlp(784, 128, 1)},
-    "bigan-004": {"encoder": mlp(784, 128, 64), "generator": mlp(64, 128, 784),
-                  "discriminator": mlp(784 + 64, 128, 1)},
+    "bigan-004": {
+        "encoder": mlp(784, 128, 64),
+        "generator": mlp(64, 128, 784),
+        "discriminator": mlp(784 + 64, 128, 1),
+    },
 }
 
 
@@ -88,8 +96,11 @@ def test_noise_distributions_follow_the_preset():
 
 
 def _snapshot(model):
-    return {(net, k): p.detach().clone() for net, module in model.nets.items()
-            for k, p in module.named_parameters()}
+    return {
+        (net, k): p.detach().clone()
+        for net, module in model.nets.items()
+        for k, p in module.named_parameters()
+    }
 
 
 @pytest.mark.parametrize("name", preset_names())
@@ -113,7 +124,8 @@ def test_each_phase_updates_exactly_its_networks(name, tiny_data, tmp_path):
             changed = not torch.equal(value, after[(net, key)])
             assert changed == (net in phase.nets), (
                 f"{name} phase {phase.name}: {net}.{key} "
-                f"{'changed' if changed else 'did not change'}")
+                f"{'changed' if changed else 'did not change'}"
+            )
 
 
 # ------------------------------------------------------------- what defines each family
@@ -131,8 +143,7 @@ def test_the_wgan_default_clips_its_critic(tiny_data, tmp_path):
     trainer = _trained_one_step("wgan", tiny_data, tmp_path)
     loss = trainer.config.model.loss
     assert loss.gan == "wasserstein" and loss.clip > 0 and loss.gp_weight == 0
-    weights = torch.cat([p.flatten() for p in
-                         trainer.model.nets["discriminator"].parameters()])
+    weights = torch.cat([p.flatten() for p in trainer.model.nets["discriminator"].parameters()])
     assert float(weights.abs().max()) <= loss.clip  # clipped after every critic update
     assert float(weights.abs().max()) == pytest.approx(loss.clip)  # and clipping bites
 

@@ -35,20 +35,23 @@ def npz_data(tmp_path) -> str:
     """256 random labelled 28×28 images as an npz: fast to load in a subprocess."""
     rng = np.random.default_rng(0)
     path = tmp_path / "tiny.npz"
-    np.savez(path, images=rng.integers(0, 256, (256, 28, 28), dtype=np.uint8),
-             labels=np.arange(256) % 10)
+    np.savez(
+        path, images=rng.integers(0, 256, (256, 28, 28), dtype=np.uint8), labels=np.arange(256) % 10
+    )
     return f"npz:{path}"
 
 
 def _start(args: list[str], cwd: Path) -> subprocess.Popen:
     """A `gankit` process (runs pass `--set threads=1`: no load warning on a busy machine)."""
-    return subprocess.Popen([*GANKIT, *args], cwd=cwd, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        [*GANKIT, *args], cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
 
 
 def _gankit(args: list[str], cwd: Path, timeout: float = 120) -> subprocess.CompletedProcess:
-    return subprocess.run([*GANKIT, *args], cwd=cwd, capture_output=True, text=True,
-                          timeout=timeout)
+    return subprocess.run(
+        [*GANKIT, *args], cwd=cwd, capture_output=True, text=True, timeout=timeout
+    )
 
 
 def _wait_for(predicate, proc: subprocess.Popen, timeout: float = 60) -> None:
@@ -66,18 +69,45 @@ def _wait_for(predicate, proc: subprocess.Popen, timeout: float = 60) -> None:
 
 
 def test_a_second_process_is_refused_on_a_live_run_folder_and_the_lock_dies_with_the_holder(
-        tmp_path, npz_data):
+    tmp_path, npz_data
+):
     run = tmp_path / "race"
-    first = _start(["train", "gan-002", "--data", npz_data, "--steps", "1000000", "--out",
-                    str(run), "--checkpoint-every", "20", "--log-every", "10",
-                    "--sample-every", "100000", "--set", "threads=1", "--no-progress"], tmp_path)
+    first = _start(
+        [
+            "train",
+            "gan-002",
+            "--data",
+            npz_data,
+            "--steps",
+            "1000000",
+            "--out",
+            str(run),
+            "--checkpoint-every",
+            "20",
+            "--log-every",
+            "10",
+            "--sample-every",
+            "100000",
+            "--set",
+            "threads=1",
+            "--no-progress",
+        ],
+        tmp_path,
+    )
     try:
         _wait_for(lambda: checkpoint.list_checkpoints(run / "checkpoints"), first)
         config_before = (run / "config.toml").read_text()
         attempts = {
             "new run, same --out": ["train", "dcgan", "--data", npz_data, "--out", str(run)],
-            "with --overwrite": ["train", "dcgan", "--data", npz_data, "--out", str(run),
-                                 "--overwrite"],
+            "with --overwrite": [
+                "train",
+                "dcgan",
+                "--data",
+                npz_data,
+                "--out",
+                str(run),
+                "--overwrite",
+            ],
             "a second resume": ["train", "--resume", str(run)],
         }
         for what, args in attempts.items():
@@ -98,11 +128,14 @@ def test_a_second_process_is_refused_on_a_live_run_folder_and_the_lock_dies_with
     resumed = _gankit(["train", "--resume", str(run), "--steps", "0"], tmp_path)
     assert resumed.returncode == 2 and "--steps" in resumed.stderr  # a length of 0 is refused
     newest = checkpoint.read_meta(checkpoint.latest_checkpoint(run / "checkpoints"))["step"]
-    resumed = _gankit(["train", "--resume", str(run), "--steps", str(newest + 10),
-                       "--no-progress"], tmp_path)
+    resumed = _gankit(
+        ["train", "--resume", str(run), "--steps", str(newest + 10), "--no-progress"], tmp_path
+    )
     assert resumed.returncode == 0, resumed.stderr
-    assert checkpoint.read_meta(checkpoint.latest_checkpoint(run / "checkpoints"))["step"] \
+    assert (
+        checkpoint.read_meta(checkpoint.latest_checkpoint(run / "checkpoints"))["step"]
         == newest + 10
+    )
 
 
 def test_folder_lock_names_its_holder_and_frees_on_release(tmp_path):
@@ -124,8 +157,9 @@ def test_trainer_holds_the_run_folder_while_it_trains(tiny_data, tmp_path):
             runs.lock_run(tmp_path)
         seen.append(row["step"])
 
-    trainer = Trainer(config, tmp_path, data=tiny_data, callbacks=[try_second],
-                      progress=False, tensorboard=False)
+    trainer = Trainer(
+        config, tmp_path, data=tiny_data, callbacks=[try_second], progress=False, tensorboard=False
+    )
     trainer.fit()
     assert seen == [2, 4]
     runs.lock_run(tmp_path).release()  # released when the run ended
@@ -133,8 +167,17 @@ def test_trainer_holds_the_run_folder_while_it_trains(tiny_data, tmp_path):
 
 def test_a_refused_run_leaves_no_folder_behind(tmp_path, capsys):
     out = tmp_path / "refused"
-    code = cli.main(["train", "gan-002", "--data", f"npz:{tmp_path / 'missing.npz'}",
-                     "--out", str(out), "--no-progress"])
+    code = cli.main(
+        [
+            "train",
+            "gan-002",
+            "--data",
+            f"npz:{tmp_path / 'missing.npz'}",
+            "--out",
+            str(out),
+            "--no-progress",
+        ]
+    )
     assert code == 2 and "missing.npz" in capsys.readouterr().err
     assert not out.exists()
     with pytest.raises(CheckpointError, match="is not a run folder"):
@@ -216,12 +259,15 @@ class Faults:
 
 @pytest.mark.parametrize("site", ["grid", "metrics", "tensorboard", "checkpoint"])
 def test_a_full_disk_at_any_write_stops_the_run_cleanly_and_resume_continues(
-        site, tiny_data, tmp_path, monkeypatch):
-    config = gankit.configure("gan-002", steps=60, batch_size=32, log_every=5,
-                              checkpoint_every=10, sample_every=10)
+    site, tiny_data, tmp_path, monkeypatch
+):
+    config = gankit.configure(
+        "gan-002", steps=60, batch_size=32, log_every=5, checkpoint_every=10, sample_every=10
+    )
     faults = Faults(monkeypatch, site, after=20)
-    trainer = faults.trainer = Trainer(config, tmp_path, data=tiny_data, progress=False,
-                                       tensorboard=site == "tensorboard")
+    trainer = faults.trainer = Trainer(
+        config, tmp_path, data=tiny_data, progress=False, tensorboard=site == "tensorboard"
+    )
     with pytest.raises(StorageError) as stop:
         trainer.fit()
     message = str(stop.value)
@@ -238,8 +284,7 @@ def test_a_full_disk_at_any_write_stops_the_run_cleanly_and_resume_continues(
     assert not [p for p in tmp_path.rglob(".*.tmp")], "a temporary file was left behind"
     monkeypatch.undo()  # space is free again
 
-    resumed = launch(tmp_path, data=tiny_data, progress=False,
-                     tensorboard=site == "tensorboard")
+    resumed = launch(tmp_path, data=tiny_data, progress=False, tensorboard=site == "tensorboard")
     assert resumed.step == step
     assert resumed.fit().step == 60
     steps = [row["step"] for row in read_metrics(tmp_path) if "loss/D" in row]
@@ -254,8 +299,19 @@ def test_a_full_disk_is_one_line_from_the_command_line(tmp_path, npz_data, monke
 
     monkeypatch.setattr(Image.Image, "save", full)
     out = tmp_path / "run"
-    code = cli.main(["train", "gan-002", "--data", npz_data, "--steps", "20", "--out", str(out),
-                     "--no-progress"])
+    code = cli.main(
+        [
+            "train",
+            "gan-002",
+            "--data",
+            npz_data,
+            "--steps",
+            "20",
+            "--out",
+            str(out),
+            "--no-progress",
+        ]
+    )
     err = capsys.readouterr().err
     assert code == 2
     assert err.count("\n") == 1 and err.startswith("gankit: error: could not write ")
@@ -265,13 +321,20 @@ def test_a_full_disk_is_one_line_from_the_command_line(tmp_path, npz_data, monke
 def _mount_tmpfs(path: Path, size: str) -> None:
     path.mkdir()
     if sys.platform != "linux" or os.geteuid() != 0 or not shutil.which("mount"):
-        pytest.skip("mounting a small tmpfs needs Linux and root; the injected-ENOSPC tests "
-                    "cover the same write sites")
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)],
-                          capture_output=True, text=True)
+        pytest.skip(
+            "mounting a small tmpfs needs Linux and root; the injected-ENOSPC tests "
+            "cover the same write sites"
+        )
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)],
+        capture_output=True,
+        text=True,
+    )
     if done.returncode:
-        pytest.skip(f"this machine refuses to mount a tmpfs ({done.stderr.strip()}); the "
-                    "injected-ENOSPC tests cover the same write sites")
+        pytest.skip(
+            f"this machine refuses to mount a tmpfs ({done.stderr.strip()}); the "
+            "injected-ENOSPC tests cover the same write sites"
+        )
 
 
 def test_a_really_full_file_system_under_a_live_run(tmp_path, npz_data):
@@ -279,9 +342,28 @@ def test_a_really_full_file_system_under_a_live_run(tmp_path, npz_data):
     _mount_tmpfs(disk, "40m")
     try:
         run = disk / "run"
-        proc = _start(["train", "gan-002", "--data", npz_data, "--steps", "1000000", "--out",
-                       str(run), "--checkpoint-every", "50", "--sample-every", "25",
-                       "--log-every", "5", "--set", "threads=1", "--no-progress"], tmp_path)
+        proc = _start(
+            [
+                "train",
+                "gan-002",
+                "--data",
+                npz_data,
+                "--steps",
+                "1000000",
+                "--out",
+                str(run),
+                "--checkpoint-every",
+                "50",
+                "--sample-every",
+                "25",
+                "--log-every",
+                "5",
+                "--set",
+                "threads=1",
+                "--no-progress",
+            ],
+            tmp_path,
+        )
         _wait_for(lambda: checkpoint.list_checkpoints(run / "checkpoints"), proc)
         filler = disk / "filler"
         with open(filler, "wb") as f:  # take every byte left
@@ -299,8 +381,9 @@ def test_a_really_full_file_system_under_a_live_run(tmp_path, npz_data):
         assert newest is not None and str(newest) in err
         filler.unlink()  # space again
         step = checkpoint.read_meta(newest)["step"]
-        done = _gankit(["train", "--resume", str(run), "--steps", str(step + 30),
-                        "--no-progress"], tmp_path)
+        done = _gankit(
+            ["train", "--resume", str(run), "--steps", str(step + 30), "--no-progress"], tmp_path
+        )
         assert done.returncode == 0, done.stderr
         steps = [row["step"] for row in read_metrics(run) if "loss/D" in row]
         assert steps == sorted(set(steps)) and steps[-1] == step + 30
@@ -309,8 +392,7 @@ def test_a_really_full_file_system_under_a_live_run(tmp_path, npz_data):
 
 
 def test_a_second_ctrl_c_names_the_last_checkpoint_and_the_resume_command(tiny_data, tmp_path):
-    config = gankit.configure("gan-002", steps=50, batch_size=32, log_every=5,
-                              checkpoint_every=10)
+    config = gankit.configure("gan-002", steps=50, batch_size=32, log_every=5, checkpoint_every=10)
 
     def interrupt(row):
         if row["step"] == 15:
@@ -319,23 +401,37 @@ def test_a_second_ctrl_c_names_the_last_checkpoint_and_the_resume_command(tiny_d
 
     previous = signal.signal(signal.SIGINT, signal.default_int_handler)  # as in a terminal
     try:
-        trainer = Trainer(config, tmp_path, data=tiny_data, callbacks=[interrupt],
-                          progress=False, tensorboard=False)
+        trainer = Trainer(
+            config,
+            tmp_path,
+            data=tiny_data,
+            callbacks=[interrupt],
+            progress=False,
+            tensorboard=False,
+        )
         with pytest.raises(KeyboardInterrupt) as stop:
             trainer.fit()
     finally:
         signal.signal(signal.SIGINT, previous)
     newest = tmp_path / "checkpoints" / "step-00000010.safetensors"
-    assert str(stop.value) == (f"stopped at once at step 15; the last good checkpoint is "
-                               f"{newest}; resume with: gankit train --resume {tmp_path}")
+    assert str(stop.value) == (
+        f"stopped at once at step 15; the last good checkpoint is "
+        f"{newest}; resume with: gankit train --resume {tmp_path}"
+    )
 
 
 def test_a_signal_ignored_before_the_run_stays_ignored(tiny_data, tmp_path):
     config = gankit.configure("gan-002", steps=4, batch_size=32, log_every=2)
     previous = signal.signal(signal.SIGINT, signal.SIG_IGN)  # as under nohup or `&`
     try:
-        trainer = Trainer(config, tmp_path, data=tiny_data, progress=False, tensorboard=False,
-                          callbacks=[lambda row: os.kill(os.getpid(), signal.SIGINT)])
+        trainer = Trainer(
+            config,
+            tmp_path,
+            data=tiny_data,
+            progress=False,
+            tensorboard=False,
+            callbacks=[lambda row: os.kill(os.getpid(), signal.SIGINT)],
+        )
         assert not trainer.fit().interrupted
         assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
     finally:

@@ -32,9 +32,26 @@ def trained(tmp_path_factory) -> Path:
     data = folder / "tiny.npz"
     np.savez(data, images=rng.integers(0, 256, (256, 28, 28), dtype=np.uint8))
     out = folder / "run"
-    assert run("train", "gan-002", "--data", f"npz:{data}", "--steps", 20, "--batch-size", 32,
-               "--checkpoint-every", 20, "--sample-every", 20, "--out", out,
-               "--no-progress") == 0
+    assert (
+        run(
+            "train",
+            "gan-002",
+            "--data",
+            f"npz:{data}",
+            "--steps",
+            20,
+            "--batch-size",
+            32,
+            "--checkpoint-every",
+            20,
+            "--sample-every",
+            20,
+            "--out",
+            out,
+            "--no-progress",
+        )
+        == 0
+    )
     return out
 
 
@@ -47,7 +64,10 @@ def _kill_while_writing(run_dir: Path, out: str, final: Path, delay: float) -> b
     final name appears), SIGKILL it `delay` seconds later. False if it finished first."""
     process = subprocess.Popen(
         [sys.executable, "-m", "gankit", "sample", str(run_dir), "--n", str(N), "--out", out],
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=os.environ.copy())
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        env=os.environ.copy(),
+    )
     try:
         deadline = time.monotonic() + 120
         while not (final.exists() or _temporaries(final)) and process.poll() is None:
@@ -120,15 +140,20 @@ def _run_without_model(monkeypatch, *argv: object) -> int:
     import gankit.runs
 
     with monkeypatch.context() as patch:
-        patch.setattr(gankit.runs, "load_run",
-                      lambda *a, **k: pytest.fail("the model was loaded before refusing"))
+        patch.setattr(
+            gankit.runs,
+            "load_run",
+            lambda *a, **k: pytest.fail("the model was loaded before refusing"),
+        )
         return run(*argv)
 
 
 def _one_line_refusal(capsys, path: Path, option: str = "--out") -> None:
     err = capsys.readouterr().err
-    assert err == (f"gankit: error: {option} {path} already exists: pass --overwrite to "
-                   "replace it, or choose another path\n")
+    assert err == (
+        f"gankit: error: {option} {path} already exists: pass --overwrite to "
+        "replace it, or choose another path\n"
+    )
 
 
 def test_an_existing_npz_is_refused_without_overwrite(trained, tmp_path, capsys, monkeypatch):
@@ -144,8 +169,7 @@ def test_an_existing_npz_is_refused_without_overwrite(trained, tmp_path, capsys,
         assert f["images"].shape == (7, 28, 28)
 
 
-def test_a_non_empty_folder_is_refused_without_overwrite(trained, tmp_path, capsys,
-                                                          monkeypatch):
+def test_a_non_empty_folder_is_refused_without_overwrite(trained, tmp_path, capsys, monkeypatch):
     folder = tmp_path / "pngs"
     folder.mkdir()  # an empty folder is fine
     assert run("sample", trained, "--n", 3, "--out", f"{folder}/") == 0
@@ -154,7 +178,11 @@ def test_a_non_empty_folder_is_refused_without_overwrite(trained, tmp_path, caps
     assert _run_without_model(monkeypatch, "sample", trained, "--n", 2, "--out", folder) == 2
     _one_line_refusal(capsys, folder)
     assert sorted(p.name for p in folder.iterdir()) == [
-        "000000.png", "000001.png", "000002.png", "mine.txt"]
+        "000000.png",
+        "000001.png",
+        "000002.png",
+        "mine.txt",
+    ]
     assert run("sample", trained, "--n", 2, "--out", f"{folder}/", "--overwrite") == 0
     assert sorted(p.name for p in folder.iterdir()) == ["000000.png", "000001.png"]  # whole
     assert not _temporaries(folder)
@@ -166,8 +194,12 @@ def test_an_existing_grid_is_refused_without_overwrite(trained, tmp_path, capsys
     with Image.open(grid) as image:
         small = image.size
     capsys.readouterr()
-    assert _run_without_model(monkeypatch, "sample", trained, "--n", 64,
-                              "--out", tmp_path / "new.npz", "--grid", grid) == 2
+    assert (
+        _run_without_model(
+            monkeypatch, "sample", trained, "--n", 64, "--out", tmp_path / "new.npz", "--grid", grid
+        )
+        == 2
+    )
     _one_line_refusal(capsys, grid, "--grid")
     assert not (tmp_path / "new.npz").exists()  # nothing written when one output is refused
     assert run("sample", trained, "--n", 64, "--grid", grid, "--overwrite") == 0
@@ -204,13 +236,15 @@ class _FillingDisk:
 
 
 @pytest.mark.parametrize("out", ["s.npz", "pngs/"])
-def test_a_full_disk_while_exporting_is_one_line_and_leaves_nothing(trained, tmp_path, capsys,
-                                                                    monkeypatch, out):
+def test_a_full_disk_while_exporting_is_one_line_and_leaves_nothing(
+    trained, tmp_path, capsys, monkeypatch, out
+):
     from gankit import files
 
     budget = {"left": 100_000}  # the disk fills 100 kB into the export
-    monkeypatch.setattr(files, "open", lambda *a, **k: _FillingDisk(open(*a, **k), budget),
-                        raising=False)
+    monkeypatch.setattr(
+        files, "open", lambda *a, **k: _FillingDisk(open(*a, **k), budget), raising=False
+    )
     final = tmp_path / out.rstrip("/")
     assert run("sample", trained, "--n", 2000, "--out", f"{tmp_path}/{out}") == 2
     err = capsys.readouterr().err

@@ -22,8 +22,10 @@ from gankit.tools.sweep import sweep_report
 
 def server_binaries() -> Path | None:
     """The newest PostgreSQL server's bin folder (initdb, pg_ctl), or None."""
-    found = sorted(glob.glob("/usr/lib/postgresql/*/bin/pg_ctl"),
-                   key=lambda p: int(Path(p).parts[-3]) if Path(p).parts[-3].isdigit() else 0)
+    found = sorted(
+        glob.glob("/usr/lib/postgresql/*/bin/pg_ctl"),
+        key=lambda p: int(Path(p).parts[-3]) if Path(p).parts[-3].isdigit() else 0,
+    )
     path = found[-1] if found else shutil.which("pg_ctl")
     return Path(path).parent if path and (Path(path).parent / "initdb").exists() else None
 
@@ -35,16 +37,20 @@ def server_user() -> list[str]:
         return []
     runuser = shutil.which("runuser")
     if runuser is None:
-        pytest.skip("running as root without runuser: PostgreSQL refuses to run as root and "
-                    "there is no way here to start it as another user")
+        pytest.skip(
+            "running as root without runuser: PostgreSQL refuses to run as root and "
+            "there is no way here to start it as another user"
+        )
     for name in ("postgres", "nobody"):
         try:
             pwd.getpwnam(name)
         except KeyError:
             continue
         return [runuser, "-u", name, "--"]
-    pytest.skip("running as root with neither a 'postgres' nor a 'nobody' user to start "
-                "PostgreSQL as (it refuses to run as root)")
+    pytest.skip(
+        "running as root with neither a 'postgres' nor a 'nobody' user to start "
+        "PostgreSQL as (it refuses to run as root)"
+    )
 
 
 def free_port() -> int:
@@ -58,8 +64,10 @@ def postgres() -> Iterator[str]:
     """The URL of a new database on a private PostgreSQL server, stopped afterwards."""
     bindir = server_binaries()
     if bindir is None:
-        pytest.skip("no PostgreSQL server binaries (initdb, pg_ctl) in /usr/lib/postgresql/*/bin "
-                    "or on PATH: install them with `apt-get install postgresql` (.ci/run does)")
+        pytest.skip(
+            "no PostgreSQL server binaries (initdb, pg_ctl) in /usr/lib/postgresql/*/bin "
+            "or on PATH: install them with `apt-get install postgresql` (.ci/run does)"
+        )
     as_user = server_user()
     folder = Path(tempfile.mkdtemp(prefix="gankit-pg-"))  # in /tmp: the server's user can reach
     if as_user:
@@ -67,22 +75,45 @@ def postgres() -> Iterator[str]:
     data, log, port = folder / "data", folder / "server.log", free_port()
 
     def run(*argv: str, check: bool = True) -> subprocess.CompletedProcess:
-        return subprocess.run([*as_user, *argv], capture_output=True, text=True, check=check,
-                              timeout=60)
+        return subprocess.run(
+            [*as_user, *argv], capture_output=True, text=True, check=check, timeout=60
+        )
 
     try:
-        init = run(str(bindir / "initdb"), "-D", str(data), "-A", "trust", "-U", "gankit",
-                   "--no-sync", check=False)
+        init = run(
+            str(bindir / "initdb"),
+            "-D",
+            str(data),
+            "-A",
+            "trust",
+            "-U",
+            "gankit",
+            "--no-sync",
+            check=False,
+        )
         if init.returncode:
             pytest.skip(f"initdb failed, so no PostgreSQL server here: {init.stderr[-500:]}")
-        start = run(str(bindir / "pg_ctl"), "-D", str(data), "-l", str(log), "-w", "-o",
-                    f"-p {port} -k {folder} -c listen_addresses=127.0.0.1 -c fsync=off",
-                    "start", check=False)
+        start = run(
+            str(bindir / "pg_ctl"),
+            "-D",
+            str(data),
+            "-l",
+            str(log),
+            "-w",
+            "-o",
+            f"-p {port} -k {folder} -c listen_addresses=127.0.0.1 -c fsync=off",
+            "start",
+            check=False,
+        )
         if start.returncode:
             text = log.read_text()[-500:] if log.exists() else start.stderr[-500:]
             pytest.skip(f"the PostgreSQL server did not start: {text}")
-        subprocess.run([str(bindir / "createdb"), "-h", "127.0.0.1", "-p", str(port), "-U",
-                        "gankit", "sweep"], check=True, capture_output=True, timeout=60)
+        subprocess.run(
+            [str(bindir / "createdb"), "-h", "127.0.0.1", "-p", str(port), "-U", "gankit", "sweep"],
+            check=True,
+            capture_output=True,
+            timeout=60,
+        )
         yield f"postgresql+psycopg2://gankit@127.0.0.1:{port}/sweep"
     finally:
         if (data / "postmaster.pid").exists():
@@ -91,8 +122,20 @@ def postgres() -> Iterator[str]:
 
 
 def test_two_workers_share_a_postgresql_study(postgres, evaluation, data_dir, tmp_path):
-    argv = ["--param", "lr=loguniform:1e-4:1e-3", "--trials", "2", "--storage", postgres,
-            "--study", "pg", "--pruner", "none", "--heartbeat", "5"]
+    argv = [
+        "--param",
+        "lr=loguniform:1e-4:1e-3",
+        "--trials",
+        "2",
+        "--storage",
+        postgres,
+        "--study",
+        "pg",
+        "--pruner",
+        "none",
+        "--heartbeat",
+        "5",
+    ]
     workers = [spawn_worker(tmp_path, data_dir, *argv) for _ in range(2)]
     logs = [finish(w) for w in workers]
 
@@ -103,5 +146,6 @@ def test_two_workers_share_a_postgresql_study(postgres, evaluation, data_dir, tm
         check_run_folder(trial)
     report = sweep_report(postgres, "pg", tmp_path / "plot.png")
     assert sorted(c["fid"] for c in report.configs) == pytest.approx(
-        sorted(t.value for t in trials))
+        sorted(t.value for t in trials)
+    )
     assert (tmp_path / "plot.png").read_bytes()[:4] == b"\x89PNG"

@@ -21,8 +21,16 @@ from gankit.training import Batches, Trainer, TrainingDiverged
 
 # A few hundred updates of each family on real Fashion-MNIST: enough to move far from the
 # untrained grid, small enough for two CPU cores.
-FAMILY_RUNS = {"ae": 60, "vae": 60, "gan": 80, "dcgan": 40, "wgan": 15, "wgan-gp": 10,
-               "cgan": 40, "bigan": 30}
+FAMILY_RUNS = {
+    "ae": 60,
+    "vae": 60,
+    "gan": 80,
+    "dcgan": 40,
+    "wgan": 15,
+    "wgan-gp": 10,
+    "cgan": 40,
+    "bigan": 30,
+}
 
 
 def _grid(run_dir, step):
@@ -33,10 +41,12 @@ def _grid(run_dir, step):
 @pytest.mark.parametrize("name", list(FAMILY_RUNS))
 def test_each_family_trains_on_real_data(name, fashion, tmp_path):
     steps = FAMILY_RUNS[name]
-    config = gankit.configure(name, steps=steps, batch_size=32, log_every=5,
-                              sample_every=steps, checkpoint_every=steps)
-    trainer = Trainer(config, tmp_path, data=fashion.subset(5000), progress=False,
-                      tensorboard=False)
+    config = gankit.configure(
+        name, steps=steps, batch_size=32, log_every=5, sample_every=steps, checkpoint_every=steps
+    )
+    trainer = Trainer(
+        config, tmp_path, data=fashion.subset(5000), progress=False, tensorboard=False
+    )
     result = trainer.fit()
     assert result.step == steps and not result.interrupted
     rows = read_metrics(tmp_path)
@@ -76,8 +86,7 @@ def test_processes_share_each_global_batch_disjointly_in_the_same_order(sampler)
     images = torch.arange(40, dtype=torch.uint8).view(40, 1, 1, 1)
     labels = torch.arange(40) % 10
     single = Batches(images, labels, 8, seed=3, sampler=sampler)
-    ranks = [Batches(images, labels, 8, seed=3, sampler=sampler, rank=r, world=4)
-             for r in range(4)]
+    ranks = [Batches(images, labels, 8, seed=3, sampler=sampler, rank=r, world=4) for r in range(4)]
     for _ in range(12):  # past an epoch boundary
         x, y = single.next()
         parts = [b.next() for b in ranks]
@@ -98,15 +107,28 @@ STABLE = ("images_per_s", "elapsed_s")  # wall-clock fields differ between runs
 @pytest.mark.parametrize("name", ["wgan-001", "vae-000", "bigan-004", "dcgan"])
 def test_resume_is_bit_exact(name, data_dir, tmp_path):
     """2N steps straight == N steps, stop, resume to 2N: same weights, same metrics rows."""
-    settings = dict(steps=12, batch_size=16, log_every=2, sample_every=6, checkpoint_every=6,
-                    threads=2,  # a fixed count: the same float rounding in both runs
-                    data="fashion-mnist", data_dir=str(data_dir), data_limit=500)
-    straight = Trainer(gankit.configure(name, **settings), tmp_path / "a", progress=False,
-                       tensorboard=False)
+    settings = dict(
+        steps=12,
+        batch_size=16,
+        log_every=2,
+        sample_every=6,
+        checkpoint_every=6,
+        threads=2,  # a fixed count: the same float rounding in both runs
+        data="fashion-mnist",
+        data_dir=str(data_dir),
+        data_limit=500,
+    )
+    straight = Trainer(
+        gankit.configure(name, **settings), tmp_path / "a", progress=False, tensorboard=False
+    )
     straight.fit()
 
-    half = Trainer(gankit.configure(name, **settings | {"steps": 6}), tmp_path / "b",
-                   progress=False, tensorboard=False)
+    half = Trainer(
+        gankit.configure(name, **settings | {"steps": 6}),
+        tmp_path / "b",
+        progress=False,
+        tensorboard=False,
+    )
     half.fit()
     resumed = launch(tmp_path / "b", changes={"steps": 12}, progress=False, tensorboard=False)
     assert resumed.step == 6
@@ -122,18 +144,24 @@ def test_resume_is_bit_exact(name, data_dir, tmp_path):
 
 
 @pytest.mark.parametrize("presses", [1, 2])
-def test_ctrl_c_finishes_the_step_with_a_checkpoint_and_twice_stops_at_once(presses, fashion,
-                                                                           tmp_path):
-    config = gankit.configure("gan-002", steps=50, batch_size=32, log_every=5,
-                              checkpoint_every=10)
+def test_ctrl_c_finishes_the_step_with_a_checkpoint_and_twice_stops_at_once(
+    presses, fashion, tmp_path
+):
+    config = gankit.configure("gan-002", steps=50, batch_size=32, log_every=5, checkpoint_every=10)
 
     def interrupt(row):
         if row["step"] == 15:
             for _ in range(presses):
                 os.kill(os.getpid(), signal.SIGINT)
 
-    trainer = Trainer(config, tmp_path, data=fashion.subset(2000), callbacks=[interrupt],
-                      progress=False, tensorboard=False)
+    trainer = Trainer(
+        config,
+        tmp_path,
+        data=fashion.subset(2000),
+        callbacks=[interrupt],
+        progress=False,
+        tensorboard=False,
+    )
     # as in a terminal: a background job (nohup, `&`) starts with SIGINT ignored, and a run
     # leaves an ignored signal ignored
     previous = signal.signal(signal.SIGINT, signal.default_int_handler)
@@ -151,8 +179,9 @@ def test_ctrl_c_finishes_the_step_with_a_checkpoint_and_twice_stops_at_once(pres
     newest = sorted(p.name for p in (tmp_path / "checkpoints").iterdir())[-1]
     step = 15 if presses == 1 else 10  # twice: no new checkpoint, the last one intact
     assert newest == f"step-{step:08d}.safetensors"
-    assert launch(tmp_path, progress=False, tensorboard=False,
-                  data=fashion.subset(2000)).step == step
+    assert (
+        launch(tmp_path, progress=False, tensorboard=False, data=fashion.subset(2000)).step == step
+    )
 
 
 def _poisoner(at_step: int, net: str, times: int = 1):
@@ -171,14 +200,22 @@ def _poisoner(at_step: int, net: str, times: int = 1):
 
 
 def test_non_finite_loss_stops_the_run_naming_step_network_and_checkpoint(fashion, tmp_path):
-    config = gankit.configure("gan-002", steps=40, batch_size=32, log_every=5,
-                              checkpoint_every=10)
+    config = gankit.configure("gan-002", steps=40, batch_size=32, log_every=5, checkpoint_every=10)
     poison, state = _poisoner(15, "discriminator")
-    trainer = state["trainer"] = Trainer(config, tmp_path, data=fashion.subset(2000),
-                                         callbacks=[poison], progress=False, tensorboard=False)
+    trainer = state["trainer"] = Trainer(
+        config,
+        tmp_path,
+        data=fashion.subset(2000),
+        callbacks=[poison],
+        progress=False,
+        tensorboard=False,
+    )
     good = tmp_path / "checkpoints" / "step-00000010.safetensors"
-    with pytest.raises(TrainingDiverged, match=r"step 20: .*non-finite.*weights of .*"
-                       r"discriminator.*step-00000010.*untouched"):
+    with pytest.raises(
+        TrainingDiverged,
+        match=r"step 20: .*non-finite.*weights of .*"
+        r"discriminator.*step-00000010.*untouched",
+    ):
         trainer.fit()
     names = sorted(p.name for p in (tmp_path / "checkpoints").iterdir())
     assert names == ["step-00000010.safetensors"]  # the last good one, untouched
@@ -188,25 +225,48 @@ def test_non_finite_loss_stops_the_run_naming_step_network_and_checkpoint(fashio
 def test_non_finite_weights_stop_the_run_before_a_checkpoint_is_written(fashion, tmp_path):
     """The EMA copy takes no part in any loss: only the weight check can see it go bad, and
     it must do so before the checkpoint due at the same step."""
-    config = gankit.configure("dcgan", steps=30, batch_size=32, log_every=10,
-                              checkpoint_every=5, sample_every=100)
+    config = gankit.configure(
+        "dcgan", steps=30, batch_size=32, log_every=10, checkpoint_every=5, sample_every=100
+    )
     poison, state = _poisoner(10, "ema")
-    trainer = state["trainer"] = Trainer(config, tmp_path, data=fashion.subset(2000),
-                                         callbacks=[poison], progress=False, tensorboard=False)
+    trainer = state["trainer"] = Trainer(
+        config,
+        tmp_path,
+        data=fashion.subset(2000),
+        callbacks=[poison],
+        progress=False,
+        tensorboard=False,
+    )
     with pytest.raises(TrainingDiverged, match=r"step 10: the weights of ema hold NaN"):
         trainer.fit()
     names = sorted(p.name for p in (tmp_path / "checkpoints").iterdir())
     assert names == ["step-00000005.safetensors"]
-    assert all(math.isfinite(v) for r in read_metrics(tmp_path) for k, v in r.items()
-               if k.startswith("loss/"))
+    assert all(
+        math.isfinite(v)
+        for r in read_metrics(tmp_path)
+        for k, v in r.items()
+        if k.startswith("loss/")
+    )
 
 
 def test_rollback_reloads_the_last_good_checkpoint_and_lowers_learning_rates(fashion, tmp_path):
-    config = gankit.configure("gan-002", steps=40, batch_size=32, log_every=5,
-                              checkpoint_every=10, on_divergence="rollback")
+    config = gankit.configure(
+        "gan-002",
+        steps=40,
+        batch_size=32,
+        log_every=5,
+        checkpoint_every=10,
+        on_divergence="rollback",
+    )
     poison, state = _poisoner(15, "discriminator")
-    trainer = state["trainer"] = Trainer(config, tmp_path, data=fashion.subset(2000),
-                                         callbacks=[poison], progress=False, tensorboard=False)
+    trainer = state["trainer"] = Trainer(
+        config,
+        tmp_path,
+        data=fashion.subset(2000),
+        callbacks=[poison],
+        progress=False,
+        tensorboard=False,
+    )
     result = trainer.fit()
     assert result.step == 40
     trainer.check_weights()  # finite again: raises TrainingDiverged otherwise
@@ -222,11 +282,24 @@ def test_rollback_reloads_the_last_good_checkpoint_and_lowers_learning_rates(fas
 
 
 def test_rollbacks_are_bounded(fashion, tmp_path):
-    config = gankit.configure("gan-002", steps=40, batch_size=32, log_every=5,
-                              checkpoint_every=10, on_divergence="rollback", max_rollbacks=2)
+    config = gankit.configure(
+        "gan-002",
+        steps=40,
+        batch_size=32,
+        log_every=5,
+        checkpoint_every=10,
+        on_divergence="rollback",
+        max_rollbacks=2,
+    )
     poison, state = _poisoner(15, "discriminator", times=10)
-    trainer = state["trainer"] = Trainer(config, tmp_path, data=fashion.subset(2000),
-                                         callbacks=[poison], progress=False, tensorboard=False)
+    trainer = state["trainer"] = Trainer(
+        config,
+        tmp_path,
+        data=fashion.subset(2000),
+        callbacks=[poison],
+        progress=False,
+        tensorboard=False,
+    )
     with pytest.raises(TrainingDiverged, match="step 20"):
         trainer.fit()
     assert [r["lr_scale"] for r in read_metrics(tmp_path) if "rollback" in r] == [0.5, 0.25]
@@ -234,8 +307,9 @@ def test_rollbacks_are_bounded(fashion, tmp_path):
 
 def test_length_from_epochs_counts_real_batches_per_step(fashion, tmp_path):
     config = gankit.configure("wgan-001", steps=0, epochs=1.0, batch_size=100)
-    trainer = Trainer(config, tmp_path, data=fashion.subset(1000), progress=False,
-                      tensorboard=False)
+    trainer = Trainer(
+        config, tmp_path, data=fashion.subset(1000), progress=False, tensorboard=False
+    )
     assert trainer.batches_per_step == 5  # five critic updates, each on a fresh batch
     assert trainer.total_steps == 2  # 1000 images / (5 × 100) per step
 
@@ -243,18 +317,32 @@ def test_length_from_epochs_counts_real_batches_per_step(fashion, tmp_path):
 def test_data_that_does_not_fit_the_model_is_refused(tiny_data, tmp_path):
     from gankit.errors import ConfigError
 
-    with pytest.raises(ConfigError, match=r"shape \(1, 28, 28\) but the model expects "
-                                          r"\(1, 32, 32\)"):
-        Trainer(gankit.configure("gan", sets=["model.image_size=32"]), tmp_path,
-                data=tiny_data, progress=False)
+    with pytest.raises(
+        ConfigError,
+        match=r"shape \(1, 28, 28\) but the model expects "
+        r"\(1, 32, 32\)",
+    ):
+        Trainer(
+            gankit.configure("gan", sets=["model.image_size=32"]),
+            tmp_path,
+            data=tiny_data,
+            progress=False,
+        )
     unlabelled = type(tiny_data)(tiny_data.images, None, "unlabelled", None)
     with pytest.raises(ConfigError, match="needs labels"):
         Trainer(gankit.configure("cgan"), tmp_path, data=unlabelled, progress=False)
 
 
 def test_time_budget_stops_with_a_checkpoint_that_resumes(fashion, tmp_path, data_dir):
-    config = gankit.configure("gan-002", steps=100_000, batch_size=32, max_seconds=0.5,
-                              data="fashion-mnist", data_dir=str(data_dir), data_limit=2000)
+    config = gankit.configure(
+        "gan-002",
+        steps=100_000,
+        batch_size=32,
+        max_seconds=0.5,
+        data="fashion-mnist",
+        data_dir=str(data_dir),
+        data_limit=2000,
+    )
     result = Trainer(config, tmp_path, progress=False, tensorboard=False).fit()
     assert 0 < result.step < 100_000 and not result.interrupted
     assert result.checkpoint.name == f"step-{result.step:08d}.safetensors"
@@ -263,8 +351,9 @@ def test_time_budget_stops_with_a_checkpoint_that_resumes(fashion, tmp_path, dat
     assert resumed.fit().step > result.step  # a second budget continues the same run
 
 
-def test_an_unwritable_or_full_output_folder_is_refused_before_training(tiny_data, tmp_path,
-                                                                        monkeypatch):
+def test_an_unwritable_or_full_output_folder_is_refused_before_training(
+    tiny_data, tmp_path, monkeypatch
+):
     import shutil
     from collections import namedtuple
 
@@ -276,8 +365,7 @@ def test_an_unwritable_or_full_output_folder_is_refused_before_training(tiny_dat
     with pytest.raises(ConfigError, match="not writable"):
         new_run_dir(blocker / "run", "x")  # a file where a parent folder should be
     config = gankit.configure("gan", steps=5, batch_size=16)
-    trainer = Trainer(config, tmp_path / "run", data=tiny_data, progress=False,
-                      tensorboard=False)
+    trainer = Trainer(config, tmp_path / "run", data=tiny_data, progress=False, tensorboard=False)
     usage = namedtuple("usage", "total used free")
     monkeypatch.setattr(shutil, "disk_usage", lambda p: usage(10 * 2**20, 9 * 2**20, 2**20))
     with pytest.raises(ConfigError, match=r"has 1 MiB free but this run needs about \d+ MiB"):

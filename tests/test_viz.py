@@ -357,8 +357,7 @@ def _write_then_fail(self, target, *args, **kwargs):
 _WRITERS = {  # writer -> (write into a folder, the file it writes there)
     "grid": (lambda folder: save_grid(_const_batch([1, 2]), folder / "f.png"), "f.png"),
     "images": (lambda folder: save_images(_const_batch([1, 2]), folder), "000000.png"),
-    "plot": (lambda folder: plot_losses([{"step": 1, "loss/G": 1.0}], folder / "f.png"),
-             "f.png"),
+    "plot": (lambda folder: plot_losses([{"step": 1, "loss/G": 1.0}], folder / "f.png"), "f.png"),
 }
 
 

@@ -10,5 +10,15 @@ from gankit.tools.sweep import sweep, sweep_report  # Optuna is imported on use
 from gankit.version import __version__
 from gankit.viz import show_grid
 
-__all__ = ["build", "configure", "evaluate", "load_run", "resume", "show_grid", "sweep",
-           "sweep_report", "train", "__version__"]
+__all__ = [
+    "build",
+    "configure",
+    "evaluate",
+    "load_run",
+    "resume",
+    "show_grid",
+    "sweep",
+    "sweep_report",
+    "train",
+    "__version__",
+]

@@ -25,8 +25,9 @@ from gankit.runs import Run, checkpoint, claim_run_dir, discard_claim, load_run,
 from gankit.training import Callback, FitResult, Trainer, distributed, resolve_device
 
 
-def configure(model: str, config_file: str | Path | None = None, sets: Iterable[str] = (),
-              **overrides) -> RunConfig:
+def configure(
+    model: str, config_file: str | Path | None = None, sets: Iterable[str] = (), **overrides
+) -> RunConfig:
     """A validated run config: preset ``model`` ← TOML file ← ``--set`` items ← overrides.
 
     Overrides take any config key by its full dotted path with ``__`` for dots
@@ -46,11 +47,14 @@ def configure(model: str, config_file: str | Path | None = None, sets: Iterable[
     train = nested.get("train", {})
     steps, epochs = train.get("steps"), train.get("epochs")
     if isinstance(epochs, Real) and not 0 < epochs < float("inf"):
-        raise ConfigError(f"epochs={epochs!r}: the run length in passes over the data must be "
-                          "a number > 0")
+        raise ConfigError(
+            f"epochs={epochs!r}: the run length in passes over the data must be a number > 0"
+        )
     if isinstance(steps, Real) and steps < 1 and not (steps == 0 and epochs):
-        raise ConfigError(f"steps={steps!r}: a run needs at least 1 step; to give its length "
-                          "in passes over the data, pass epochs=E instead")
+        raise ConfigError(
+            f"steps={steps!r}: a run needs at least 1 step; to give its length "
+            "in passes over the data, pass epochs=E instead"
+        )
     if epochs is not None and steps is None:
         train["steps"] = 0  # epochs replace the preset's step count
     return build_config(get_preset(model), config_file, list(sets), nested)
@@ -62,12 +66,20 @@ def build(model: str | RunConfig, **networks: nn.Module) -> GenerativeModel:
     return build_model(config.model, **networks)
 
 
-def launch(run: RunConfig | str | Path, *, out: str | Path | None = None,
-           overwrite: bool = False, changes: Mapping[str, Any] | None = None,
-           named: Mapping[str, str] | None = None, networks: Mapping[str, nn.Module] | None = None,
-           data: Dataset | None = None, callbacks: Iterable[Callback | Callable[[dict], None]] = (),
-           progress: bool = True, tensorboard: bool = True, evaluation: Evaluation | None = None
-           ) -> Trainer:
+def launch(
+    run: RunConfig | str | Path,
+    *,
+    out: str | Path | None = None,
+    overwrite: bool = False,
+    changes: Mapping[str, Any] | None = None,
+    named: Mapping[str, str] | None = None,
+    networks: Mapping[str, nn.Module] | None = None,
+    data: Dataset | None = None,
+    callbacks: Iterable[Callback | Callable[[dict], None]] = (),
+    progress: bool = True,
+    tensorboard: bool = True,
+    evaluation: Evaluation | None = None,
+) -> Trainer:
     """The one way a run starts or resumes (the command line, :func:`train`, :func:`resume`,
     sweeps and benchmarks all come here): a :class:`~gankit.training.Trainer` ready to fit.
 
@@ -81,29 +93,47 @@ def launch(run: RunConfig | str | Path, *, out: str | Path | None = None,
     world = distributed.init()
     if isinstance(run, RunConfig):
         if changes:
-            raise ConfigError("changes apply to a resumed run; for a new run put them in its "
-                              "config (configure(..., key=value))")
+            raise ConfigError(
+                "changes apply to a resumed run; for a new run put them in its "
+                "config (configure(..., key=value))"
+            )
         config, state = run, None
-        run_dir = distributed.on_main(world, lambda: new_run_dir(
-            out, f"{config.preset or 'custom'}-{config.train.data}", overwrite=overwrite),
-            "choosing the run folder")
+        run_dir = distributed.on_main(
+            world,
+            lambda: new_run_dir(
+                out, f"{config.preset or 'custom'}-{config.train.data}", overwrite=overwrite
+            ),
+            "choosing the run folder",
+        )
     else:
         if out is not None or networks:
-            raise ConfigError("a resumed run keeps its folder and its networks (out= and "
-                              "networks= are for new runs)")
+            raise ConfigError(
+                "a resumed run keeps its folder and its networks (out= and "
+                "networks= are for new runs)"
+            )
         run_dir = Path(run)
         # process 0 locks the folder and reads its checkpoint, sent to the others
-        state = distributed.on_main(world, lambda: _read_newest(run_dir),
-                                    "receiving the checkpoint")
+        state = distributed.on_main(
+            world, lambda: _read_newest(run_dir), "receiving the checkpoint"
+        )
     try:
         if state is not None:
             config = _resumed(state[1], dict(changes or {}), dict(named or {}))
         custom = build_model(config.model, **networks) if networks else None
-        extra = [PeriodicEvaluation(evaluation or _open_evaluation(config, world, progress),
-                                    config)] if config.train.eval_every else []
-        trainer = Trainer(config, run_dir, model=custom, data=data,
-                          callbacks=[*extra, *callbacks], progress=progress,
-                          tensorboard=tensorboard)
+        extra = (
+            [PeriodicEvaluation(evaluation or _open_evaluation(config, world, progress), config)]
+            if config.train.eval_every
+            else []
+        )
+        trainer = Trainer(
+            config,
+            run_dir,
+            model=custom,
+            data=data,
+            callbacks=[*extra, *callbacks],
+            progress=progress,
+            tensorboard=tensorboard,
+        )
     finally:
         discard_claim(run_dir)  # the trainer took the folder's lock, unless it was refused
     if state is not None:
@@ -120,8 +150,10 @@ def _read_newest(run_dir: Path) -> tuple[dict, dict]:
     try:
         path = checkpoint.latest_checkpoint(run_dir / "checkpoints")
         if path is None:
-            raise CheckpointError(f"{run_dir} has no usable checkpoint to resume from "
-                                  "(looked in its checkpoints/ folder)")
+            raise CheckpointError(
+                f"{run_dir} has no usable checkpoint to resume from "
+                "(looked in its checkpoints/ folder)"
+            )
         return checkpoint.load_checkpoint(path)
     except BaseException:
         discard_claim(run_dir)
@@ -134,8 +166,10 @@ def _resumed(meta: dict, changes: dict, named: dict) -> RunConfig:
     config = resumed_config(from_dict(RunConfig, meta["config"]), changes, named)
     steps = config.train.steps
     if "train.steps" in {resolve_key(k) for k in changes} and steps < meta["step"]:
-        raise ConfigError(f"{named.get('steps', 'steps')} {steps} is below the step this run "
-                          f"already reached ({meta['step']}): it is the run's total")
+        raise ConfigError(
+            f"{named.get('steps', 'steps')} {steps} is below the step this run "
+            f"already reached ({meta['step']}): it is the run's total"
+        )
     return config
 
 
@@ -145,15 +179,23 @@ def _open_evaluation(config: RunConfig, world, progress: bool) -> Evaluation | N
         return None
     tc, mc = config.train, config.model
     device = distributed.device_for(world, resolve_device(tc.device))
-    return open_evaluation(tc.data, tc.data_dir or None, mc.image_size, device,
-                           tc.evaluator or None, progress=progress)
+    return open_evaluation(
+        tc.data, tc.data_dir or None, mc.image_size, device, tc.evaluator or None, progress=progress
+    )
 
 
-def train(model: str | RunConfig = "dcgan", *, out: str | Path | None = None,
-          callbacks: Iterable[Callback | Callable[[dict], None]] = (), progress: bool = True,
-          overwrite: bool = False, networks: dict[str, nn.Module] | None = None,
-          config_file: str | Path | None = None, sets: Iterable[str] = (),
-          **overrides) -> Run:
+def train(
+    model: str | RunConfig = "dcgan",
+    *,
+    out: str | Path | None = None,
+    callbacks: Iterable[Callback | Callable[[dict], None]] = (),
+    progress: bool = True,
+    overwrite: bool = False,
+    networks: dict[str, nn.Module] | None = None,
+    config_file: str | Path | None = None,
+    sets: Iterable[str] = (),
+    **overrides,
+) -> Run:
     """Train a model into a run folder and return it loaded.
 
     ``callbacks`` receive every logged row (a dict of step, losses, D(x), …): plot live in a
@@ -162,16 +204,28 @@ def train(model: str | RunConfig = "dcgan", *, out: str | Path | None = None,
     ``networks={"generator": MyG(), "discriminator": MyD()}``. Started by ``torchrun``,
     the same call in every process trains one run data-parallel.
     """
-    config = model if isinstance(model, RunConfig) else configure(
-        model, config_file, sets, **overrides)
-    trainer = launch(config, out=out, overwrite=overwrite, networks=networks,
-                     callbacks=callbacks, progress=progress)
+    config = (
+        model if isinstance(model, RunConfig) else configure(model, config_file, sets, **overrides)
+    )
+    trainer = launch(
+        config,
+        out=out,
+        overwrite=overwrite,
+        networks=networks,
+        callbacks=callbacks,
+        progress=progress,
+    )
     trainer.fit()
     return _as_run(trainer)
 
 
-def resume(run_dir: str | Path, steps: int | None = None, progress: bool = True,
-           callbacks: Iterable[Callback | Callable[[dict], None]] = (), **changes) -> Run:
+def resume(
+    run_dir: str | Path,
+    steps: int | None = None,
+    progress: bool = True,
+    callbacks: Iterable[Callback | Callable[[dict], None]] = (),
+    **changes,
+) -> Run:
     """Continue a run from its newest checkpoint up to ``steps`` in total; ``changes`` are
     the options a resumed run may change (``data_dir``, ``log_every``, ``eval_every``, …:
     :data:`gankit.config.RESUMABLE`)."""
@@ -182,15 +236,26 @@ def resume(run_dir: str | Path, steps: int | None = None, progress: bool = True,
     return _as_run(trainer)
 
 
-def evaluate(run: Run | str | Path, n: int = 10_000, seed: int = 0, data: str | None = None,
-             evaluator: str | Path | None = None, progress: bool = True) -> dict:
+def evaluate(
+    run: Run | str | Path,
+    n: int = 10_000,
+    seed: int = 0,
+    data: str | None = None,
+    evaluator: str | Path | None = None,
+    progress: bool = True,
+) -> dict:
     """The metrics report of a run (what ``gankit eval`` prints): FID, KID, precision/recall,
     density/coverage, classifier score, mode coverage, memorisation, reconstruction."""
     run = run if isinstance(run, Run) else load_run(run)
     tc = run.config.train
-    evaluation = open_evaluation(data or tc.data, tc.data_dir or None,
-                                 run.config.model.image_size, run.model.device,
-                                 evaluator or tc.evaluator or None, progress)
+    evaluation = open_evaluation(
+        data or tc.data,
+        tc.data_dir or None,
+        run.config.model.image_size,
+        run.model.device,
+        evaluator or tc.evaluator or None,
+        progress,
+    )
     return evaluate_run(run, evaluation, n, seed)
 
 
@@ -199,5 +264,14 @@ def _as_run(trainer: Trainer) -> Run:
     return Run(trainer.run_dir, trainer.config, trainer.model, trainer.step)
 
 
-__all__ = ["FitResult", "Run", "build", "configure", "evaluate", "launch", "load_run", "resume",
-           "train"]
+__all__ = [
+    "FitResult",
+    "Run",
+    "build",
+    "configure",
+    "evaluate",
+    "launch",
+    "load_run",
+    "resume",
+    "train",
+]

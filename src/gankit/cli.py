@@ -29,18 +29,25 @@ EPILOG = """examples:
 
 
 def _add_train(sub) -> None:
-    p = sub.add_parser("train", help="train a model or preset into a run folder",
-                       formatter_class=argparse.RawDescriptionHelpFormatter,
-                       description="Train MODEL (a default such as dcgan, or a reference preset "
-                       "such as gan-000) into a run folder, or continue one with --resume.",
-                       epilog=EPILOG)
+    p = sub.add_parser(
+        "train",
+        help="train a model or preset into a run folder",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Train MODEL (a default such as dcgan, or a reference preset "
+        "such as gan-000) into a run folder, or continue one with --resume.",
+        epilog=EPILOG,
+    )
     p.add_argument("model", nargs="?", help="model or preset name (see `gankit presets`)")
-    p.add_argument("--resume", metavar="RUN_DIR", help="continue this run from its newest "
-                   "checkpoint (--steps then sets the new total)")
+    p.add_argument(
+        "--resume",
+        metavar="RUN_DIR",
+        help="continue this run from its newest checkpoint (--steps then sets the new total)",
+    )
     p.add_argument("--out", help="run folder (default: runs/MODEL-DATA-NNNN, numbered)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out run")
-    p.add_argument("--dry-run", action="store_true",
-                   help="print the resolved config as TOML and exit")
+    p.add_argument(
+        "--dry-run", action="store_true", help="print the resolved config as TOML and exit"
+    )
     _add_run_options(p)
 
 
@@ -51,8 +58,10 @@ def _steps_arg(text: str) -> int:
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of steps") from None
     if steps < 1:
-        raise argparse.ArgumentTypeError(f"{steps}: a run needs at least 1 step (to give its "
-                                         "length in passes over the data, use --epochs)")
+        raise argparse.ArgumentTypeError(
+            f"{steps}: a run needs at least 1 step (to give its "
+            "length in passes over the data, use --epochs)"
+        )
     return steps
 
 
@@ -63,23 +72,36 @@ def _epochs_arg(text: str) -> float:
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not a number of epochs") from None
     if not 0 < epochs < float("inf"):
-        raise argparse.ArgumentTypeError(f"{text}: the run length in passes over the data "
-                                         "must be a number > 0, e.g. 0.5 or 10")
+        raise argparse.ArgumentTypeError(
+            f"{text}: the run length in passes over the data must be a number > 0, e.g. 0.5 or 10"
+        )
     return epochs
 
 
 def _add_run_options(p: argparse.ArgumentParser) -> None:
     """The options that shape a training run: `gankit train` and every run of `gankit sweep`."""
     p.add_argument("--data", help="fashion-mnist, mnist, mnist-5k, folder:PATH or npz:PATH")
-    p.add_argument("--data-dir", help="folder holding the data files (else $GANKIT_DATA, the "
-                   "cache ~/.cache/gankit, system copies, then a download)")
+    p.add_argument(
+        "--data-dir",
+        help="folder holding the data files (else $GANKIT_DATA, the "
+        "cache ~/.cache/gankit, system copies, then a download)",
+    )
     length = p.add_mutually_exclusive_group()
-    length.add_argument("--steps", type=_steps_arg, metavar="N", help="total steps of the run "
-                        "(>= 1; with --resume, the new total)")
-    length.add_argument("--epochs", type=_epochs_arg, metavar="E", help="run length in passes "
-                        "over the data (> 0)")
-    p.add_argument("--max-seconds", type=float, metavar="S", help="stop after S seconds of "
-                   "training (with a checkpoint; --resume continues)")
+    length.add_argument(
+        "--steps",
+        type=_steps_arg,
+        metavar="N",
+        help="total steps of the run (>= 1; with --resume, the new total)",
+    )
+    length.add_argument(
+        "--epochs", type=_epochs_arg, metavar="E", help="run length in passes over the data (> 0)"
+    )
+    p.add_argument(
+        "--max-seconds",
+        type=float,
+        metavar="S",
+        help="stop after S seconds of training (with a checkpoint; --resume continues)",
+    )
     p.add_argument("--batch-size", type=int)
     p.add_argument("--lr", type=float, help="learning rate of every optimiser")
     p.add_argument("--lr-g", type=float, help="learning rate of G (and E; AE/VAE: the only one)")
@@ -89,32 +111,63 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--sample-every", type=int, metavar="N", help="sample grid every N steps")
     p.add_argument("--checkpoint-every", type=int, metavar="N")
     p.add_argument("--log-every", type=int, metavar="N")
-    p.add_argument("--eval-every", type=int, metavar="N", help="FID, KID, precision/recall, "
-                   "class coverage every N steps on --eval-samples images; keeps "
-                   "checkpoints/best.safetensors (the first use builds the data's evaluator)")
-    p.add_argument("--eval-samples", type=int, metavar="N", help="images per evaluation "
-                   "during training (default 2000)")
-    p.add_argument("--evaluator", metavar="FILE", help="evaluator file to use instead of "
-                   "gankit's own for the data")
-    p.add_argument("--on-divergence", choices=["stop", "rollback"], help="when a loss or "
-                   "weight becomes NaN/inf: stop (default), or reload the last good checkpoint "
-                   "and halve the learning rates (at most 3 times)")
+    p.add_argument(
+        "--eval-every",
+        type=int,
+        metavar="N",
+        help="FID, KID, precision/recall, "
+        "class coverage every N steps on --eval-samples images; keeps "
+        "checkpoints/best.safetensors (the first use builds the data's evaluator)",
+    )
+    p.add_argument(
+        "--eval-samples",
+        type=int,
+        metavar="N",
+        help="images per evaluation during training (default 2000)",
+    )
+    p.add_argument(
+        "--evaluator",
+        metavar="FILE",
+        help="evaluator file to use instead of gankit's own for the data",
+    )
+    p.add_argument(
+        "--on-divergence",
+        choices=["stop", "rollback"],
+        help="when a loss or "
+        "weight becomes NaN/inf: stop (default), or reload the last good checkpoint "
+        "and halve the learning rates (at most 3 times)",
+    )
     p.add_argument("--config", metavar="FILE.toml", help="TOML file of config values")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="any config value, e.g. --set n_critic=5 --set model.opt_d.lr=1e-4 "
-                   "(repeatable; values in TOML syntax)")
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="any config value, e.g. --set n_critic=5 --set model.opt_d.lr=1e-4 "
+        "(repeatable; values in TOML syntax)",
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
 # Each run option of the command line: its flag and the config keys it sets.
 RUN_FLAGS: dict[str, tuple[str, ...]] = {
-    "data": ("data",), "data_dir": ("data_dir",), "steps": ("steps",), "epochs": ("epochs",),
-    "max_seconds": ("max_seconds",), "batch_size": ("batch_size",), "seed": ("seed",),
-    "device": ("device",), "sample_every": ("sample_every",),
-    "checkpoint_every": ("checkpoint_every",), "log_every": ("log_every",),
-    "eval_every": ("eval_every",), "eval_samples": ("eval_samples",),
-    "evaluator": ("evaluator",), "on_divergence": ("on_divergence",),
-    "lr": ("model.opt_g.lr", "model.opt_d.lr"), "lr_g": ("model.opt_g.lr",),
+    "data": ("data",),
+    "data_dir": ("data_dir",),
+    "steps": ("steps",),
+    "epochs": ("epochs",),
+    "max_seconds": ("max_seconds",),
+    "batch_size": ("batch_size",),
+    "seed": ("seed",),
+    "device": ("device",),
+    "sample_every": ("sample_every",),
+    "checkpoint_every": ("checkpoint_every",),
+    "log_every": ("log_every",),
+    "eval_every": ("eval_every",),
+    "eval_samples": ("eval_samples",),
+    "evaluator": ("evaluator",),
+    "on_divergence": ("on_divergence",),
+    "lr": ("model.opt_g.lr", "model.opt_d.lr"),
+    "lr_g": ("model.opt_g.lr",),
     "lr_d": ("model.opt_d.lr",),
 }
 
@@ -156,50 +209,78 @@ def _train(args: argparse.Namespace, world) -> int:
         changes = _resume_changes(args, overrides, named)
         if args.dry_run:
             return _show_config(say, _resumed_config(args.resume, changes, named))
-        trainer = launch(args.resume, changes=changes, named=named,
-                         progress=not args.no_progress)
+        trainer = launch(args.resume, changes=changes, named=named, progress=not args.no_progress)
         changed = ", ".join(f"{named[k]} {v}" for k, v in changes.items())
-        say(f"resuming {trainer.run_dir} at step {trainer.step} of {trainer.total_steps}"
-            + (f" with {changed}" if changed else ""))
+        say(
+            f"resuming {trainer.run_dir} at step {trainer.step} of {trainer.total_steps}"
+            + (f" with {changed}" if changed else "")
+        )
     else:
         if not args.model:
-            raise GankitError("name a model or preset (e.g. `gankit train dcgan`), or pass "
-                              "--resume RUN_DIR; `gankit presets` lists them")
-        config = configure(args.model, args.config, args.set,
-                           **{k.replace(".", "__"): v for k, v in overrides.items()})
+            raise GankitError(
+                "name a model or preset (e.g. `gankit train dcgan`), or pass "
+                "--resume RUN_DIR; `gankit presets` lists them"
+            )
+        config = configure(
+            args.model,
+            args.config,
+            args.set,
+            **{k.replace(".", "__"): v for k, v in overrides.items()},
+        )
         if args.dry_run:
             return _show_config(say, config)
-        trainer = launch(config, out=args.out, overwrite=args.overwrite,
-                         progress=not args.no_progress)
-        where = (f"{world.size} processes ({trainer.device.type}, "
-                 f"{config.train.batch_size // world.size} images each)"
-                 if world.parallel else trainer.device)
-        say(f"training {config.preset} on {trainer.data.name} ({len(trainer.data)} images) "
-            f"for {trainer.total_steps} steps on {where} -> {trainer.run_dir}")
+        trainer = launch(
+            config, out=args.out, overwrite=args.overwrite, progress=not args.no_progress
+        )
+        where = (
+            f"{world.size} processes ({trainer.device.type}, "
+            f"{config.train.batch_size // world.size} images each)"
+            if world.parallel
+            else trainer.device
+        )
+        say(
+            f"training {config.preset} on {trainer.data.name} ({len(trainer.data)} images) "
+            f"for {trainer.total_steps} steps on {where} -> {trainer.run_dir}"
+        )
     result = trainer.fit()
-    launcher = ("" if not world.parallel else
-                f"torchrun --standalone --nproc-per-node {world.size} -m "
-                if world.size == world.local_size else "torchrun (the same options) -m ")
-    row = " ".join(f"{k}={v:.4g}" for k, v in result.last_row.items()
-                   if k.startswith(("loss/", "D(", "critic")))
+    launcher = (
+        ""
+        if not world.parallel
+        else f"torchrun --standalone --nproc-per-node {world.size} -m "
+        if world.size == world.local_size
+        else "torchrun (the same options) -m "
+    )
+    row = " ".join(
+        f"{k}={v:.4g}"
+        for k, v in result.last_row.items()
+        if k.startswith(("loss/", "D(", "critic"))
+    )
     if result.interrupted:
-        say(f"\nstopped at step {result.step}; checkpoint {result.checkpoint}\n"
-            f"resume with: {launcher}gankit train --resume {trainer.run_dir}")
+        say(
+            f"\nstopped at step {result.step}; checkpoint {result.checkpoint}\n"
+            f"resume with: {launcher}gankit train --resume {trainer.run_dir}"
+        )
         return 130
     if result.step < trainer.total_steps:
-        say(f"time budget of {trainer.config.train.max_seconds:g} s used at step "
+        say(
+            f"time budget of {trainer.config.train.max_seconds:g} s used at step "
             f"{result.step} of {trainer.total_steps}; continue with: {launcher}gankit train "
-            f"--resume {trainer.run_dir}")
-    say(f"done: step {result.step}, {trainer.clock.elapsed:.0f} s of training. {row}\n"
-        f"samples: {trainer.run_dir / 'samples'}  checkpoint: {result.checkpoint}")
+            f"--resume {trainer.run_dir}"
+        )
+    say(
+        f"done: step {result.step}, {trainer.clock.elapsed:.0f} s of training. {row}\n"
+        f"samples: {trainer.run_dir / 'samples'}  checkpoint: {result.checkpoint}"
+    )
     from gankit.evaluation.during_training import PeriodicEvaluation
 
     scoring = trainer.callback(PeriodicEvaluation)
     if scoring is not None and scoring.best["step"] is not None:
         best, spent = scoring.best, scoring.seconds
         share = spent / max(trainer.clock.elapsed + spent, 1e-9)
-        say(f"best FID {best['fid']:.4g} at step {best['step']} (checkpoints/best.safetensors);"
-            f" evaluation took {spent:.0f} s, {share:.0%} of the run")
+        say(
+            f"best FID {best['fid']:.4g} at step {best['step']} (checkpoints/best.safetensors);"
+            f" evaluation took {spent:.0f} s, {share:.0%} of the run"
+        )
     return 0
 
 
@@ -208,12 +289,18 @@ def _resume_changes(args: argparse.Namespace, overrides: dict, named: dict) -> d
     refusing what never applies to a resumed run."""
     from gankit.config import parse_set, resolve_key
 
-    for given, flag in ((args.model, f"the model {args.model!r}"), (args.out, "--out"),
-                        (args.overwrite, "--overwrite"), (args.config, "--config")):
+    for given, flag in (
+        (args.model, f"the model {args.model!r}"),
+        (args.out, "--out"),
+        (args.overwrite, "--overwrite"),
+        (args.config, "--config"),
+    ):
         if given:
-            raise GankitError(f"{flag}: --resume continues a run with its own model, folder "
-                              "and saved config; pass only what may change (e.g. --steps, "
-                              "--data-dir, --log-every; see `gankit train -h`)")
+            raise GankitError(
+                f"{flag}: --resume continues a run with its own model, folder "
+                "and saved config; pass only what may change (e.g. --steps, "
+                "--data-dir, --log-every; see `gankit train -h`)"
+            )
     changes = dict(overrides)
     for item in args.set:
         nested = parse_set(item)
@@ -262,33 +349,71 @@ Each trial is one run (one configuration, one seed) in OUT/trial-NNNN, resumable
 
 
 def _add_sweep(sub) -> None:
-    p = sub.add_parser("sweep", help="hyper-parameter sweep on Optuna (many workers may join)",
-                       formatter_class=argparse.RawDescriptionHelpFormatter,
-                       description="Train --trials configurations of MODEL, each with --seeds "
-                       "seeds, drawn by Optuna from the --param ranges, ranked by FID. Every "
-                       "option of `gankit train` applies to each run. `gankit sweep report` "
-                       "prints the results.", epilog=SWEEP_EPILOG)
+    p = sub.add_parser(
+        "sweep",
+        help="hyper-parameter sweep on Optuna (many workers may join)",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Train --trials configurations of MODEL, each with --seeds "
+        "seeds, drawn by Optuna from the --param ranges, ranked by FID. Every "
+        "option of `gankit train` applies to each run. `gankit sweep report` "
+        "prints the results.",
+        epilog=SWEEP_EPILOG,
+    )
     p.add_argument("model", help="model or preset name (see `gankit presets`)")
-    p.add_argument("--param", action="append", default=[], required=True,
-                   metavar="NAME=SPEC", help="a swept value (repeatable), e.g. "
-                   "lr=loguniform:1e-5:1e-3")
-    p.add_argument("--trials", type=int, required=True, metavar="N",
-                   help="configurations to try (runs: N × seeds)")
-    p.add_argument("--seeds", type=int, default=1, metavar="S", help="seeds per configuration: "
-                   "--seed (default the preset's), +1, … (default 1)")
-    p.add_argument("--storage", default=DEFAULT_STORAGE, metavar="URL", help="Optuna storage "
-                   "shared by the workers: sqlite:///FILE.db (one machine; default "
-                   f"{DEFAULT_STORAGE}) or postgresql+psycopg2://USER:PASSWORD@HOST/DB (many)")
+    p.add_argument(
+        "--param",
+        action="append",
+        default=[],
+        required=True,
+        metavar="NAME=SPEC",
+        help="a swept value (repeatable), e.g. lr=loguniform:1e-5:1e-3",
+    )
+    p.add_argument(
+        "--trials",
+        type=int,
+        required=True,
+        metavar="N",
+        help="configurations to try (runs: N × seeds)",
+    )
+    p.add_argument(
+        "--seeds",
+        type=int,
+        default=1,
+        metavar="S",
+        help="seeds per configuration: --seed (default the preset's), +1, … (default 1)",
+    )
+    p.add_argument(
+        "--storage",
+        default=DEFAULT_STORAGE,
+        metavar="URL",
+        help="Optuna storage "
+        "shared by the workers: sqlite:///FILE.db (one machine; default "
+        f"{DEFAULT_STORAGE}) or postgresql+psycopg2://USER:PASSWORD@HOST/DB (many)",
+    )
     p.add_argument("--study", required=True, metavar="NAME", help="study name in the storage")
     p.add_argument("--out", metavar="FOLDER", help="where the runs go (default sweeps/STUDY)")
-    p.add_argument("--sampler", choices=["tpe", "random"], default="tpe",
-                   help="how configurations are drawn (default tpe)")
-    p.add_argument("--pruner", choices=["median", "none"], default="median",
-                   help="stop runs whose FID is worse than the median of earlier runs at the "
-                   "same step (default median)")
-    p.add_argument("--heartbeat", type=int, default=60, metavar="S", help="a running trial "
-                   "reports every S seconds; one silent for 2×S (a killed worker) is marked "
-                   "failed (default 60)")
+    p.add_argument(
+        "--sampler",
+        choices=["tpe", "random"],
+        default="tpe",
+        help="how configurations are drawn (default tpe)",
+    )
+    p.add_argument(
+        "--pruner",
+        choices=["median", "none"],
+        default="median",
+        help="stop runs whose FID is worse than the median of earlier runs at the "
+        "same step (default median)",
+    )
+    p.add_argument(
+        "--heartbeat",
+        type=int,
+        default=60,
+        metavar="S",
+        help="a running trial "
+        "reports every S seconds; one silent for 2×S (a killed worker) is marked "
+        "failed (default 60)",
+    )
     _add_run_options(p)
 
 
@@ -297,27 +422,51 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
     optuna = require_optuna()
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # gankit prints each trial itself
-    outcomes = sweep(args.model, storage=args.storage, study=args.study, params=args.param,
-                     trials=args.trials, seeds=args.seeds, out=args.out, sampler=args.sampler,
-                     pruner=args.pruner, heartbeat=args.heartbeat, config_file=args.config,
-                     sets=args.set, progress=not args.no_progress,
-                     **{k.replace(".", "__"): v for k, v in _run_overrides(args)[0].items()})
+    outcomes = sweep(
+        args.model,
+        storage=args.storage,
+        study=args.study,
+        params=args.param,
+        trials=args.trials,
+        seeds=args.seeds,
+        out=args.out,
+        sampler=args.sampler,
+        pruner=args.pruner,
+        heartbeat=args.heartbeat,
+        config_file=args.config,
+        sets=args.set,
+        progress=not args.no_progress,
+        **{k.replace(".", "__"): v for k, v in _run_overrides(args)[0].items()},
+    )
     ran = ", ".join(f"{o.number} {o.state.lower()}" for o in outcomes) or "none"
-    print(f"no trial left to take; this worker ran: {ran}\n"
-          f"results: gankit sweep report --storage {args.storage} --study {args.study}")
+    print(
+        f"no trial left to take; this worker ran: {ran}\n"
+        f"results: gankit sweep report --storage {args.storage} --study {args.study}"
+    )
     return 0
 
 
 def _add_sweep_report(sub) -> None:
-    p = sub.add_parser("sweep-report", help="results of a sweep (also: gankit sweep report)",
-                       description="Print a sweep's best configuration, its trials, FID mean "
-                       "± std over seeds per configuration and parameter importances; write a "
-                       "sensitivity plot.")
-    p.add_argument("--storage", default=DEFAULT_STORAGE, metavar="URL",
-                   help=f"the sweep's Optuna storage (default {DEFAULT_STORAGE})")
+    p = sub.add_parser(
+        "sweep-report",
+        help="results of a sweep (also: gankit sweep report)",
+        description="Print a sweep's best configuration, its trials, FID mean "
+        "± std over seeds per configuration and parameter importances; write a "
+        "sensitivity plot.",
+    )
+    p.add_argument(
+        "--storage",
+        default=DEFAULT_STORAGE,
+        metavar="URL",
+        help=f"the sweep's Optuna storage (default {DEFAULT_STORAGE})",
+    )
     p.add_argument("--study", required=True, metavar="NAME")
-    p.add_argument("--plot", metavar="FILE.png", help="where the sensitivity plot goes "
-                   "(default: sensitivity.png in the sweep folder, else sweep-STUDY.png)")
+    p.add_argument(
+        "--plot",
+        metavar="FILE.png",
+        help="where the sensitivity plot goes "
+        "(default: sensitivity.png in the sweep folder, else sweep-STUDY.png)",
+    )
 
 
 def cmd_sweep_report(args: argparse.Namespace) -> int:
@@ -340,11 +489,17 @@ def _run_parser(sub, name: str, help: str) -> argparse.ArgumentParser:
 def _add_sample(sub) -> None:
     p = _run_parser(sub, "sample", "generate images from a trained run")
     p.add_argument("--n", type=int, default=64, help="number of images (default 64)")
-    p.add_argument("--out", help="FILE.npz (uint8 'images' (N, H, W), 'labels' for a "
-                   "conditional model) or DIR/ for one PNG per image")
+    p.add_argument(
+        "--out",
+        help="FILE.npz (uint8 'images' (N, H, W), 'labels' for a "
+        "conditional model) or DIR/ for one PNG per image",
+    )
     p.add_argument("--grid", metavar="FILE.png", help="also write one grid of the images")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing --out file "
-                   "or non-empty folder, and an existing --grid")
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace an existing --out file or non-empty folder, and an existing --grid",
+    )
     p.add_argument("--label", type=int, help="conditional model: the class to generate")
     p.add_argument("--seed", type=int, default=0)
 
@@ -371,8 +526,10 @@ def cmd_sample(args: argparse.Namespace) -> int:
     if not args.overwrite:  # refused before the model is loaded and the images are generated
         for option, path in (("--out", out), ("--grid", grid)):
             if path is not None and (path.is_file() or (path.is_dir() and any(path.iterdir()))):
-                raise GankitError(f"{option} {path} already exists: pass --overwrite to "
-                                  "replace it, or choose another path")
+                raise GankitError(
+                    f"{option} {path} already exists: pass --overwrite to "
+                    "replace it, or choose another path"
+                )
     run = load_run(args.run_dir, args.device)
     labels = None
     if args.label is not None:
@@ -392,8 +549,11 @@ def cmd_sample(args: argparse.Namespace) -> int:
             with atomic_folder(out, overwrite=args.overwrite) as tmp:
                 save_images(images, tmp, labels=labels.cpu() if labels is not None else None)
         else:
-            arrays = {"images": images[:, 0].numpy() if images.shape[1] == 1 else
-                      images.permute(0, 2, 3, 1).numpy()}
+            arrays = {
+                "images": images[:, 0].numpy()
+                if images.shape[1] == 1
+                else images.permute(0, 2, 3, 1).numpy()
+            }
             if labels is not None:
                 arrays["labels"] = labels.cpu().numpy().astype(np.int64)
             with atomic_write(out, "wb") as f:
@@ -452,20 +612,27 @@ def cmd_latent(args: argparse.Namespace) -> int:
 
     run = load_run(args.run_dir, args.device)
     if not hasattr(run.model, "encode"):
-        raise GankitError(f"{run.config.preset} has no encoder: `gankit latent` is for AE, "
-                          "VAE and BiGAN runs")
+        raise GankitError(
+            f"{run.config.preset} has no encoder: `gankit latent` is for AE, VAE and BiGAN runs"
+        )
     tc = run.config.train
-    data = load_dataset(args.data or tc.data, "test", tc.data_dir or None,
-                        run.config.model.image_size)
+    data = load_dataset(
+        args.data or tc.data, "test", tc.data_dir or None, run.config.model.image_size
+    )
     data = data.subset(min(args.n, len(data)))
     codes = []
     with torch.inference_mode():
         for i in range(0, len(data), 1000):
-            x = run.model.prepare(data.images[i:i + 1000].to(run.model.device))
+            x = run.model.prepare(data.images[i : i + 1000].to(run.model.device))
             codes.append(run.model.encode(x)[0].cpu())
     labels = data.labels.numpy() if data.labels is not None else None
-    plot_latent(torch.cat(codes).numpy(), labels, args.out, data.classes,
-                title=f"{run.config.preset}: codes of {len(data)} {data.name} images")
+    plot_latent(
+        torch.cat(codes).numpy(),
+        labels,
+        args.out,
+        data.classes,
+        title=f"{run.config.preset}: codes of {len(data)} {data.name} images",
+    )
     print(f"wrote {args.out}")
     if run.config.model.family == "vae" and run.config.model.latent.dim == 2:
         out = Path(args.out)
@@ -476,23 +643,36 @@ def cmd_latent(args: argparse.Namespace) -> int:
 
 
 def _add_eval(sub) -> None:
-    p = sub.add_parser("eval", help="FID, KID, precision/recall, coverage … of a run or samples",
-                       description="Evaluate a trained run (or any .npz of samples) against the "
-                       "real test split, on the features of gankit's evaluator for the data. "
-                       "Prints a table and writes eval.json.")
+    p = sub.add_parser(
+        "eval",
+        help="FID, KID, precision/recall, coverage … of a run or samples",
+        description="Evaluate a trained run (or any .npz of samples) against the "
+        "real test split, on the features of gankit's evaluator for the data. "
+        "Prints a table and writes eval.json.",
+    )
     p.add_argument("run_dir", nargs="?", help="a run folder written by `gankit train`")
-    p.add_argument("--samples", metavar="FILE.npz", help="evaluate these images instead: a "
-                   "uint8 'images' array (N, H, W) [and 'labels' that were requested]")
+    p.add_argument(
+        "--samples",
+        metavar="FILE.npz",
+        help="evaluate these images instead: a "
+        "uint8 'images' array (N, H, W) [and 'labels' that were requested]",
+    )
     p.add_argument("--data", help="the real data to compare with (default: the run's)")
     p.add_argument("--data-dir")
     p.add_argument("--n", type=int, default=10_000, help="samples to generate (default 10000)")
     p.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
     p.add_argument("--checkpoint", default="latest", help="latest (default), best, or a file")
     p.add_argument("--evaluator", metavar="FILE", help="an evaluator file instead of gankit's")
-    p.add_argument("--inception", action="store_true", help="also compute Inception FID "
-                   "(needs torch-fidelity and its downloaded weights)")
-    p.add_argument("--out", metavar="FILE.json", help="where to write the report (default: "
-                   "RUN_DIR/eval.json, or beside the samples file)")
+    p.add_argument(
+        "--inception",
+        action="store_true",
+        help="also compute Inception FID (needs torch-fidelity and its downloaded weights)",
+    )
+    p.add_argument(
+        "--out",
+        metavar="FILE.json",
+        help="where to write the report (default: RUN_DIR/eval.json, or beside the samples file)",
+    )
     p.add_argument("--device", default="cpu")
 
 
@@ -511,37 +691,44 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if bool(args.run_dir) == bool(args.samples):
         raise GankitError("give a run folder or --samples FILE.npz (one of them)")
     if args.n < 10:
-        raise GankitError(f"--n {args.n}: evaluate at least 10 samples (thousands for stable "
-                          "numbers)")
+        raise GankitError(
+            f"--n {args.n}: evaluate at least 10 samples (thousands for stable numbers)"
+        )
     if args.samples:
         if not args.data:
             raise GankitError("--samples needs --data NAME: the real data to compare with")
         images, labels = load_samples(args.samples)  # a bad file is refused before any build
         evaluation = open_evaluation(args.data, args.data_dir, 28, args.device, args.evaluator)
-        report = evaluate_images(evaluation, images, labels, samples=args.samples,
-                                 data=args.data)
+        report = evaluate_images(evaluation, images, labels, samples=args.samples, data=args.data)
         out = Path(args.out or Path(args.samples).with_suffix(".eval.json"))
     else:
         ckpt = None
         if args.checkpoint == "best":
             ckpt = Path(args.run_dir) / "checkpoints" / "best.safetensors"
             if not ckpt.exists():
-                raise GankitError(f"{args.run_dir} has no best checkpoint: it is written by "
-                                  "training with --eval-every")
+                raise GankitError(
+                    f"{args.run_dir} has no best checkpoint: it is written by "
+                    "training with --eval-every"
+                )
         elif args.checkpoint != "latest":
             ckpt = Path(args.checkpoint)
         run = load_run(args.run_dir, args.device, ckpt)
         tc = run.config.train
         data = args.data or tc.data
-        evaluation = open_evaluation(data, args.data_dir or tc.data_dir or None,
-                                     run.config.model.image_size, args.device,
-                                     args.evaluator or tc.evaluator or None)
+        evaluation = open_evaluation(
+            data,
+            args.data_dir or tc.data_dir or None,
+            run.config.model.image_size,
+            args.device,
+            args.evaluator or tc.evaluator or None,
+        )
         report = evaluate_run(run, evaluation, args.n, args.seed)
         report["checkpoint"] = args.checkpoint
         out = Path(args.out or Path(args.run_dir) / "eval.json")
     if args.inception:
-        fake = load_samples(args.samples)[0] if args.samples else run.sample(args.n, None,
-                                                                              args.seed)
+        fake = (
+            load_samples(args.samples)[0] if args.samples else run.sample(args.n, None, args.seed)
+        )
         from gankit.data import load_dataset
 
         real = load_dataset(report["reference"].rsplit(":", 1)[0], "test", args.data_dir)
@@ -555,8 +742,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 def _add_compare(sub) -> None:
     p = sub.add_parser("compare", help="one table of metrics across runs (Markdown, CSV)")
     p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
-    p.add_argument("--csv", metavar="FILE.csv", help="also write the table as CSV (every "
-                   "column)")
+    p.add_argument("--csv", metavar="FILE.csv", help="also write the table as CSV (every column)")
     p.add_argument("--all", action="store_true", help="show every column (stds, NN medians)")
 
 
@@ -590,8 +776,13 @@ def cmd_evaluator(args: argparse.Namespace) -> int:
     if args.action == "info" and Path(args.data).is_file():
         net = load_evaluator(args.data)
     else:
-        net = get_evaluator(args.data, args.data_dir, args.image_size, args.device,
-                            rebuild=args.action == "build" and args.rebuild)
+        net = get_evaluator(
+            args.data,
+            args.data_dir,
+            args.image_size,
+            args.device,
+            rebuild=args.action == "build" and args.rebuild,
+        )
     if args.action == "build" and args.out:
         save_evaluator(net, args.out)
         print(f"saved {args.out}")
@@ -618,36 +809,58 @@ def cmd_presets(args: argparse.Namespace) -> int:
         return 0
     for name in preset_names():
         p = get_preset(name)
-        print(f"{name:10s} {p['model']['family']:6s} {p['train']['data']:14s} "
-              f"{p['description'].split(':')[0].split('.')[0]}")
+        print(
+            f"{name:10s} {p['model']['family']:6s} {p['train']['data']:14s} "
+            f"{p['description'].split(':')[0].split('.')[0]}"
+        )
     return 0
 
 
 def _add_bench(sub) -> None:
-    p = sub.add_parser("bench", help="training speed against the usual PyTorch way, FLOPs, "
-                       "GEMM peak share, sampling, evaluation and time to quality",
-                       description="Measure every default model and reference preset (or "
-                       "--models) on this machine: gankit's training throughput, the same "
-                       "model trained the usual PyTorch way, FLOPs per step and the share of "
-                       "the GEMM peak measured in the same run, sampling speed and peak "
-                       "memory; then the time to evaluate 10,000 samples and time to quality "
-                       "(default DCGAN vs a tutorial DCGAN, 5 minutes each). Measure on an "
-                       "idle machine: other busy programs slow every number.")
-    p.add_argument("--models", metavar="A,B", help="models or presets to measure (default: "
-                   "all)")
-    p.add_argument("--data", default="fashion-mnist", help="data to train on (default "
-                   "fashion-mnist; the throughput does not depend on it)")
-    p.add_argument("--quick", action="store_true", help="seconds instead of minutes: batches "
-                   "capped at 16, few repeats, 4-second time-to-quality runs (numbers are "
-                   "indicative only)")
-    p.add_argument("--ttq-seconds", type=float, metavar="S", help="budget of each "
-                   "time-to-quality run (default 300; 0 skips it)")
-    p.add_argument("--no-eval", action="store_true", help="skip the evaluation timing and "
-                   "time to quality (no evaluator needed)")
-    p.add_argument("--threads", type=int, default=0, help="CPU threads (default: one per "
-                   "physical core)")
-    p.add_argument("--json", metavar="FILE", help="also write the report as JSON (one row "
-                   "per model under \"rows\")")
+    p = sub.add_parser(
+        "bench",
+        help="training speed against the usual PyTorch way, FLOPs, "
+        "GEMM peak share, sampling, evaluation and time to quality",
+        description="Measure every default model and reference preset (or "
+        "--models) on this machine: gankit's training throughput, the same "
+        "model trained the usual PyTorch way, FLOPs per step and the share of "
+        "the GEMM peak measured in the same run, sampling speed and peak "
+        "memory; then the time to evaluate 10,000 samples and time to quality "
+        "(default DCGAN vs a tutorial DCGAN, 5 minutes each). Measure on an "
+        "idle machine: other busy programs slow every number.",
+    )
+    p.add_argument("--models", metavar="A,B", help="models or presets to measure (default: all)")
+    p.add_argument(
+        "--data",
+        default="fashion-mnist",
+        help="data to train on (default fashion-mnist; the throughput does not depend on it)",
+    )
+    p.add_argument(
+        "--quick",
+        action="store_true",
+        help="seconds instead of minutes: batches "
+        "capped at 16, few repeats, 4-second time-to-quality runs (numbers are "
+        "indicative only)",
+    )
+    p.add_argument(
+        "--ttq-seconds",
+        type=float,
+        metavar="S",
+        help="budget of each time-to-quality run (default 300; 0 skips it)",
+    )
+    p.add_argument(
+        "--no-eval",
+        action="store_true",
+        help="skip the evaluation timing and time to quality (no evaluator needed)",
+    )
+    p.add_argument(
+        "--threads", type=int, default=0, help="CPU threads (default: one per physical core)"
+    )
+    p.add_argument(
+        "--json",
+        metavar="FILE",
+        help='also write the report as JSON (one row per model under "rows")',
+    )
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
@@ -659,9 +872,15 @@ def cmd_bench(args: argparse.Namespace) -> int:
         if args.ttq_seconds < 0:
             raise GankitError("--ttq-seconds must be >= 0 (0 skips time to quality)")
         settings.ttq_seconds = args.ttq_seconds
-    report = bench.run_bench(models, args.data, settings, args.threads,
-                             evaluation=not args.no_eval, ttq=not args.no_eval,
-                             log=lambda text: print(text, file=sys.stderr, flush=True))
+    report = bench.run_bench(
+        models,
+        args.data,
+        settings,
+        args.threads,
+        evaluation=not args.no_eval,
+        ttq=not args.no_eval,
+        log=lambda text: print(text, file=sys.stderr, flush=True),
+    )
     print(bench.format_bench(report))
     if args.json:
         print(f"wrote {bench.write_json(report, args.json)}", file=sys.stderr)
@@ -669,56 +888,106 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 
 def _add_table(sub) -> None:
-    p = sub.add_parser("table", help="train every model for the same time and score them: "
-                       "the README's model table",
-                       description="Train every default and reference preset (or --models) on "
-                       "one data set for the same wall-clock budget of training, score 10,000 "
-                       "samples of each on the data's evaluator, and write OUT/table.md (the "
-                       "Markdown table, each default beside its family's reference presets) "
-                       "and OUT/table.json; the run folders stay in OUT. Run it on an idle "
-                       "machine: other busy programs cost every model steps.")
+    p = sub.add_parser(
+        "table",
+        help="train every model for the same time and score them: the README's model table",
+        description="Train every default and reference preset (or --models) on "
+        "one data set for the same wall-clock budget of training, score 10,000 "
+        "samples of each on the data's evaluator, and write OUT/table.md (the "
+        "Markdown table, each default beside its family's reference presets) "
+        "and OUT/table.json; the run folders stay in OUT. Run it on an idle "
+        "machine: other busy programs cost every model steps.",
+    )
     p.add_argument("--models", metavar="A,B", help="models or presets (default: all)")
-    p.add_argument("--data", default="fashion-mnist", help="data to train and score on "
-                   "(default fashion-mnist)")
-    p.add_argument("--minutes", type=float, default=5.0, help="training time of each model "
-                   "(default 5)")
-    p.add_argument("--seeds", type=int, default=1, help="seeds per model; the table shows "
-                   "mean ± std (default 1)")
-    p.add_argument("--eval-n", type=int, default=10_000, metavar="N",
-                   help="samples scored per run (default 10000)")
-    p.add_argument("--out", default="table", metavar="DIR", help="where the runs and the "
-                   "table go (default ./table)")
-    p.add_argument("--quick", action="store_true", help="6 s of training and 1,000 samples "
-                   "per model: checks the command, numbers indicative only")
+    p.add_argument(
+        "--data", default="fashion-mnist", help="data to train and score on (default fashion-mnist)"
+    )
+    p.add_argument(
+        "--minutes", type=float, default=5.0, help="training time of each model (default 5)"
+    )
+    p.add_argument(
+        "--seeds",
+        type=int,
+        default=1,
+        help="seeds per model; the table shows mean ± std (default 1)",
+    )
+    p.add_argument(
+        "--eval-n",
+        type=int,
+        default=10_000,
+        metavar="N",
+        help="samples scored per run (default 10000)",
+    )
+    p.add_argument(
+        "--out",
+        default="table",
+        metavar="DIR",
+        help="where the runs and the table go (default ./table)",
+    )
+    p.add_argument(
+        "--quick",
+        action="store_true",
+        help="6 s of training and 1,000 samples "
+        "per model: checks the command, numbers indicative only",
+    )
 
 
 def cmd_table(args: argparse.Namespace) -> int:
     from gankit.tools.bench import resolve_models
     from gankit.tools.table import TableSettings, format_table, run_table
 
-    settings = (TableSettings(0.1, args.seeds, 1000, args.data) if args.quick else
-                TableSettings(args.minutes, args.seeds, args.eval_n, args.data))
-    report = run_table(resolve_models(args.models), args.out, settings,
-                       log=lambda text: print(text, file=sys.stderr, flush=True))
+    settings = (
+        TableSettings(0.1, args.seeds, 1000, args.data)
+        if args.quick
+        else TableSettings(args.minutes, args.seeds, args.eval_n, args.data)
+    )
+    report = run_table(
+        resolve_models(args.models),
+        args.out,
+        settings,
+        log=lambda text: print(text, file=sys.stderr, flush=True),
+    )
     print(format_table(report))
     print(f"\nwrote {Path(args.out) / 'table.md'} and table.json", file=sys.stderr)
     return 0
 
 
-COMMANDS = {"train": cmd_train, "sample": cmd_sample, "interpolate": cmd_interpolate,
-            "latent": cmd_latent, "eval": cmd_eval, "compare": cmd_compare,
-            "evaluator": cmd_evaluator, "presets": cmd_presets, "bench": cmd_bench,
-            "sweep": cmd_sweep, "sweep-report": cmd_sweep_report, "table": cmd_table}
+COMMANDS = {
+    "train": cmd_train,
+    "sample": cmd_sample,
+    "interpolate": cmd_interpolate,
+    "latent": cmd_latent,
+    "eval": cmd_eval,
+    "compare": cmd_compare,
+    "evaluator": cmd_evaluator,
+    "presets": cmd_presets,
+    "bench": cmd_bench,
+    "sweep": cmd_sweep,
+    "sweep-report": cmd_sweep_report,
+    "table": cmd_table,
+}
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="gankit", description="Train, sample and inspect "
-                                     "classic generative image models.")
+    parser = argparse.ArgumentParser(
+        prog="gankit", description="Train, sample and inspect classic generative image models."
+    )
     parser.add_argument("--version", action="version", version=f"gankit {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for add in (_add_train, _add_sample, _add_interpolate, _add_latent, _add_eval, _add_compare,
-                _add_evaluator, _add_presets, _add_bench, _add_sweep, _add_sweep_report,
-                _add_table):
+    for add in (
+        _add_train,
+        _add_sample,
+        _add_interpolate,
+        _add_latent,
+        _add_eval,
+        _add_compare,
+        _add_evaluator,
+        _add_presets,
+        _add_bench,
+        _add_sweep,
+        _add_sweep_report,
+        _add_table,
+    ):
         add(sub)
     return parser
 

@@ -102,7 +102,9 @@ class OptimConfig:
         _check(self.lr > 0, "lr", self.lr, "a learning rate > 0")
         _check(
             len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas),
-            "betas", self.betas, "two numbers in [0, 1)",
+            "betas",
+            self.betas,
+            "two numbers in [0, 1)",
         )
         _check(self.eps > 0, "eps", self.eps, "a number > 0")
         _check(self.weight_decay >= 0, "weight_decay", self.weight_decay, "a number >= 0")
@@ -122,8 +124,12 @@ class LossConfig:
     kl_weight: float = 1.0  # VAE: weight of the KL term (β)
 
     def __post_init__(self) -> None:
-        _check(0 <= self.label_smoothing < 1, "loss.label_smoothing", self.label_smoothing,
-               "a number in [0, 1)")
+        _check(
+            0 <= self.label_smoothing < 1,
+            "loss.label_smoothing",
+            self.label_smoothing,
+            "a number in [0, 1)",
+        )
         _check(self.gp_weight >= 0, "loss.gp_weight", self.gp_weight, "a number >= 0")
         _check(self.clip >= 0, "loss.clip", self.clip, "a number >= 0")
         _check(self.kl_weight >= 0, "loss.kl_weight", self.kl_weight, "a number >= 0")
@@ -165,11 +171,14 @@ class ModelConfig:
         if self.family in ("ae", "vae", "bigan") and not self.encoder.layers:
             raise ConfigError(f"model.encoder.layers is empty: family {self.family!r} needs one")
         if self.family in ("gan", "bigan") and not self.discriminator.layers:
-            raise ConfigError(f"model.discriminator.layers is empty: family {self.family!r} "
-                              "needs one")
+            raise ConfigError(
+                f"model.discriminator.layers is empty: family {self.family!r} needs one"
+            )
         if self.latent.prior == "fitted" and self.family not in ("ae", "vae"):
-            raise ConfigError(f"model.latent.prior = 'fitted' is for the autoencoders (ae, vae), "
-                              f"not family {self.family!r}: its noise is what G learns to map")
+            raise ConfigError(
+                f"model.latent.prior = 'fitted' is for the autoencoders (ae, vae), "
+                f"not family {self.family!r}: its noise is what G learns to map"
+            )
         if self.conditional and self.family != "gan":
             raise ConfigError(f"model.conditional = true needs family 'gan', not {self.family!r}")
 
@@ -211,15 +220,29 @@ class TrainConfig:
         _check(self.max_seconds >= 0, "train.max_seconds", self.max_seconds, "a number >= 0")
         _check(self.data_limit >= 0, "train.data_limit", self.data_limit, "an integer >= 0")
         _check(self.threads >= 0, "train.threads", self.threads, "an integer >= 0")
-        _check(0 < self.rollback_lr_factor < 1, "train.rollback_lr_factor",
-               self.rollback_lr_factor, "a number in (0, 1)")
-        _check(self.max_rollbacks >= 1, "train.max_rollbacks", self.max_rollbacks,
-               "an integer >= 1")
+        _check(
+            0 < self.rollback_lr_factor < 1,
+            "train.rollback_lr_factor",
+            self.rollback_lr_factor,
+            "a number in (0, 1)",
+        )
+        _check(
+            self.max_rollbacks >= 1, "train.max_rollbacks", self.max_rollbacks, "an integer >= 1"
+        )
         _check(self.eval_every >= 0, "train.eval_every", self.eval_every, "an integer >= 0")
-        _check(self.eval_samples >= 10, "train.eval_samples", self.eval_samples,
-               "an integer >= 10 (thousands give stable numbers)")
-        for key in ("log_every", "sample_every", "checkpoint_every", "keep_checkpoints",
-                    "grid_size"):
+        _check(
+            self.eval_samples >= 10,
+            "train.eval_samples",
+            self.eval_samples,
+            "an integer >= 10 (thousands give stable numbers)",
+        )
+        for key in (
+            "log_every",
+            "sample_every",
+            "checkpoint_every",
+            "keep_checkpoints",
+            "grid_size",
+        ):
             value = getattr(self, key)
             _check(value >= 1, f"train.{key}", value, "an integer >= 1")
 
@@ -229,8 +252,17 @@ class TrainConfig:
 # length, and how often it logs, draws, checkpoints and evaluates. Every other option would
 # make it a different run (another model, other data, another batch or seed) and is refused.
 RESUMABLE: tuple[str, ...] = (
-    "data_dir", "device", "threads", "steps", "max_seconds", "log_every", "sample_every",
-    "checkpoint_every", "keep_checkpoints", "eval_every", "on_divergence",
+    "data_dir",
+    "device",
+    "threads",
+    "steps",
+    "max_seconds",
+    "log_every",
+    "sample_every",
+    "checkpoint_every",
+    "keep_checkpoints",
+    "eval_every",
+    "on_divergence",
 )
 
 
@@ -282,11 +314,16 @@ def _coerce(tp: Any, value: Any, path: str) -> Any:
     if origin is Literal:
         allowed = get_args(tp)
         if value not in allowed:
-            hint = (difflib.get_close_matches(value, [str(a) for a in allowed], n=1)
-                    if isinstance(value, str) else [])
+            hint = (
+                difflib.get_close_matches(value, [str(a) for a in allowed], n=1)
+                if isinstance(value, str)
+                else []
+            )
             extra = f" (did you mean {hint[0]!r}?)" if hint else ""
-            raise ConfigError(f"{path} = {_show(value)} is not allowed: choose one of "
-                              f"{', '.join(map(repr, allowed))}{extra}")
+            raise ConfigError(
+                f"{path} = {_show(value)} is not allowed: choose one of "
+                f"{', '.join(map(repr, allowed))}{extra}"
+            )
         return value
     if origin in (Union, types.UnionType):
         for arg in get_args(tp):
@@ -306,15 +343,13 @@ def _coerce(tp: Any, value: Any, path: str) -> Any:
         return None
     if tp is bool:
         if not isinstance(value, bool):
-            raise ConfigError(f"{path} = {_show(value)} has the wrong type: expected true or "
-                              "false")
+            raise ConfigError(f"{path} = {_show(value)} has the wrong type: expected true or false")
         return value
     if tp is int:
         if isinstance(value, bool) or not isinstance(value, int):
             raise ConfigError(f"{path} = {_show(value)} has the wrong type: expected an integer")
         if not INT_RANGE[0] <= value <= INT_RANGE[1]:
-            raise ConfigError(f"{path} = {_show(value)} is out of range: expected a 64-bit "
-                              "integer")
+            raise ConfigError(f"{path} = {_show(value)} is out of range: expected a 64-bit integer")
         return value
     if tp is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
@@ -324,8 +359,7 @@ def _coerce(tp: Any, value: Any, path: str) -> Any:
         except OverflowError:  # an integer beyond any float
             number = math.inf
         if not math.isfinite(number):
-            raise ConfigError(f"{path} = {_show(value)} is out of range: expected a finite "
-                              "number")
+            raise ConfigError(f"{path} = {_show(value)} is out of range: expected a finite number")
         return number
     if tp is str:
         if not isinstance(value, str):
@@ -398,8 +432,9 @@ def resolve_key(key: str) -> str:
     raise ConfigError(f"unknown config key {key!r}{hint}")
 
 
-def resumed_config(config: RunConfig, changes: dict[str, Any],
-                   named: dict[str, str] | None = None) -> RunConfig:
+def resumed_config(
+    config: RunConfig, changes: dict[str, Any], named: dict[str, str] | None = None
+) -> RunConfig:
     """``config`` with ``changes`` applied, each a key of :data:`RESUMABLE` (by its dotted
     path or its name); any other key is refused by name (``named[key]``: how the user wrote
     it, e.g. ``--batch-size``) before anything is loaded."""
@@ -412,7 +447,8 @@ def resumed_config(config: RunConfig, changes: dict[str, Any],
             raise ConfigError(
                 f"{named.get(key, key)}: a resumed run keeps the settings it was started with "
                 f"({path} = {_show(_get(config, path))}); on resume only "
-                f"{', '.join(RESUMABLE)} may change. To change {path}, start a new run")
+                f"{', '.join(RESUMABLE)} may change. To change {path}, start a new run"
+            )
         nested["train"][leaf] = value
     return from_dict(RunConfig, merge(to_dict(config), nested))
 
@@ -444,8 +480,12 @@ def parse_set(item: str) -> dict:
     return nested
 
 
-def build_config(base: dict, config_file: str | Path | None = None,
-                 sets: list[str] = (), overrides: dict | None = None) -> RunConfig:
+def build_config(
+    base: dict,
+    config_file: str | Path | None = None,
+    sets: list[str] = (),
+    overrides: dict | None = None,
+) -> RunConfig:
     """Resolve a run config: preset dict ← TOML file ← ``--set`` items ← explicit overrides."""
     data = base
     if config_file:

@@ -32,8 +32,14 @@ class GaussianMixture(nn.Module):
         return len(self.weights)
 
     @torch.no_grad()
-    def fit(self, codes: Tensor, seed: int = 0, iterations: int = 100, tol: float = 1e-4,
-            reg: float = 1e-4) -> GaussianMixture:
+    def fit(
+        self,
+        codes: Tensor,
+        seed: int = 0,
+        iterations: int = 100,
+        tol: float = 1e-4,
+        reg: float = 1e-4,
+    ) -> GaussianMixture:
         """Fit to ``codes`` (N, D) by EM; ``reg`` × the mean code variance is added to every
         covariance's diagonal, keeping them invertible. Fewer codes than components: one
         component per code is all the data can support, so the rest get zero weight."""
@@ -43,10 +49,12 @@ class GaussianMixture(nn.Module):
         gen = torch.Generator().manual_seed(seed)
         floor = reg * float(x.var(0).mean().clamp_min(1e-12))
         means = _kmeans_pp(x.cpu(), min(k, n), gen).to(x.device)
-        log_resp = _log_responsibilities(x, torch.full((len(means),), 1.0 / len(means),
-                                                       dtype=x.dtype, device=x.device),
-                                         means, _identity_cov(len(means), dim, x) *
-                                         x.var(0).mean().clamp_min(1e-12))
+        log_resp = _log_responsibilities(
+            x,
+            torch.full((len(means),), 1.0 / len(means), dtype=x.dtype, device=x.device),
+            means,
+            _identity_cov(len(means), dim, x) * x.var(0).mean().clamp_min(1e-12),
+        )
         previous = -math.inf
         for _ in range(iterations):
             weights, means, covs = _m_step(x, log_resp.exp(), floor)
@@ -103,8 +111,9 @@ def _joint_log_prob(x: Tensor, weights: Tensor, means: Tensor, covs: Tensor) -> 
     centred = (x.unsqueeze(0) - means.unsqueeze(1)).transpose(1, 2)  # (K, D, N)
     y = torch.linalg.solve_triangular(tril, centred, upper=False)  # (K, D, N)
     half_log_det = tril.diagonal(dim1=1, dim2=2).log().sum(1)  # (K,)
-    log_normal = -0.5 * y.square().sum(1) - half_log_det[:, None] \
-        - 0.5 * x.shape[1] * math.log(2 * math.pi)  # (K, N)
+    log_normal = (
+        -0.5 * y.square().sum(1) - half_log_det[:, None] - 0.5 * x.shape[1] * math.log(2 * math.pi)
+    )  # (K, N)
     return log_normal.T + weights.clamp_min(1e-300).log()
 
 

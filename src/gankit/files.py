@@ -38,13 +38,18 @@ _TEMP_NAME = re.compile(r"^\.(?P<name>.+)\.[0-9a-f]{12}\.(tmp|partial)$")
 def storage_error(path: PathLike, err: OSError, what: str = "write") -> StorageError:
     """A StorageError for an OSError met while writing ``path``: the file, the errno, a fix."""
     code = errno.errorcode.get(err.errno or 0, "")
-    reason = (f"[Errno {err.errno}{' ' + code if code else ''}] {err.strerror or err}"
-              if err.errno is not None else str(err))
-    hint = {errno.ENOSPC: "free some disk space", errno.EDQUOT: "free some of your disk quota",
-            errno.EROFS: "the file system is read-only: choose another folder",
-            errno.EACCES: "check the folder's permissions",
-            errno.EPERM: "check the folder's permissions"}.get(err.errno or 0,
-                                                                "check the disk")
+    reason = (
+        f"[Errno {err.errno}{' ' + code if code else ''}] {err.strerror or err}"
+        if err.errno is not None
+        else str(err)
+    )
+    hint = {
+        errno.ENOSPC: "free some disk space",
+        errno.EDQUOT: "free some of your disk quota",
+        errno.EROFS: "the file system is read-only: choose another folder",
+        errno.EACCES: "check the folder's permissions",
+        errno.EPERM: "check the folder's permissions",
+    }.get(err.errno or 0, "check the disk")
     error = StorageError(f"could not {what} {path}: {reason}; {hint}")
     error.path, error.errno = Path(path), err.errno
     return error
@@ -122,8 +127,10 @@ def atomic_folder(path: PathLike, overwrite: bool = False) -> Iterator[Path]:
     if target.exists() and not target.is_dir():
         raise GankitError(f"{target} is a file, not a folder: choose another path")
     if _non_empty(target) and not overwrite:
-        raise GankitError(f"{target} already exists and is not empty: pass --overwrite to "
-                          "replace it, or choose another folder")
+        raise GankitError(
+            f"{target} already exists and is not empty: pass --overwrite to "
+            "replace it, or choose another folder"
+        )
     tmp = temp_name(target, "partial")
     try:
         tmp.mkdir(parents=True)
@@ -150,8 +157,7 @@ def atomic_folder(path: PathLike, overwrite: bool = False) -> Iterator[Path]:
         raise
 
 
-def remove_temporaries(folder: PathLike, of: str | None = None,
-                       idle: float = 0.0) -> list[Path]:
+def remove_temporaries(folder: PathLike, of: str | None = None, idle: float = 0.0) -> list[Path]:
     """Delete the temporary files and folders a killed writer left in ``folder`` (only those
     for the file named ``of``, if given). Call while no other process writes there, or pass
     ``idle``: only temporaries untouched for that many seconds go (a live writer touches its
@@ -160,9 +166,13 @@ def remove_temporaries(folder: PathLike, of: str | None = None,
     if not root.is_dir():
         return []
     now = time.time()
-    stale = [p for p in root.iterdir()
-             if (m := _TEMP_NAME.match(p.name)) and (of is None or m["name"] == of)
-             and (not idle or now - _mtime(p) > idle)]
+    stale = [
+        p
+        for p in root.iterdir()
+        if (m := _TEMP_NAME.match(p.name))
+        and (of is None or m["name"] == of)
+        and (not idle or now - _mtime(p) > idle)
+    ]
     for path in stale:
         shutil.rmtree(path, ignore_errors=True) if path.is_dir() else _remove(path)
     return stale
@@ -225,15 +235,20 @@ class FolderLock:
             if time.monotonic() >= deadline:
                 holder = _read_holder(fd)
                 os.close(fd)
-                raise FolderBusy(f"{self.folder} is in use by another process "
-                                 f"({describe_holder(holder)}), which holds {self.purpose}: "
-                                 "wait for it to finish or stop it, or choose another folder",
-                                 holder)
+                raise FolderBusy(
+                    f"{self.folder} is in use by another process "
+                    f"({describe_holder(holder)}), which holds {self.purpose}: "
+                    "wait for it to finish or stop it, or choose another folder",
+                    holder,
+                )
             time.sleep(0.05)
         self._fd = fd
-        holder = {"pid": os.getpid(), "host": socket.gethostname(),
-                  "started": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
-                  "command": _command()}
+        holder = {
+            "pid": os.getpid(),
+            "host": socket.gethostname(),
+            "started": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
+            "command": _command(),
+        }
         with contextlib.suppress(OSError):  # who holds it is a courtesy; the lock is the flock
             os.ftruncate(fd, 0)
             os.lseek(fd, 0, os.SEEK_SET)

@@ -19,8 +19,9 @@ from torch import Tensor
 def bce_d(real: Tensor, fake: Tensor, real_target: float = 1.0) -> Tensor:
     """−E[t·log D(x) + (1−t)·log(1−D(x))] − E[log(1−D(G(z)))], t = 1 − label smoothing."""
     target = torch.full_like(real, real_target)
-    return (F.binary_cross_entropy_with_logits(real, target)
-            + F.binary_cross_entropy_with_logits(fake, torch.zeros_like(fake)))
+    return F.binary_cross_entropy_with_logits(real, target) + F.binary_cross_entropy_with_logits(
+        fake, torch.zeros_like(fake)
+    )
 
 
 def nonsaturating_g(fake: Tensor) -> Tensor:
@@ -75,16 +76,25 @@ GAN_LOSSES: dict[str, GanLoss] = {
 }
 
 
-def mixing_weights(n: int, dim: int, generator: torch.Generator | None = None,
-                   device: torch.device | str | None = None,
-                   dtype: torch.dtype | None = None) -> Tensor:
+def mixing_weights(
+    n: int,
+    dim: int,
+    generator: torch.Generator | None = None,
+    device: torch.device | str | None = None,
+    dtype: torch.dtype | None = None,
+) -> Tensor:
     """ε ~ U(0, 1), one per example, shaped (n, 1, …) to broadcast over ``dim``-D images."""
     return torch.rand(n, *([1] * (dim - 1)), generator=generator, device=device, dtype=dtype)
 
 
-def gradient_penalty(critic: Callable[..., Tensor], real: Tensor, fake: Tensor,
-                     generator: torch.Generator | None = None, eps: Tensor | None = None,
-                     **critic_kwargs) -> Tensor:
+def gradient_penalty(
+    critic: Callable[..., Tensor],
+    real: Tensor,
+    fake: Tensor,
+    generator: torch.Generator | None = None,
+    eps: Tensor | None = None,
+    **critic_kwargs,
+) -> Tensor:
     """E[(‖∇x̂ C(x̂)‖₂ − 1)²] at x̂ = εx + (1−ε)x̃, ε ~ U(0, 1) (Gulrajani et al. 2017, eq. 3).
 
     ``eps`` (B, 1, …) gives the mixing weights, else they are drawn from ``generator``.

@@ -49,12 +49,23 @@ _ACTIVATIONS: dict[str, Callable[..., nn.Module]] = {
 class BatchNormNoScale(nn.Module):
     """Batch norm with a learned shift β but no scale γ (TF-slim's default ``batch_norm``)."""
 
-    def __init__(self, num_features: int, eps: float, momentum: float, dims: int,
-                 track_running_stats: bool = True):
+    def __init__(
+        self,
+        num_features: int,
+        eps: float,
+        momentum: float,
+        dims: int,
+        track_running_stats: bool = True,
+    ):
         super().__init__()
         bn = nn.BatchNorm2d if dims == 4 else nn.BatchNorm1d
-        self.norm = bn(num_features, eps=eps, momentum=momentum, affine=False,
-                       track_running_stats=track_running_stats)
+        self.norm = bn(
+            num_features,
+            eps=eps,
+            momentum=momentum,
+            affine=False,
+            track_running_stats=track_running_stats,
+        )
         self.bias = nn.Parameter(torch.zeros(num_features))
         self.dims = dims
 
@@ -93,8 +104,12 @@ def _parse_args(spec: str, tokens: list[str]) -> tuple[list[str], dict[str, str]
     return positional, options, flags
 
 
-_FLAGS = {"fc": {"nobias"}, "conv": {"nobias", "same"}, "convT": {"nobias"},
-          "bn": {"noscale", "batchstats"}}  # the words each op accepts
+_FLAGS = {
+    "fc": {"nobias"},
+    "conv": {"nobias", "same"},
+    "convT": {"nobias"},
+    "bn": {"noscale", "batchstats"},
+}  # the words each op accepts
 
 
 def build_layer(spec: str, in_shape: Shape) -> nn.Module:
@@ -104,25 +119,36 @@ def build_layer(spec: str, in_shape: Shape) -> nn.Module:
     unknown = flags - _FLAGS.get(op, set())
     if unknown:
         allowed = ", ".join(sorted(_FLAGS.get(op, set()))) or "none"
-        raise ConfigError(f"layer {spec!r}: unknown flag {', '.join(sorted(unknown))} "
-                          f"(flags of {op!r}: {allowed})")
+        raise ConfigError(
+            f"layer {spec!r}: unknown flag {', '.join(sorted(unknown))} "
+            f"(flags of {op!r}: {allowed})"
+        )
     try:
         if op == "fc":
             if len(in_shape) != 1:
-                raise ConfigError(f"layer {spec!r} needs flat input but gets {in_shape}: "
-                                  "add 'flatten' before it")
+                raise ConfigError(
+                    f"layer {spec!r} needs flat input but gets {in_shape}: add 'flatten' before it"
+                )
             return nn.Linear(in_shape[0], int(pos[0]), bias="nobias" not in flags)
         if op in ("conv", "convT"):
             if len(in_shape) != 3:
-                raise ConfigError(f"layer {spec!r} needs (C, H, W) input but gets {in_shape}: "
-                                  "add 'reshape C H W' before it")
+                raise ConfigError(
+                    f"layer {spec!r} needs (C, H, W) input but gets {in_shape}: "
+                    "add 'reshape C H W' before it"
+                )
             k, s = int(opt["k"]), int(opt.get("s", 1))
             if op == "conv":
                 pad: int | str = "same" if "same" in flags else int(opt.get("p", 0))
-                return nn.Conv2d(in_shape[0], int(pos[0]), k, s, pad,
-                                 bias="nobias" not in flags)
-            return nn.ConvTranspose2d(in_shape[0], int(pos[0]), k, s, int(opt.get("p", 0)),
-                                      int(opt.get("o", 0)), bias="nobias" not in flags)
+                return nn.Conv2d(in_shape[0], int(pos[0]), k, s, pad, bias="nobias" not in flags)
+            return nn.ConvTranspose2d(
+                in_shape[0],
+                int(pos[0]),
+                k,
+                s,
+                int(opt.get("p", 0)),
+                int(opt.get("o", 0)),
+                bias="nobias" not in flags,
+            )
         if op == "maxpool":
             k = int(pos[0])
             return nn.MaxPool2d(k, int(opt.get("s", k)))
@@ -146,14 +172,29 @@ def build_layer(spec: str, in_shape: Shape) -> nn.Module:
         if op == "reshape":
             shape = tuple(int(p) for p in pos)
             if math.prod(shape) != math.prod(in_shape):
-                raise ConfigError(f"layer {spec!r}: cannot reshape {in_shape} "
-                                  f"({math.prod(in_shape)} values) to {shape}")
+                raise ConfigError(
+                    f"layer {spec!r}: cannot reshape {in_shape} "
+                    f"({math.prod(in_shape)} values) to {shape}"
+                )
             return Reshape(shape)
     except (IndexError, KeyError, ValueError) as err:
-        raise ConfigError(f"layer {spec!r} is malformed ({err}); see gankit.nets for the "
-                          "layer language, e.g. 'conv 64 k4 s2 p1'") from None
-    known = ["fc", "conv", "convT", "maxpool", "upsample", "bn", "lrelu", "dropout",
-             "flatten", "reshape", *_ACTIVATIONS]
+        raise ConfigError(
+            f"layer {spec!r} is malformed ({err}); see gankit.nets for the "
+            "layer language, e.g. 'conv 64 k4 s2 p1'"
+        ) from None
+    known = [
+        "fc",
+        "conv",
+        "convT",
+        "maxpool",
+        "upsample",
+        "bn",
+        "lrelu",
+        "dropout",
+        "flatten",
+        "reshape",
+        *_ACTIVATIONS,
+    ]
     raise ConfigError(f"unknown layer {op!r} in {spec!r}: known layers are {', '.join(known)}")
 
 
@@ -167,8 +208,9 @@ def build_body(layers: Sequence[str], in_shape: Shape) -> tuple[nn.Sequential, S
             try:
                 shape = tuple(layer(torch.zeros(2, *shape)).shape[1:])  # 2: batch norm
             except RuntimeError as err:
-                raise ConfigError(f"layer {spec!r} does not fit its input {shape}: "
-                                  f"{str(err).splitlines()[0]}") from None
+                raise ConfigError(
+                    f"layer {spec!r} does not fit its input {shape}: {str(err).splitlines()[0]}"
+                ) from None
         if min(shape, default=1) < 1:
             raise ConfigError(f"layer {spec!r} turns {in_shape} into an empty shape {shape}")
         layer.train()
@@ -206,6 +248,7 @@ def _trunc_normal(std: float) -> Callable[[nn.Module], None]:
         for p in (m.weight, m.bias):  # weights and biases alike, cut at 2σ as TF does
             if p is not None:
                 nn.init.trunc_normal_(p, 0.0, std, -2 * std, 2 * std)
+
     return init
 
 
@@ -226,13 +269,15 @@ def init_weights(module: nn.Module, scheme: str) -> None:
         try:
             fn = _trunc_normal(float(scheme.split(":", 1)[1]))
         except ValueError:
-            raise ConfigError(f"init {scheme!r}: expected trunc_normal:STD, "
-                              "e.g. trunc_normal:0.05") from None
+            raise ConfigError(
+                f"init {scheme!r}: expected trunc_normal:STD, e.g. trunc_normal:0.05"
+            ) from None
     elif scheme in INITS:
         fn = INITS[scheme]
     else:
-        raise ConfigError(f"unknown init {scheme!r}: choose one of {', '.join(INITS)} "
-                          "or trunc_normal:STD")
+        raise ConfigError(
+            f"unknown init {scheme!r}: choose one of {', '.join(INITS)} or trunc_normal:STD"
+        )
     if fn is None:
         return
     for m in module.modules():
@@ -270,8 +315,14 @@ class Generator(nn.Module):
     (``embed_dim == 0``, Mirza & Osindero 2014) or as a learned embedding.
     """
 
-    def __init__(self, layers: Sequence[str], latent_dim: int, image_shape: Shape,
-                 num_classes: int = 0, embed_dim: int = 0):
+    def __init__(
+        self,
+        layers: Sequence[str],
+        latent_dim: int,
+        image_shape: Shape,
+        num_classes: int = 0,
+        embed_dim: int = 0,
+    ):
         super().__init__()
         self.latent_dim, self.num_classes = latent_dim, num_classes
         self.image_shape = tuple(image_shape)
@@ -279,16 +330,21 @@ class Generator(nn.Module):
         cond = (embed_dim or num_classes) if num_classes else 0
         self.body, out = build_body(layers, (latent_dim + cond,))
         if out != self.image_shape:
-            raise ConfigError(f"generator layers produce {out}, but images are "
-                              f"{self.image_shape}: end with e.g. 'reshape "
-                              f"{' '.join(map(str, self.image_shape))}'")
+            raise ConfigError(
+                f"generator layers produce {out}, but images are "
+                f"{self.image_shape}: end with e.g. 'reshape "
+                f"{' '.join(map(str, self.image_shape))}'"
+            )
 
     def forward(self, z: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
         if self.num_classes:
             if y is None:
                 raise ValueError("a conditional generator needs labels y")
-            cond = self.embed(y) if self.embed is not None else nn.functional.one_hot(
-                y, self.num_classes).to(z.dtype)
+            cond = (
+                self.embed(y)
+                if self.embed is not None
+                else nn.functional.one_hot(y, self.num_classes).to(z.dtype)
+            )
             z = torch.cat([z, cond], dim=1)  # (B, latent + cond)
         return self.body(z)  # (B, C, H, W)
 
@@ -305,8 +361,10 @@ class Critic(nn.Module):
         self.num_classes = num_classes
         self.body, out = build_body(layers, tuple(image_shape))
         if len(out) != 1:
-            raise ConfigError(f"discriminator layers produce {out}: they must end flat, "
-                              "e.g. with 'flatten' then 'fc 1'")
+            raise ConfigError(
+                f"discriminator layers produce {out}: they must end flat, "
+                "e.g. with 'flatten' then 'fc 1'"
+            )
         if num_classes:
             self.head = nn.Linear(out[0], 1)
             self.embed = nn.Embedding(num_classes, out[0])
@@ -326,14 +384,21 @@ class Critic(nn.Module):
 class JointCritic(nn.Module):
     """BiGAN/ALI discriminator: (image (B, C, H, W), code (B, D)) → logits (B,)."""
 
-    def __init__(self, layers: Sequence[str], x_layers: Sequence[str], z_layers: Sequence[str],
-                 image_shape: Shape, latent_dim: int):
+    def __init__(
+        self,
+        layers: Sequence[str],
+        x_layers: Sequence[str],
+        z_layers: Sequence[str],
+        image_shape: Shape,
+        latent_dim: int,
+    ):
         super().__init__()
         self.x_body, x_out = build_body(list(x_layers) or ["flatten"], tuple(image_shape))
         self.z_body, z_out = build_body(z_layers, (latent_dim,))
         if len(x_out) != 1 or len(z_out) != 1:
-            raise ConfigError(f"joint discriminator branches must end flat, got image "
-                              f"{x_out} and code {z_out}")
+            raise ConfigError(
+                f"joint discriminator branches must end flat, got image {x_out} and code {z_out}"
+            )
         self.body, out = build_body(layers, (x_out[0] + z_out[0],))
         if out != (1,):
             raise ConfigError(f"joint discriminator layers produce {out}: end with 'fc 1'")
@@ -354,8 +419,10 @@ class Encoder(nn.Module):
         super().__init__()
         self.body, out = build_body(layers, tuple(image_shape))
         if len(out) != 1:
-            raise ConfigError(f"encoder layers produce {out}: they must end flat, e.g. with "
-                              "'flatten' (a linear layer to the code follows)")
+            raise ConfigError(
+                f"encoder layers produce {out}: they must end flat, e.g. with "
+                "'flatten' (a linear layer to the code follows)"
+            )
         self.head = nn.Linear(out[0], out_dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

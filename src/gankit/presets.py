@@ -32,51 +32,91 @@ def _ae_000(variational: bool) -> dict:
     enc = ["flatten", "fc 128", "tanh", "fc 64", "tanh", "fc 12", "tanh"]  # then fc to the code
     dec = ["fc 12", "tanh", "fc 64", "tanh", "fc 128", "tanh", "fc 784", "sigmoid", IMG]
     name = "vae-000" if variational else "ae-000"
-    what = ("VAE with ae-000's widths: a 3-D Gaussian code (μ, log σ²), reparameterised; loss "
-            "= squared error summed over pixels + KL to N(0, I)" if variational else
-            "MLP autoencoder 784→128→64→12→3→12→64→128→784, MSE, Adam 1e-3")
+    what = (
+        "VAE with ae-000's widths: a 3-D Gaussian code (μ, log σ²), reparameterised; loss "
+        "= squared error summed over pixels + KL to N(0, I)"
+        if variational
+        else "MLP autoencoder 784→128→64→12→3→12→64→128→784, MSE, Adam 1e-3"
+    )
     return _run(
         name,
         f"{what}. The notes give no activations: tanh hidden layers, linear code, sigmoid "
         "output on [0, 1] pixels; batch 128 and 20 epochs are gankit's choice.",
-        {"family": "vae" if variational else "ae", "data_range": "unit",
-         "latent": {"dim": code, "dist": "normal"},
-         "encoder": {"layers": enc, "init": "xavier_uniform"},
-         "generator": {"layers": dec, "init": "xavier_uniform"},
-         "loss": {"recon": "mse-sum" if variational else "mse"},
-         "opt_g": TF_ADAM | {"lr": 1e-3}},
+        {
+            "family": "vae" if variational else "ae",
+            "data_range": "unit",
+            "latent": {"dim": code, "dist": "normal"},
+            "encoder": {"layers": enc, "init": "xavier_uniform"},
+            "generator": {"layers": dec, "init": "xavier_uniform"},
+            "loss": {"recon": "mse-sum" if variational else "mse"},
+            "opt_g": TF_ADAM | {"lr": 1e-3},
+        },
         {"data": "mnist", "batch_size": 128, "epochs": 20, "sample_every": 1000},
     )
 
 
 def _gan_000(conv: bool) -> dict:
     if conv:
-        g = ["fc 1024", "relu", SLIM_BN, "fc 6272", "relu", SLIM_BN, "reshape 128 7 7",
-             "convT 64 k4 s2 p1", "relu", SLIM_BN, "convT 1 k4 s2 p1", "tanh"]
-        d = ["conv 32 k5 same", "lrelu 0.2", "maxpool 2", "conv 64 k5 same", "lrelu 0.2",
-             "maxpool 2", "flatten", "fc 1024", "lrelu 0.01", "fc 1"]
+        g = [
+            "fc 1024",
+            "relu",
+            SLIM_BN,
+            "fc 6272",
+            "relu",
+            SLIM_BN,
+            "reshape 128 7 7",
+            "convT 64 k4 s2 p1",
+            "relu",
+            SLIM_BN,
+            "convT 1 k4 s2 p1",
+            "tanh",
+        ]
+        d = [
+            "conv 32 k5 same",
+            "lrelu 0.2",
+            "maxpool 2",
+            "conv 64 k5 same",
+            "lrelu 0.2",
+            "maxpool 2",
+            "flatten",
+            "fc 1024",
+            "lrelu 0.01",
+            "fc 1",
+        ]
     else:
         g = ["fc 1024", "relu", "fc 1024", "relu", "fc 784", "tanh", IMG]
         d = ["flatten", "fc 256", "lrelu 0.2", "fc 256", "lrelu 0.2", "fc 1"]
     return _run(
         "dcgan-000" if conv else "gan-000",
-        ("DCGAN of the notes: D conv5×5 32/64 with max-pool, fc 1024; G fc 1024 → fc 7·7·128 "
-         "→ two 4×4 stride-2 transposed convs, batch norm after ReLU (tf-slim: no γ, batch "
-         "statistics also when sampling)"
-         if conv else "MLP GAN of the notes: G 1024-1024-784 ReLU/tanh, D 256-256 "
-         "LeakyReLU 0.2") + "; U(−1, 1) noise of 96; data in [−1, 1]; sigmoid cross-entropy; "
+        (
+            "DCGAN of the notes: D conv5×5 32/64 with max-pool, fc 1024; G fc 1024 → fc 7·7·128 "
+            "→ two 4×4 stride-2 transposed convs, batch norm after ReLU (tf-slim: no γ, batch "
+            "statistics also when sampling)"
+            if conv
+            else "MLP GAN of the notes: G 1024-1024-784 ReLU/tanh, D 256-256 LeakyReLU 0.2"
+        )
+        + "; U(−1, 1) noise of 96; data in [−1, 1]; sigmoid cross-entropy; "
         "Adam 3e-4 β1 0.5; one D then one G step on the same noise; batch 128, 10 epochs; "
         "tf-slim's Glorot-uniform init.",
-        {"family": "gan", "data_range": "tanh",
-         "latent": {"dim": 96, "dist": "uniform", "std": 1.0},
-         "generator": {"layers": g, "init": "xavier_uniform"},
-         "discriminator": {"layers": d, "init": "xavier_uniform"},
-         "loss": {"gan": "nonsaturating"},
-         "opt_g": {"name": "adam", "lr": 3e-4, "betas": [0.5, 0.999]},
-         "opt_d": {"name": "adam", "lr": 3e-4, "betas": [0.5, 0.999]},
-         "reuse_noise": True},
-        {"data": "mnist", "batch_size": 128, "epochs": 10, "log_every": 100,
-         "sample_every": 1000, "grid_size": 16},
+        {
+            "family": "gan",
+            "data_range": "tanh",
+            "latent": {"dim": 96, "dist": "uniform", "std": 1.0},
+            "generator": {"layers": g, "init": "xavier_uniform"},
+            "discriminator": {"layers": d, "init": "xavier_uniform"},
+            "loss": {"gan": "nonsaturating"},
+            "opt_g": {"name": "adam", "lr": 3e-4, "betas": [0.5, 0.999]},
+            "opt_d": {"name": "adam", "lr": 3e-4, "betas": [0.5, 0.999]},
+            "reuse_noise": True,
+        },
+        {
+            "data": "mnist",
+            "batch_size": 128,
+            "epochs": 10,
+            "log_every": 100,
+            "sample_every": 1000,
+            "grid_size": 16,
+        },
     )
 
 
@@ -91,23 +131,55 @@ def _gan_001() -> dict:
         "of 128; pixels x/255; every weight and bias from N(0, 0.1²) cut at 2σ; Adam 2e-4; "
         "batch 500 drawn at random each step; one D then one G step on the same noise; "
         "100,000 steps; 8 samples every 20 steps.",
-        {"family": "gan", "data_range": "unit", "latent": {"dim": 128, "dist": "normal"},
-         "generator": {"layers": GAN_001_G, "init": "trunc_normal:0.1"},
-         "discriminator": {"layers": GAN_001_D, "init": "trunc_normal:0.1"},
-         "loss": {"gan": "nonsaturating"},
-         "opt_g": TF_ADAM | {"lr": 2e-4}, "opt_d": TF_ADAM | {"lr": 2e-4},
-         "reuse_noise": True},
-        {"data": "fashion-mnist", "batch_size": 500, "steps": 100_000, "sampler": "random",
-         "log_every": 5, "sample_every": 20, "grid_size": 8, "checkpoint_every": 5000},
+        {
+            "family": "gan",
+            "data_range": "unit",
+            "latent": {"dim": 128, "dist": "normal"},
+            "generator": {"layers": GAN_001_G, "init": "trunc_normal:0.1"},
+            "discriminator": {"layers": GAN_001_D, "init": "trunc_normal:0.1"},
+            "loss": {"gan": "nonsaturating"},
+            "opt_g": TF_ADAM | {"lr": 2e-4},
+            "opt_d": TF_ADAM | {"lr": 2e-4},
+            "reuse_noise": True,
+        },
+        {
+            "data": "fashion-mnist",
+            "batch_size": 500,
+            "steps": 100_000,
+            "sampler": "random",
+            "log_every": 5,
+            "sample_every": 20,
+            "grid_size": 8,
+            "checkpoint_every": 5000,
+        },
     )
 
 
 def _dcgan_001() -> dict:
     bn = "bn eps=0.0001 momentum=0.9"  # TF code: moving average with decay 0.1
-    g = ["fc 4608", "tanh", "reshape 128 6 6", "convT 64 k4 s2", "lrelu 0.2", bn,
-         "convT 1 k2 s2", "tanh", bn]
-    d = ["conv 64 k5 same", "lrelu 0.2", "maxpool 2", "conv 128 k5 same", "lrelu 0.2",
-         "maxpool 2", "flatten", "fc 512", "lrelu 0.2", "fc 1"]
+    g = [
+        "fc 4608",
+        "tanh",
+        "reshape 128 6 6",
+        "convT 64 k4 s2",
+        "lrelu 0.2",
+        bn,
+        "convT 1 k2 s2",
+        "tanh",
+        bn,
+    ]
+    d = [
+        "conv 64 k5 same",
+        "lrelu 0.2",
+        "maxpool 2",
+        "conv 128 k5 same",
+        "lrelu 0.2",
+        "maxpool 2",
+        "flatten",
+        "fc 512",
+        "lrelu 0.2",
+        "fc 1",
+    ]
     return _run(
         "dcgan-001",
         "DCGAN of the Fashion-MNIST tutorial: G fc 6·6·128 tanh → 4×4 stride-2 'valid' "
@@ -116,15 +188,27 @@ def _dcgan_001() -> dict:
         "0.05²) cut at 2σ; BN ε 1e-4, running-average decay 0.1; Adam 2e-5 (D) / 9e-5 (G); "
         "batch 50; each step = 5 D then 50 G updates. The tutorial trains on the first 200 "
         "images (--set data_limit=200) and never stops: 200 steps here (~12 s each on 2 cores).",
-        {"family": "gan", "data_range": "tanh",
-         "latent": {"dim": 4608, "dist": "normal", "std": 0.2},
-         "generator": {"layers": g, "init": "trunc_normal:0.05"},
-         "discriminator": {"layers": d, "init": "trunc_normal:0.05"},
-         "loss": {"gan": "nonsaturating"},
-         "opt_g": TF_ADAM | {"lr": 9e-5}, "opt_d": TF_ADAM | {"lr": 2e-5},
-         "n_critic": 5, "g_steps": 50},
-        {"data": "fashion-mnist", "batch_size": 50, "steps": 200, "log_every": 2,
-         "sample_every": 2, "grid_size": 4, "checkpoint_every": 100},
+        {
+            "family": "gan",
+            "data_range": "tanh",
+            "latent": {"dim": 4608, "dist": "normal", "std": 0.2},
+            "generator": {"layers": g, "init": "trunc_normal:0.05"},
+            "discriminator": {"layers": d, "init": "trunc_normal:0.05"},
+            "loss": {"gan": "nonsaturating"},
+            "opt_g": TF_ADAM | {"lr": 9e-5},
+            "opt_d": TF_ADAM | {"lr": 2e-5},
+            "n_critic": 5,
+            "g_steps": 50,
+        },
+        {
+            "data": "fashion-mnist",
+            "batch_size": 50,
+            "steps": 200,
+            "log_every": 2,
+            "sample_every": 2,
+            "grid_size": 4,
+            "checkpoint_every": 100,
+        },
     )
 
 
@@ -134,14 +218,25 @@ def _wgan_001() -> dict:
         "WGAN with weight clipping on gan-001's networks: no sigmoid, critic loss "
         "E[C(G(z))] − E[C(x)], clip to [−0.01, 0.01] after each critic update, RMSprop 5e-5, "
         "5 critic updates per G update, batch 64 (the numbers of Arjovsky et al. 2017).",
-        {"family": "gan", "data_range": "unit", "latent": {"dim": 128, "dist": "normal"},
-         "generator": {"layers": GAN_001_G, "init": "trunc_normal:0.1"},
-         "discriminator": {"layers": GAN_001_D, "init": "trunc_normal:0.1"},
-         "loss": {"gan": "wasserstein", "clip": 0.01},
-         "opt_g": {"name": "rmsprop", "lr": 5e-5}, "opt_d": {"name": "rmsprop", "lr": 5e-5},
-         "n_critic": 5},
-        {"data": "fashion-mnist", "batch_size": 64, "steps": 100_000, "log_every": 50,
-         "sample_every": 1000, "checkpoint_every": 5000},
+        {
+            "family": "gan",
+            "data_range": "unit",
+            "latent": {"dim": 128, "dist": "normal"},
+            "generator": {"layers": GAN_001_G, "init": "trunc_normal:0.1"},
+            "discriminator": {"layers": GAN_001_D, "init": "trunc_normal:0.1"},
+            "loss": {"gan": "wasserstein", "clip": 0.01},
+            "opt_g": {"name": "rmsprop", "lr": 5e-5},
+            "opt_d": {"name": "rmsprop", "lr": 5e-5},
+            "n_critic": 5,
+        },
+        {
+            "data": "fashion-mnist",
+            "batch_size": 64,
+            "steps": 100_000,
+            "log_every": 50,
+            "sample_every": 1000,
+            "checkpoint_every": 5000,
+        },
     )
 
 
@@ -152,17 +247,32 @@ def _gan_002() -> dict:
         "U(−1, 1) noise of 100; pixels 2x − 1; D's real target 0.9; Adam 1e-3 (the text also "
         "mentions 2e-3: --lr 2e-3); batch 100, 100 epochs; one D then one G step on the same "
         "noise; 16 samples and a checkpoint after each epoch of 600 steps.",
-        {"family": "gan", "data_range": "tanh",
-         "latent": {"dim": 100, "dist": "uniform", "std": 1.0},
-         "generator": {"layers": ["fc 128", "lrelu 0.01", "fc 784", "tanh", IMG],
-                       "init": "xavier_uniform"},
-         "discriminator": {"layers": ["flatten", "fc 128", "lrelu 0.01", "fc 1"],
-                           "init": "xavier_uniform"},
-         "loss": {"gan": "nonsaturating", "label_smoothing": 0.1},
-         "opt_g": TF_ADAM | {"lr": 1e-3}, "opt_d": TF_ADAM | {"lr": 1e-3},
-         "reuse_noise": True},
-        {"data": "mnist", "batch_size": 100, "epochs": 100, "log_every": 100,
-         "sample_every": 600, "checkpoint_every": 600, "grid_size": 16},
+        {
+            "family": "gan",
+            "data_range": "tanh",
+            "latent": {"dim": 100, "dist": "uniform", "std": 1.0},
+            "generator": {
+                "layers": ["fc 128", "lrelu 0.01", "fc 784", "tanh", IMG],
+                "init": "xavier_uniform",
+            },
+            "discriminator": {
+                "layers": ["flatten", "fc 128", "lrelu 0.01", "fc 1"],
+                "init": "xavier_uniform",
+            },
+            "loss": {"gan": "nonsaturating", "label_smoothing": 0.1},
+            "opt_g": TF_ADAM | {"lr": 1e-3},
+            "opt_d": TF_ADAM | {"lr": 1e-3},
+            "reuse_noise": True,
+        },
+        {
+            "data": "mnist",
+            "batch_size": 100,
+            "epochs": 100,
+            "log_every": 100,
+            "sample_every": 600,
+            "checkpoint_every": 600,
+            "grid_size": 16,
+        },
     )
 
 
@@ -173,18 +283,33 @@ def _bigan_004() -> dict:
         "848→128 ReLU→1; U(−1, 1) codes of 64; pixels in [0, 1]; weights N(0, 2/fan_in), "
         "biases 0; Adam 1e-3 for D and for E+G together; batch 32, 10,001 steps; both "
         "updates on the same batch and noise; a 4×4 grid every 1,000 steps.",
-        {"family": "bigan", "data_range": "unit",
-         "latent": {"dim": 64, "dist": "uniform", "std": 1.0},
-         "encoder": {"layers": ["flatten", "fc 128", "relu"], "init": "he_normal"},
-         "generator": {"layers": ["fc 128", "relu", "fc 784", "sigmoid", IMG],
-                       "init": "he_normal"},
-         "discriminator": {"layers": ["fc 128", "relu", "fc 1"], "x_layers": ["flatten"],
-                           "init": "he_normal"},
-         "loss": {"gan": "nonsaturating"},
-         "opt_g": TF_ADAM | {"lr": 1e-3}, "opt_d": TF_ADAM | {"lr": 1e-3},
-         "reuse_noise": True},
-        {"data": "mnist", "batch_size": 32, "steps": 10_001, "log_every": 100,
-         "sample_every": 1000, "grid_size": 16},
+        {
+            "family": "bigan",
+            "data_range": "unit",
+            "latent": {"dim": 64, "dist": "uniform", "std": 1.0},
+            "encoder": {"layers": ["flatten", "fc 128", "relu"], "init": "he_normal"},
+            "generator": {
+                "layers": ["fc 128", "relu", "fc 784", "sigmoid", IMG],
+                "init": "he_normal",
+            },
+            "discriminator": {
+                "layers": ["fc 128", "relu", "fc 1"],
+                "x_layers": ["flatten"],
+                "init": "he_normal",
+            },
+            "loss": {"gan": "nonsaturating"},
+            "opt_g": TF_ADAM | {"lr": 1e-3},
+            "opt_d": TF_ADAM | {"lr": 1e-3},
+            "reuse_noise": True,
+        },
+        {
+            "data": "mnist",
+            "batch_size": 32,
+            "steps": 10_001,
+            "log_every": 100,
+            "sample_every": 1000,
+            "grid_size": 16,
+        },
     )
 
 
@@ -192,25 +317,56 @@ def _bigan_004() -> dict:
 
 # 28×28 conv stacks shared by the defaults (channels kept small: these train on laptop CPUs).
 # No bias before batch norm: the norm removes it (its gradient is zero up to rounding).
-CONV_G = ["fc 6272 nobias", "bn", "relu", "reshape 128 7 7",
-          "convT 64 k4 s2 p1 nobias", "bn", "relu",  # (64, 14, 14)
-          "convT 32 k4 s2 p1 nobias", "bn", "relu",  # (32, 28, 28)
-          "conv 1 k3 p1", "tanh", IMG]
-CONV_D = ["conv 64 k4 s2 p1", "lrelu 0.2",  # (64, 14, 14)
-          "conv 128 k4 s2 p1", "lrelu 0.2",  # (128, 7, 7)
-          "flatten"]
-CONV_D_BN = ["conv 64 k4 s2 p1", "lrelu 0.2",  # Radford et al. 2016: BN in D too
-             "conv 128 k4 s2 p1 nobias", "bn", "lrelu 0.2", "flatten"]
-CONV_E = ["conv 32 k4 s2 p1", "lrelu 0.2", "conv 64 k4 s2 p1 nobias", "bn", "lrelu 0.2",
-          "flatten"]
-DEFAULT_TRAIN = {"data": "fashion-mnist", "batch_size": 64, "log_every": 50,
-                 "sample_every": 500, "checkpoint_every": 1000}
+CONV_G = [
+    "fc 6272 nobias",
+    "bn",
+    "relu",
+    "reshape 128 7 7",
+    "convT 64 k4 s2 p1 nobias",
+    "bn",
+    "relu",  # (64, 14, 14)
+    "convT 32 k4 s2 p1 nobias",
+    "bn",
+    "relu",  # (32, 28, 28)
+    "conv 1 k3 p1",
+    "tanh",
+    IMG,
+]
+CONV_D = [
+    "conv 64 k4 s2 p1",
+    "lrelu 0.2",  # (64, 14, 14)
+    "conv 128 k4 s2 p1",
+    "lrelu 0.2",  # (128, 7, 7)
+    "flatten",
+]
+CONV_D_BN = [
+    "conv 64 k4 s2 p1",
+    "lrelu 0.2",  # Radford et al. 2016: BN in D too
+    "conv 128 k4 s2 p1 nobias",
+    "bn",
+    "lrelu 0.2",
+    "flatten",
+]
+CONV_E = ["conv 32 k4 s2 p1", "lrelu 0.2", "conv 64 k4 s2 p1 nobias", "bn", "lrelu 0.2", "flatten"]
+DEFAULT_TRAIN = {
+    "data": "fashion-mnist",
+    "batch_size": 64,
+    "log_every": 50,
+    "sample_every": 500,
+    "checkpoint_every": 1000,
+}
 ADAM_GAN = {"name": "adam", "lr": 2e-4, "betas": [0.5, 0.999]}
 
 
 def _default_gan(name: str, description: str, model: dict, train: dict) -> dict:
-    base = {"family": "gan", "data_range": "tanh", "latent": {"dim": 64, "dist": "normal"},
-            "opt_g": ADAM_GAN, "opt_d": ADAM_GAN, "ema": 0.999}
+    base = {
+        "family": "gan",
+        "data_range": "tanh",
+        "latent": {"dim": 64, "dist": "normal"},
+        "opt_g": ADAM_GAN,
+        "opt_d": ADAM_GAN,
+        "ema": 0.999,
+    }
     return _run(name, description, base | model, DEFAULT_TRAIN | train)
 
 
@@ -218,108 +374,181 @@ def _defaults() -> list[dict]:
     tanh_out = CONV_G
     unit_out = CONV_G[:-2] + [IMG]  # logits: the autoencoders' BCE applies the sigmoid
     return [
-        _run("ae", "Convolutional autoencoder with a 16-D code: two stride-2 conv layers down, "
-             "two transposed up; Bernoulli (BCE) reconstruction loss; Adam 1e-3. Samples come "
-             "from a 10-component Gaussian mixture fitted to the codes of 10,000 training "
-             "images (Ghosh et al. 2020): from N(0, I) a plain AE's samples are noise.",
-             {"family": "ae", "data_range": "unit",
-              "latent": {"dim": 16, "prior": "fitted", "components": 10},
-              "encoder": {"layers": CONV_E},
-              "generator": {"layers": unit_out},
-              "loss": {"recon": "bce-sum"},
-              "opt_g": {"name": "adam", "lr": 1e-3, "betas": [0.9, 0.999]}},
-             DEFAULT_TRAIN | {"steps": 3000}),
-        _run("vae", "MLP VAE with an 8-D Gaussian code: 784→512→256 LeakyReLU encoder, the "
-             "mirror decoder; BCE reconstruction summed over pixels + KL (the negative ELBO); "
-             "Adam 1e-3, batch 128. At equal CPU time it beat a conv VAE with a 16-D code: "
-             "more updates, and a smaller code leaves fewer holes in the prior.",
-             {"family": "vae", "data_range": "unit", "latent": {"dim": 8},
-              "encoder": {"layers": ["flatten", "fc 512", "lrelu 0.2", "fc 256", "lrelu 0.2"]},
-              "generator": {"layers": ["fc 256", "lrelu 0.2", "fc 512", "lrelu 0.2", "fc 784",
-                                       IMG]},
-              "loss": {"recon": "bce-sum"},
-              "opt_g": {"name": "adam", "lr": 1e-3, "betas": [0.9, 0.999]}},
-             DEFAULT_TRAIN | {"batch_size": 128, "steps": 15000, "sample_every": 1500,
-                              "checkpoint_every": 5000}),
+        _run(
+            "ae",
+            "Convolutional autoencoder with a 16-D code: two stride-2 conv layers down, "
+            "two transposed up; Bernoulli (BCE) reconstruction loss; Adam 1e-3. Samples come "
+            "from a 10-component Gaussian mixture fitted to the codes of 10,000 training "
+            "images (Ghosh et al. 2020): from N(0, I) a plain AE's samples are noise.",
+            {
+                "family": "ae",
+                "data_range": "unit",
+                "latent": {"dim": 16, "prior": "fitted", "components": 10},
+                "encoder": {"layers": CONV_E},
+                "generator": {"layers": unit_out},
+                "loss": {"recon": "bce-sum"},
+                "opt_g": {"name": "adam", "lr": 1e-3, "betas": [0.9, 0.999]},
+            },
+            DEFAULT_TRAIN | {"steps": 3000},
+        ),
+        _run(
+            "vae",
+            "MLP VAE with an 8-D Gaussian code: 784→512→256 LeakyReLU encoder, the "
+            "mirror decoder; BCE reconstruction summed over pixels + KL (the negative ELBO); "
+            "Adam 1e-3, batch 128. At equal CPU time it beat a conv VAE with a 16-D code: "
+            "more updates, and a smaller code leaves fewer holes in the prior.",
+            {
+                "family": "vae",
+                "data_range": "unit",
+                "latent": {"dim": 8},
+                "encoder": {"layers": ["flatten", "fc 512", "lrelu 0.2", "fc 256", "lrelu 0.2"]},
+                "generator": {
+                    "layers": ["fc 256", "lrelu 0.2", "fc 512", "lrelu 0.2", "fc 784", IMG]
+                },
+                "loss": {"recon": "bce-sum"},
+                "opt_g": {"name": "adam", "lr": 1e-3, "betas": [0.9, 0.999]},
+            },
+            DEFAULT_TRAIN
+            | {"batch_size": 128, "steps": 15000, "sample_every": 1500, "checkpoint_every": 5000},
+        ),
         _default_gan(
-            "gan", "MLP GAN: G 256-512-1024 with batch norm and LeakyReLU, D 512-256 "
+            "gan",
+            "MLP GAN: G 256-512-1024 with batch norm and LeakyReLU, D 512-256 "
             "LeakyReLU, N(0, I) noise of 64, non-saturating loss, Adam 5e-4 β1 0.5, G's update "
             "reusing D's noise and G(z), EMA of G (0.999); 22,000 steps, about 4 minutes on two "
             "cores. Tuned for FID per wall-clock minute on a CPU: batch norm in G and no spectral "
             "norm in D (FID after 90 s 193 → 99), Adam 5e-4 (→ 91), and filling the five "
             "minutes (FID 49 over two seeds); recall stays low (0.13).",
-            {"generator": {"layers": ["fc 256 nobias", "bn", "lrelu 0.2",
-                                      "fc 512 nobias", "bn", "lrelu 0.2",
-                                      "fc 1024 nobias", "bn", "lrelu 0.2",
-                                      "fc 784", "tanh", IMG]},
-             "discriminator": {"layers": ["flatten", "fc 512", "lrelu 0.2", "fc 256",
-                                          "lrelu 0.2", "fc 1"]},
-             "opt_g": ADAM_GAN | {"lr": 5e-4}, "opt_d": ADAM_GAN | {"lr": 5e-4},
-             "reuse_noise": True},
-            {"steps": 22000, "sample_every": 2000, "checkpoint_every": 5000}),
+            {
+                "generator": {
+                    "layers": [
+                        "fc 256 nobias",
+                        "bn",
+                        "lrelu 0.2",
+                        "fc 512 nobias",
+                        "bn",
+                        "lrelu 0.2",
+                        "fc 1024 nobias",
+                        "bn",
+                        "lrelu 0.2",
+                        "fc 784",
+                        "tanh",
+                        IMG,
+                    ]
+                },
+                "discriminator": {
+                    "layers": ["flatten", "fc 512", "lrelu 0.2", "fc 256", "lrelu 0.2", "fc 1"]
+                },
+                "opt_g": ADAM_GAN | {"lr": 5e-4},
+                "opt_d": ADAM_GAN | {"lr": 5e-4},
+                "reuse_noise": True,
+            },
+            {"steps": 22000, "sample_every": 2000, "checkpoint_every": 5000},
+        ),
         _default_gan(
-            "dcgan", "DCGAN for 28×28: G fc 7·7·128 → two 4×4 stride-2 transposed convs "
+            "dcgan",
+            "DCGAN for 28×28: G fc 7·7·128 → two 4×4 stride-2 transposed convs "
             "(64, 32) → 3×3 conv, batch norm; D two 4×4 stride-2 convs (64, 128), batch norm "
             "on the second; non-saturating loss, EMA of G (0.999). Tuned for quality per "
             "wall-clock minute on a CPU: batch 16 and Adam 1e-3 β1 0.5 (more, faster updates "
             "beat bigger batches: FID 52 after 150 s on two cores, against 145 with batch 64 "
             "and 2e-4), G's update reusing D's noise and G(z); about 5 minutes on two cores.",
-            {"generator": {"layers": tanh_out},
-             "discriminator": {"layers": CONV_D_BN + ["fc 1"]},
-             "opt_g": ADAM_GAN | {"lr": 1e-3}, "opt_d": ADAM_GAN | {"lr": 1e-3},
-             "reuse_noise": True},
-            {"steps": 10000, "batch_size": 16, "sample_every": 1000, "checkpoint_every": 2000}),
+            {
+                "generator": {"layers": tanh_out},
+                "discriminator": {"layers": CONV_D_BN + ["fc 1"]},
+                "opt_g": ADAM_GAN | {"lr": 1e-3},
+                "opt_d": ADAM_GAN | {"lr": 1e-3},
+                "reuse_noise": True,
+            },
+            {"steps": 10000, "batch_size": 16, "sample_every": 1000, "checkpoint_every": 2000},
+        ),
         _default_gan(
-            "wgan", "WGAN with weight clipping (c 0.01) on the DCGAN networks, batch norm in "
+            "wgan",
+            "WGAN with weight clipping (c 0.01) on the DCGAN networks, batch norm in "
             "the critic as in Arjovsky et al.'s DCGAN critic; RMSprop 2e-4, 2 critic updates "
             "per G update, batch 16, G's update reusing the last critic update's noise; 6,400 "
             "steps, about 4.5 minutes on two cores. Chosen for quality per wall-clock minute on "
             "a CPU from 90-second runs: FID 100 and recall 0.50 at full length (seed 0), "
             "against 319 and 0.01 for the former RMSprop 5e-5, 5 critic updates and batch 64.",
-            {"generator": {"layers": tanh_out},
-             "discriminator": {"layers": CONV_D_BN + ["fc 1"]},
-             "loss": {"gan": "wasserstein", "clip": 0.01},
-             "opt_g": {"name": "rmsprop", "lr": 2e-4}, "opt_d": {"name": "rmsprop", "lr": 2e-4},
-             "n_critic": 2, "reuse_noise": True},
-            {"steps": 6400, "batch_size": 16}),
+            {
+                "generator": {"layers": tanh_out},
+                "discriminator": {"layers": CONV_D_BN + ["fc 1"]},
+                "loss": {"gan": "wasserstein", "clip": 0.01},
+                "opt_g": {"name": "rmsprop", "lr": 2e-4},
+                "opt_d": {"name": "rmsprop", "lr": 2e-4},
+                "n_critic": 2,
+                "reuse_noise": True,
+            },
+            {"steps": 6400, "batch_size": 16},
+        ),
         _default_gan(
-            "wgan-gp", "WGAN-GP (Gulrajani et al. 2017) on the DCGAN networks: gradient "
+            "wgan-gp",
+            "WGAN-GP (Gulrajani et al. 2017) on the DCGAN networks: gradient "
             "penalty λ 10, 2 critic updates per G update, Adam 1e-3 β (0.5, 0.9), batch 16, "
             "G's update reusing the last critic update's noise; 4,200 steps, about 4.5 minutes "
             "on two cores. Tuned for quality per wall-clock minute on a CPU (the former batch "
             "64, 5 critic updates and 1e-4 stopped at 600 steps in five minutes): FID 277 → "
             "93, recall 0.07 → 0.41 (two seeds); still short of the DCGAN, as each critic update "
             "pays for the penalty's double backward.",
-            {"generator": {"layers": tanh_out},
-             "discriminator": {"layers": CONV_D + ["fc 1"]},
-             "loss": {"gan": "wasserstein", "gp_weight": 10.0},
-             "opt_g": {"name": "adam", "lr": 1e-3, "betas": [0.5, 0.9]},
-             "opt_d": {"name": "adam", "lr": 1e-3, "betas": [0.5, 0.9]},
-             "n_critic": 2, "reuse_noise": True},
-            {"steps": 4200, "batch_size": 16}),
+            {
+                "generator": {"layers": tanh_out},
+                "discriminator": {"layers": CONV_D + ["fc 1"]},
+                "loss": {"gan": "wasserstein", "gp_weight": 10.0},
+                "opt_g": {"name": "adam", "lr": 1e-3, "betas": [0.5, 0.9]},
+                "opt_d": {"name": "adam", "lr": 1e-3, "betas": [0.5, 0.9]},
+                "n_critic": 2,
+                "reuse_noise": True,
+            },
+            {"steps": 4200, "batch_size": 16},
+        ),
         _default_gan(
-            "cgan", "Class-conditional DCGAN: one-hot label beside z in G, projection "
+            "cgan",
+            "Class-conditional DCGAN: one-hot label beside z in G, projection "
             "discriminator (Miyato & Koyama 2018) on the DCGAN trunk; non-saturating loss.",
-            {"conditional": True,
-             "generator": {"layers": tanh_out},
-             "discriminator": {"layers": CONV_D_BN + ["fc 128", "lrelu 0.2"]}},
-            {"steps": 2000, "grid_size": 100}),
-        _run("bigan", "BiGAN/ALI with conv E and G and a joint (x, z) discriminator with "
-             "spectral norm and dropout; non-saturating loss, Adam 2e-4 β1 0.5.",
-             {"family": "bigan", "data_range": "tanh", "latent": {"dim": 64},
-              "encoder": {"layers": CONV_E},
-              "generator": {"layers": tanh_out},
-              "discriminator": {"layers": ["fc 512", "lrelu 0.2", "dropout 0.2", "fc 1"],
-                                "x_layers": CONV_D, "z_layers": ["fc 256", "lrelu 0.2"],
-                                "spectral_norm": True},
-              "opt_g": ADAM_GAN, "opt_d": ADAM_GAN, "ema": 0.999},
-             DEFAULT_TRAIN | {"steps": 1500}),
+            {
+                "conditional": True,
+                "generator": {"layers": tanh_out},
+                "discriminator": {"layers": CONV_D_BN + ["fc 128", "lrelu 0.2"]},
+            },
+            {"steps": 2000, "grid_size": 100},
+        ),
+        _run(
+            "bigan",
+            "BiGAN/ALI with conv E and G and a joint (x, z) discriminator with "
+            "spectral norm and dropout; non-saturating loss, Adam 2e-4 β1 0.5.",
+            {
+                "family": "bigan",
+                "data_range": "tanh",
+                "latent": {"dim": 64},
+                "encoder": {"layers": CONV_E},
+                "generator": {"layers": tanh_out},
+                "discriminator": {
+                    "layers": ["fc 512", "lrelu 0.2", "dropout 0.2", "fc 1"],
+                    "x_layers": CONV_D,
+                    "z_layers": ["fc 256", "lrelu 0.2"],
+                    "spectral_norm": True,
+                },
+                "opt_g": ADAM_GAN,
+                "opt_d": ADAM_GAN,
+                "ema": 0.999,
+            },
+            DEFAULT_TRAIN | {"steps": 1500},
+        ),
     ]
 
 
 def _table() -> dict[str, dict]:
-    presets = _defaults() + [_ae_000(False), _ae_000(True), _gan_000(False), _gan_000(True),
-                             _gan_001(), _dcgan_001(), _wgan_001(), _gan_002(), _bigan_004()]
+    presets = _defaults() + [
+        _ae_000(False),
+        _ae_000(True),
+        _gan_000(False),
+        _gan_000(True),
+        _gan_001(),
+        _dcgan_001(),
+        _wgan_001(),
+        _gan_002(),
+        _bigan_004(),
+    ]
     return {p["preset"]: p for p in presets}
 
 

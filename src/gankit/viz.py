@@ -435,8 +435,7 @@ def plot_sensitivity(panels: list[dict], path: PathLike, title: str = "") -> Pat
         axes = figure.add_subplot(1, len(panels), index)
         numeric = all(_is_number(x) for x in panel["values"])
         xs = panel["values"] if numeric else [str(x) for x in panel["values"]]
-        axes.errorbar(xs, panel["fid"], yerr=panel["std"], fmt="o", capsize=3,
-                      color="tab:blue")
+        axes.errorbar(xs, panel["fid"], yerr=panel["std"], fmt="o", capsize=3, color="tab:blue")
         if numeric and panel["log"]:
             axes.set_xscale("log")
         if numeric and panel.get("range"):  # the whole searched range: where the points fell

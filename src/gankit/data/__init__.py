@@ -17,5 +17,14 @@ from gankit.data.named import (
     download_file,
 )
 
-__all__ = ["DATASETS", "SYSTEM_DATA_DIRS", "Dataset", "IdxSet", "cache_dir",
-           "dataset_search_dirs", "download_file", "load_dataset", "read_idx"]
+__all__ = [
+    "DATASETS",
+    "SYSTEM_DATA_DIRS",
+    "Dataset",
+    "IdxSet",
+    "cache_dir",
+    "dataset_search_dirs",
+    "download_file",
+    "load_dataset",
+    "read_idx",
+]

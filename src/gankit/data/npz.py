@@ -116,8 +116,11 @@ def _npz_read(
             f"member holds {member_size}"
         )
     if nbytes > _NPZ_ANNOUNCE_BYTES:
-        print(f"reading {path}: {key!r} {shape} {dtype}, {nbytes / 1e6:,.0f} MB decompressed",
-              file=sys.stderr, flush=True)
+        print(
+            f"reading {path}: {key!r} {shape} {dtype}, {nbytes / 1e6:,.0f} MB decompressed",
+            file=sys.stderr,
+            flush=True,
+        )
     array = npz[key]
     if not isinstance(array, np.ndarray):
         raise DataError(f"{path}: {key!r} is not a .npy array")

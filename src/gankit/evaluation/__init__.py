@@ -20,6 +20,19 @@ from gankit.evaluation.suite import (
     open_evaluation,
 )
 
-__all__ = ["COMPARE_COLUMNS", "METRICS", "Evaluation", "compare_rows", "evaluate_images",
-           "evaluate_run", "format_report", "format_value", "inception_fid", "load_samples",
-           "open_evaluation", "rows_to_csv", "rows_to_markdown", "write_report"]
+__all__ = [
+    "COMPARE_COLUMNS",
+    "METRICS",
+    "Evaluation",
+    "compare_rows",
+    "evaluate_images",
+    "evaluate_run",
+    "format_report",
+    "format_value",
+    "inception_fid",
+    "load_samples",
+    "open_evaluation",
+    "rows_to_csv",
+    "rows_to_markdown",
+    "write_report",
+]

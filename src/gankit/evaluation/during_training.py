@@ -31,9 +31,11 @@ class PeriodicEvaluation(Evaluating):
         if evaluation is not None:
             shape = tuple(evaluation.evaluator.image_shape)
             if shape != (mc.channels, mc.image_size, mc.image_size):
-                raise ConfigError(f"the evaluator takes images of shape {shape}, the model "
-                                  f"makes {(mc.channels, mc.image_size, mc.image_size)}: pass "
-                                  "an evaluator built for this image size (--evaluator)")
+                raise ConfigError(
+                    f"the evaluator takes images of shape {shape}, the model "
+                    f"makes {(mc.channels, mc.image_size, mc.image_size)}: pass "
+                    "an evaluator built for this image size (--evaluator)"
+                )
         self.evaluation = evaluation
         self.best: dict = {"fid": math.inf, "step": None}  # the best evaluation so far
         self.last: dict = {}  # the latest evaluation's row
@@ -55,8 +57,9 @@ class PeriodicEvaluation(Evaluating):
         trainer.sync_buffers()
         trainer.fit_prior()
         images, labels = self._samples(trainer)
-        values = distributed.on_main(trainer.world, lambda: self._score(trainer, images, labels),
-                                     "receiving the evaluation")
+        values = distributed.on_main(
+            trainer.world, lambda: self._score(trainer, images, labels), "receiving the evaluation"
+        )
         seconds = time.perf_counter() - started
         self.seconds += seconds
         trainer.clock.exclude(seconds)
@@ -71,25 +74,29 @@ class PeriodicEvaluation(Evaluating):
     def _samples(self, trainer: Trainer) -> tuple[torch.Tensor, torch.Tensor | None]:
         """``eval_samples`` images from the run's fixed evaluation noise (and labels, 0, 1, …
         for a conditional model); with K processes each makes 1/K of them for process 0."""
-        tc, mc, world, model = trainer.config.train, trainer.config.model, trainer.world, \
-            trainer.model
+        tc, mc, world, model = (
+            trainer.config.train,
+            trainer.config.model,
+            trainer.world,
+            trainer.model,
+        )
         n, share = tc.eval_samples, -(-tc.eval_samples // world.size)
         gen = torch.Generator(trainer.device).manual_seed(derive_seed(tc.seed, 5))
         z = model.sample_latent(share * world.size, gen)
-        labels = (torch.arange(len(z), device=trainer.device) % mc.num_classes
-                  if mc.conditional else None)
+        labels = (
+            torch.arange(len(z), device=trainer.device) % mc.num_classes if mc.conditional else None
+        )
         shard = model.shard
-        images = model.generate_batched(shard.take(z), shard.take(labels)
-                                        if labels is not None else None)
+        images = model.generate_batched(
+            shard.take(z), shard.take(labels) if labels is not None else None
+        )
         images = distributed.gather_rows(world, images, "gathering evaluation samples")[:n]
         return images, (labels[:n] if labels is not None else None)
 
-    def _score(self, trainer: Trainer, images: torch.Tensor, labels: torch.Tensor | None
-               ) -> dict:
+    def _score(self, trainer: Trainer, images: torch.Tensor, labels: torch.Tensor | None) -> dict:
         values = self.evaluation(images, labels, memorisation=False, kid_subsets=20)
         if isinstance(trainer.model, Reconstructing):  # AE, VAE, BiGAN
-            values |= trainer.model.reconstruction_metrics(
-                self.evaluation.reference_images[:1000])
+            values |= trainer.model.reconstruction_metrics(self.evaluation.reference_images[:1000])
         return values
 
     def state(self) -> dict:

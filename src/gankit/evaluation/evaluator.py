@@ -39,9 +39,17 @@ from gankit.runs import checkpoint
 # How gankit trains an evaluator. Any change to it changes every cache key.
 RECIPE: dict = {
     "version": 2,
-    "layers": ["conv 32 k5 s2 p2", "bn", "relu",  # 14×14
-               "conv 64 k3 s2 p1", "bn", "relu",  # 7×7
-               "flatten", "fc 128", "relu"],  # → 128 features
+    "layers": [
+        "conv 32 k5 s2 p2",
+        "bn",
+        "relu",  # 14×14
+        "conv 64 k3 s2 p1",
+        "bn",
+        "relu",  # 7×7
+        "flatten",
+        "fc 128",
+        "relu",
+    ],  # → 128 features
     "epochs": 5,
     "min_steps": 2000,  # small sets get more epochs, up to this many updates
     "batch_size": 128,
@@ -58,8 +66,10 @@ RECIPE: dict = {
 # Evaluators shipped in the package, by key: (file in SHIPPED_DIR, SHA-256 of its bytes).
 # Made by `gankit evaluator build fashion-mnist --rebuild --out FILE` with this RECIPE.
 SHIPPED: dict[str, tuple[str, str]] = {
-    "f8d28dfb91bf381f": ("fashion-mnist-28-f8d28dfb91bf381f.safetensors",  # 92.15% accuracy
-                         "2d6efdde06e0691f9c01b38153b9be8d1a6537e53abe506f62f92840b0fa0cd8"),
+    "f8d28dfb91bf381f": (
+        "fashion-mnist-28-f8d28dfb91bf381f.safetensors",  # 92.15% accuracy
+        "2d6efdde06e0691f9c01b38153b9be8d1a6537e53abe506f62f92840b0fa0cd8",
+    ),
 }
 SHIPPED_DIR = Path(__file__).with_name("evaluators")
 BUILD_WAIT = 3600.0  # seconds a process waits for another one building the same evaluator
@@ -68,13 +78,22 @@ BUILD_WAIT = 3600.0  # seconds a process waits for another one building the same
 class Evaluator(nn.Module):
     """Feature network + linear classifier head; inputs are uint8 images (N, C, H, W)."""
 
-    def __init__(self, layers: list[str], image_shape: tuple[int, int, int], num_classes: int,
-                 mean: float = 0.0, std: float = 1.0, info: dict | None = None):
+    def __init__(
+        self,
+        layers: list[str],
+        image_shape: tuple[int, int, int],
+        num_classes: int,
+        mean: float = 0.0,
+        std: float = 1.0,
+        info: dict | None = None,
+    ):
         super().__init__()
         self.body, shape = build_body(layers, image_shape)
         if len(shape) != 1:
-            raise DataError(f"evaluator layers end in shape {shape}; they must end flat "
-                            "(e.g. '... flatten, fc 128, relu')")
+            raise DataError(
+                f"evaluator layers end in shape {shape}; they must end flat "
+                "(e.g. '... flatten, fc 128, relu')"
+            )
         self.head = nn.Linear(shape[0], num_classes)
         self.register_buffer("mean", torch.tensor(float(mean)))
         self.register_buffer("std", torch.tensor(float(std)))
@@ -91,8 +110,10 @@ class Evaluator(nn.Module):
         acc = self.info.get("test_accuracy")
         facts = [self.info.get("origin", "built here")]
         facts += [f"test accuracy {acc:.2%}"] if acc is not None else []
-        return (f"{self.info.get('data', 'custom')} evaluator {self.info.get('key', '?')} "
-                f"({', '.join(facts)})")
+        return (
+            f"{self.info.get('data', 'custom')} evaluator {self.info.get('key', '?')} "
+            f"({', '.join(facts)})"
+        )
 
     def normalise(self, images: Tensor) -> Tensor:
         """uint8 (N, C, H, W) → standardised floats."""
@@ -108,15 +129,17 @@ class Evaluator(nn.Module):
         """uint8 images (N, C, H, W) → (features (N, F) float32, class probabilities (N, K)),
         on the evaluator's device, in eval mode."""
         if tuple(images.shape[1:]) != tuple(self.image_shape):
-            raise DataError(f"the evaluator takes images of shape {tuple(self.image_shape)}, got "
-                            f"{tuple(images.shape[1:])}: evaluate with an evaluator built for "
-                            "this image size")
+            raise DataError(
+                f"the evaluator takes images of shape {tuple(self.image_shape)}, got "
+                f"{tuple(images.shape[1:])}: evaluate with an evaluator built for "
+                "this image size"
+            )
         was_training = self.training
         self.eval()
         device = self.mean.device
         feats, probs = [], []
         for i in range(0, len(images), batch_size):
-            h, logits = self(self.normalise(images[i:i + batch_size].to(device)))
+            h, logits = self(self.normalise(images[i : i + batch_size].to(device)))
             feats.append(h.float())
             probs.append(logits.float().softmax(1))
         self.train(was_training)
@@ -148,18 +171,23 @@ def has_test_split(name: str) -> bool:
     return True
 
 
-def load_splits(name: str, data_dir: str | None = None, image_size: int = 28
-                ) -> tuple[Dataset, Dataset]:
+def load_splits(
+    name: str, data_dir: str | None = None, image_size: int = 28
+) -> tuple[Dataset, Dataset]:
     """(train, test) of a data set. A set without a test split (``npz:``, a plain folder) is
     split deterministically: every tenth image is held out as the test part."""
     if has_test_split(name):
-        return (load_dataset(name, "train", data_dir, image_size),
-                load_dataset(name, "test", data_dir, image_size))
+        return (
+            load_dataset(name, "train", data_dir, image_size),
+            load_dataset(name, "test", data_dir, image_size),
+        )
     data = load_dataset(name, "train", data_dir, image_size)
     held = torch.arange(len(data)) % 10 == 9
     if held.sum() == 0:
-        raise DataError(f"{data.name}: {len(data)} images are too few to hold any out for "
-                        "testing an evaluator (need at least 10)")
+        raise DataError(
+            f"{data.name}: {len(data)} images are too few to hold any out for "
+            "testing an evaluator (need at least 10)"
+        )
 
     def part(mask: Tensor, split: str) -> Dataset:
         labels = data.labels[mask] if data.labels is not None else None
@@ -168,8 +196,9 @@ def load_splits(name: str, data_dir: str | None = None, image_size: int = 28
     return part(~held, "train"), part(held, "test")
 
 
-def evaluator_key(train: Dataset, test: Dataset, recipe: dict = RECIPE,
-                  prints: tuple[str, str] | None = None) -> str:
+def evaluator_key(
+    train: Dataset, test: Dataset, recipe: dict = RECIPE, prints: tuple[str, str] | None = None
+) -> str:
     """16 hex digits naming the evaluator that ``recipe`` trains on these splits
     (``prints``: their fingerprints, when already computed)."""
     train_print, test_print = prints or (fingerprint(train), fingerprint(test))
@@ -189,27 +218,42 @@ def evaluator_cache() -> Path:
 # --------------------------------------------------------------------------- training
 
 
-def build_evaluator(train: Dataset, test: Dataset, recipe: dict = RECIPE, device: str = "cpu",
-                    progress: bool = True, data: str | None = None) -> Evaluator:
+def build_evaluator(
+    train: Dataset,
+    test: Dataset,
+    recipe: dict = RECIPE,
+    device: str = "cpu",
+    progress: bool = True,
+    data: str | None = None,
+) -> Evaluator:
     """Train an evaluator on ``train`` and measure its accuracy on ``test`` (seeded, on the
     recipe's thread count whatever the caller's, which it gets back afterwards)."""
     if train.labels is None or test.labels is None:
-        raise DataError(f"{train.name} has no labels, so gankit cannot train an evaluator on it: "
-                        "pass --evaluator FILE, an evaluator built on labelled images of the same "
-                        "kind (e.g. `gankit evaluator build fashion-mnist --out FILE`)")
+        raise DataError(
+            f"{train.name} has no labels, so gankit cannot train an evaluator on it: "
+            "pass --evaluator FILE, an evaluator built on labelled images of the same "
+            "kind (e.g. `gankit evaluator build fashion-mnist --out FILE`)"
+        )
     num_classes = max(train.num_classes or 0, test.num_classes or 0)
     if num_classes < 2:
-        raise DataError(f"{train.name}: an evaluator needs at least 2 classes, found "
-                        f"{num_classes}")
+        raise DataError(f"{train.name}: an evaluator needs at least 2 classes, found {num_classes}")
     with _held_threads(recipe["threads"]) as hold:
         net, accuracy = _train(train, test, recipe, num_classes, device, progress, hold)
     prints = (fingerprint(train), fingerprint(test))
     # no timings or paths: the same data and recipe give the same file contents
-    net.info = {"data": data or train.name.split(":")[0],
-                "key": evaluator_key(train, test, recipe, prints), "recipe": recipe,
-                "test_accuracy": accuracy, "train": train.name, "test": test.name,
-                "n_train": len(train), "n_test": len(test), "classes": train.classes,
-                "train_fingerprint": prints[0], "test_fingerprint": prints[1]}
+    net.info = {
+        "data": data or train.name.split(":")[0],
+        "key": evaluator_key(train, test, recipe, prints),
+        "recipe": recipe,
+        "test_accuracy": accuracy,
+        "train": train.name,
+        "test": test.name,
+        "n_train": len(train),
+        "n_test": len(test),
+        "classes": train.classes,
+        "train_fingerprint": prints[0],
+        "test_fingerprint": prints[1],
+    }
     return net
 
 
@@ -231,8 +275,15 @@ def _held_threads(threads: int) -> Iterator[Callable[[], None]]:
         torch.set_num_threads(caller)
 
 
-def _train(train: Dataset, test: Dataset, recipe: dict, num_classes: int, device: str,
-           progress: bool, hold: Callable[[], None]) -> tuple[Evaluator, float]:
+def _train(
+    train: Dataset,
+    test: Dataset,
+    recipe: dict,
+    num_classes: int,
+    device: str,
+    progress: bool,
+    hold: Callable[[], None],
+) -> tuple[Evaluator, float]:
     """The recipe's training run: (network in eval mode, its test accuracy)."""
     torch.manual_seed(recipe["seed"])
     x = train.images.float().div_(255.0)
@@ -245,15 +296,16 @@ def _train(train: Dataset, test: Dataset, recipe: dict, num_classes: int, device
     per_epoch = len(x) // bs
     epochs = max(recipe["epochs"], math.ceil(recipe.get("min_steps", 0) / per_epoch))
     opt = torch.optim.Adam(net.parameters(), recipe["max_lr"], foreach=True)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, recipe["max_lr"],
-                                                total_steps=epochs * per_epoch)
+    sched = torch.optim.lr_scheduler.OneCycleLR(
+        opt, recipe["max_lr"], total_steps=epochs * per_epoch
+    )
     gen = torch.Generator().manual_seed(recipe["seed"])
     started = time.perf_counter()
     for epoch in range(epochs):
         order = torch.randperm(len(x), generator=gen).to(device)
         for i in range(per_epoch):
             hold()
-            idx = order[i * bs:(i + 1) * bs]
+            idx = order[i * bs : (i + 1) * bs]
             loss = F.cross_entropy(net(x[idx])[1], y[idx])
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -263,9 +315,12 @@ def _train(train: Dataset, test: Dataset, recipe: dict, num_classes: int, device
         if progress or epoch == epochs - 1:
             accuracy = _accuracy(net, test)
         if progress:
-            print(f"  evaluator epoch {epoch + 1}/{epochs}: test accuracy "
-                  f"{accuracy:.2%} ({time.perf_counter() - started:.0f} s)", file=sys.stderr,
-                  flush=True)
+            print(
+                f"  evaluator epoch {epoch + 1}/{epochs}: test accuracy "
+                f"{accuracy:.2%} ({time.perf_counter() - started:.0f} s)",
+                file=sys.stderr,
+                flush=True,
+            )
     return net.eval(), accuracy
 
 
@@ -284,17 +339,23 @@ class EvaluatorFileError(CheckpointError):
     """An evaluator file that cannot be used; ``reason`` says why."""
 
     def __init__(self, path: Path, reason: str):
-        super().__init__(f"{path} is not a usable gankit evaluator file: {reason}; build one "
-                         "with `gankit evaluator build DATA --out FILE`")
+        super().__init__(
+            f"{path} is not a usable gankit evaluator file: {reason}; build one "
+            "with `gankit evaluator build DATA --out FILE`"
+        )
         self.path, self.reason = path, reason
 
 
 def save_evaluator(net: Evaluator, path: str | os.PathLike) -> Path:
     """Write an evaluator as one checksummed safetensors file (weights + JSON description);
     a failed write is a StorageError naming the file, and leaves any previous one intact."""
-    meta = {"kind": "gankit-evaluator", "layers": net.layers,
-            "image_shape": list(net.image_shape), "num_classes": net.num_classes,
-            "info": {k: v for k, v in net.info.items() if k not in _LOCAL}}
+    meta = {
+        "kind": "gankit-evaluator",
+        "layers": net.layers,
+        "image_shape": list(net.image_shape),
+        "num_classes": net.num_classes,
+        "info": {k: v for k, v in net.info.items() if k not in _LOCAL},
+    }
     return checkpoint.save_checkpoint(path, net.state_dict(), meta)
 
 
@@ -307,29 +368,38 @@ def load_evaluator(path: str | os.PathLike, device: str | torch.device = "cpu") 
         digest = _sha256(path)
         tensors, meta = checkpoint.load_checkpoint(path, device="cpu")
     except OSError as err:
-        raise CheckpointError(f"cannot read the evaluator file {path} ({err.strerror}): check "
-                              "the path, or build one with `gankit evaluator build DATA --out "
-                              "FILE`") from None
+        raise CheckpointError(
+            f"cannot read the evaluator file {path} ({err.strerror}): check "
+            "the path, or build one with `gankit evaluator build DATA --out "
+            "FILE`"
+        ) from None
     except CheckpointError as err:
         raise EvaluatorFileError(path, _reason(err, path)) from None
     if meta.get("kind") != "gankit-evaluator":
-        raise EvaluatorFileError(path, f"it holds {meta.get('kind', 'a training checkpoint')}, "
-                                       "not an evaluator")
-    net = Evaluator(meta["layers"], tuple(meta["image_shape"]), meta["num_classes"],
-                    info=meta["info"])
+        raise EvaluatorFileError(
+            path, f"it holds {meta.get('kind', 'a training checkpoint')}, not an evaluator"
+        )
+    net = Evaluator(
+        meta["layers"], tuple(meta["image_shape"]), meta["num_classes"], info=meta["info"]
+    )
     try:
         net.load_state_dict(tensors)
     except RuntimeError as err:
-        raise EvaluatorFileError(path, "the weights do not match the layers it describes "
-                                       f"({str(err).splitlines()[0]})") from None
+        raise EvaluatorFileError(
+            path, f"the weights do not match the layers it describes ({str(err).splitlines()[0]})"
+        ) from None
     shipped = any(digest == sha for _, sha in SHIPPED.values())
-    net.info |= {"file": str(path), "origin": "shipped" if shipped else "built here",
-                 "sha256": digest}
+    net.info |= {
+        "file": str(path),
+        "origin": "shipped" if shipped else "built here",
+        "sha256": digest,
+    }
     return net.to(device).eval()
 
 
-def shipped_evaluator(key: str, device: str | torch.device = "cpu",
-                      folder: str | os.PathLike | None = None) -> Evaluator:
+def shipped_evaluator(
+    key: str, device: str | torch.device = "cpu", folder: str | os.PathLike | None = None
+) -> Evaluator:
     """The evaluator gankit ships for ``key`` (from ``folder``, default the package's), its
     bytes checked against the SHA-256 it shipped with."""
     name, expected = SHIPPED[key]
@@ -337,13 +407,17 @@ def shipped_evaluator(key: str, device: str | torch.device = "cpu",
     try:
         digest = _sha256(path)
     except OSError as err:
-        raise CheckpointError(f"gankit's shipped evaluator {path} cannot be read "
-                              f"({err.strerror}): the installation is incomplete; reinstall "
-                              "gankit (e.g. pip install --force-reinstall gankit)") from None
+        raise CheckpointError(
+            f"gankit's shipped evaluator {path} cannot be read "
+            f"({err.strerror}): the installation is incomplete; reinstall "
+            "gankit (e.g. pip install --force-reinstall gankit)"
+        ) from None
     if digest != expected:
-        raise CheckpointError(f"gankit's shipped evaluator {path} is damaged: its SHA-256 is "
-                              f"{digest[:16]}…, not the {expected[:16]}… it shipped with; "
-                              "reinstall gankit (e.g. pip install --force-reinstall gankit)")
+        raise CheckpointError(
+            f"gankit's shipped evaluator {path} is damaged: its SHA-256 is "
+            f"{digest[:16]}…, not the {expected[:16]}… it shipped with; "
+            "reinstall gankit (e.g. pip install --force-reinstall gankit)"
+        )
     return load_evaluator(path, device)
 
 
@@ -352,10 +426,16 @@ def evaluator_path(data: str, key: str, image_size: int = 28) -> Path:
     return evaluator_cache() / f"{_slug(data)}-{image_size}-{key}.safetensors"
 
 
-def get_evaluator(data: str, data_dir: str | None = None, image_size: int = 28,
-                  device: str | torch.device = "cpu", rebuild: bool = False,
-                  progress: bool = True, splits: tuple[Dataset, Dataset] | None = None,
-                  recipe: dict = RECIPE) -> Evaluator:
+def get_evaluator(
+    data: str,
+    data_dir: str | None = None,
+    image_size: int = 28,
+    device: str | torch.device = "cpu",
+    rebuild: bool = False,
+    progress: bool = True,
+    splits: tuple[Dataset, Dataset] | None = None,
+    recipe: dict = RECIPE,
+) -> Evaluator:
     """The evaluator of a data set: the one gankit ships when data and recipe are those it
     was built from, else the cached one, trained first if there is none (or ``rebuild``).
     Processes that need the same evaluator take turns: the second loads the first's file."""
@@ -372,8 +452,12 @@ def get_evaluator(data: str, data_dir: str | None = None, image_size: int = 28,
         if net is not None:
             return net
         if progress:
-            print(f"building the {data} evaluator on {len(train)} training images (once; "
-                  f"cached as {path})", file=sys.stderr, flush=True)
+            print(
+                f"building the {data} evaluator on {len(train)} training images (once; "
+                f"cached as {path})",
+                file=sys.stderr,
+                flush=True,
+            )
         net = build_evaluator(train, test, recipe, str(device), progress, data)
         net.info["origin"] = "built here"
         if _write_cache(lambda: save_evaluator(net, path), path, "the evaluator"):
@@ -388,16 +472,29 @@ def _load_cached(path: Path, device: str | torch.device) -> Evaluator | None:
     try:
         return load_evaluator(path, device)
     except EvaluatorFileError as err:
-        print(f"gankit: the cached evaluator file {path} is damaged ({err.reason}): rebuilding "
-              "it", file=sys.stderr, flush=True)
+        print(
+            f"gankit: the cached evaluator file {path} is damaged ({err.reason}): rebuilding it",
+            file=sys.stderr,
+            flush=True,
+        )
         return None
 
 
 def describe(net: Evaluator) -> dict:
     """The facts that make a metric reproducible: which evaluator (shipped or built here,
     which file), its accuracy and data."""
-    keep = ("data", "key", "origin", "file", "sha256", "test_accuracy", "train", "test",
-            "n_train", "n_test")
+    keep = (
+        "data",
+        "key",
+        "origin",
+        "file",
+        "sha256",
+        "test_accuracy",
+        "train",
+        "test",
+        "n_train",
+        "n_test",
+    )
     return {k: net.info[k] for k in keep if k in net.info} | {"feature_dim": net.feature_dim}
 
 
@@ -416,9 +513,12 @@ def cache_entry(path: Path, doing: str) -> Iterator[bool]:
         try:
             lock.acquire()
         except FolderBusy as busy:
-            print(f"gankit: waiting: another process {doing} ({describe_holder(busy.holder)}); "
-                  f"this one goes on with its {path.name} when it is done", file=sys.stderr,
-                  flush=True)
+            print(
+                f"gankit: waiting: another process {doing} ({describe_holder(busy.holder)}); "
+                f"this one goes on with its {path.name} when it is done",
+                file=sys.stderr,
+                flush=True,
+            )
             waited = True
             lock.acquire(wait=BUILD_WAIT)
     except (StorageError, OSError):
@@ -445,8 +545,12 @@ def _write_cache(write: Callable[[], object], path: Path, what: str) -> bool:
             err = storage_error(path, err)
         if str(path) not in _WARNED:
             _WARNED.add(str(path))
-            print(f"gankit: warning: {err}. Going on with {what} in memory: it is not cached, "
-                  "so the next run computes it again", file=sys.stderr, flush=True)
+            print(
+                f"gankit: warning: {err}. Going on with {what} in memory: it is not cached, "
+                "so the next run computes it again",
+                file=sys.stderr,
+                flush=True,
+            )
         return False
 
 
@@ -476,8 +580,9 @@ def real_features(net: Evaluator, data: Dataset, cache: bool = True) -> RealFeat
     digests of its weights and of the images (a full disk only costs the cache)."""
     if not cache:
         return _embed(net, data)
-    path = evaluator_cache() / f"features-{weights_digest(net)}-{fingerprint(data)[:16]}" \
-                               ".safetensors"
+    path = (
+        evaluator_cache() / f"features-{weights_digest(net)}-{fingerprint(data)[:16]}.safetensors"
+    )
     found = _load_features(path, net.mean.device)
     if found is not None:
         return found
@@ -489,8 +594,11 @@ def real_features(net: Evaluator, data: Dataset, cache: bool = True) -> RealFeat
         tensors = {"features": out.features, "predicted": out.predicted}
         if out.labels is not None:
             tensors["labels"] = out.labels
-        _write_cache(lambda: checkpoint.save_checkpoint(path, tensors, {"name": data.name}),
-                     path, f"the features of {data.name}")
+        _write_cache(
+            lambda: checkpoint.save_checkpoint(path, tensors, {"name": data.name}),
+            path,
+            f"the features of {data.name}",
+        )
     return out
 
 
@@ -518,5 +626,6 @@ def _load_features(path: Path, device: torch.device) -> RealFeatures | None:
         tensors, meta = checkpoint.load_checkpoint(path, device=str(device))
     except CheckpointError:
         return None
-    return RealFeatures(meta["name"], tensors["features"], tensors["predicted"],
-                        tensors.get("labels"))
+    return RealFeatures(
+        meta["name"], tensors["features"], tensors["predicted"], tensors.get("labels")
+    )

@@ -20,7 +20,8 @@ def inception_fid(fake: Tensor, real: Tensor) -> dict:
         raise GankitError(
             "Inception FID needs the optional package torch-fidelity (pip install "
             "torch-fidelity) and, the first time, internet access to fetch its Inception "
-            "weights; gankit's own FID (the default) needs neither") from None
+            "weights; gankit's own FID (the default) needs neither"
+        ) from None
 
     class _Images(torch.utils.data.Dataset):
         def __init__(self, images: Tensor):
@@ -34,13 +35,18 @@ def inception_fid(fake: Tensor, real: Tensor) -> dict:
             return x.expand(3, *x.shape[1:]) if x.shape[0] == 1 else x  # grey → RGB, uint8
 
     try:
-        out = torch_fidelity.calculate_metrics(input1=_Images(fake.cpu()),
-                                               input2=_Images(real.cpu()), fid=True,
-                                               verbose=False, cuda=torch.cuda.is_available())
+        out = torch_fidelity.calculate_metrics(
+            input1=_Images(fake.cpu()),
+            input2=_Images(real.cpu()),
+            fid=True,
+            verbose=False,
+            cuda=torch.cuda.is_available(),
+        )
     except (OSError, RuntimeError, ValueError) as err:  # URLError is an OSError
         raise GankitError(
             "Inception FID failed: torch-fidelity could not load or fetch its Inception "
             f"weights ({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}). "
             "Download them once on a machine with internet access (they go to "
-            "~/.cache/torch/hub/checkpoints) or use gankit's own FID") from None
+            "~/.cache/torch/hub/checkpoints) or use gankit's own FID"
+        ) from None
     return {"inception_fid": float(out["frechet_inception_distance"])}

@@ -43,8 +43,10 @@ def gaussian_stats(features: Tensor) -> tuple[Tensor, Tensor]:
 def frechet_distance(mu1: Tensor, sigma1: Tensor, mu2: Tensor, sigma2: Tensor) -> float:
     """‖μ1 − μ2‖² + Tr(Σ1 + Σ2 − 2(Σ1Σ2)^½) (Heusel et al. 2017, eq. 6)."""
     if mu1.shape != mu2.shape or sigma1.shape != sigma2.shape:
-        raise GankitError(f"statistics of different feature sizes: {tuple(mu1.shape)} vs "
-                          f"{tuple(mu2.shape)}; compute both with the same feature network")
+        raise GankitError(
+            f"statistics of different feature sizes: {tuple(mu1.shape)} vs "
+            f"{tuple(mu2.shape)}; compute both with the same feature network"
+        )
     mu1, sigma1 = mu1.double(), sigma1.double()
     mu2, sigma2 = mu2.to(mu1), sigma2.to(sigma1)
     # Tr((Σ1Σ2)^½) = Tr((SΣ2S)^½) with S = Σ1^½: Σ1Σ2 = S·(SΣ2) shares its eigenvalues with
@@ -72,8 +74,9 @@ def fid(real: Tensor, fake: Tensor) -> dict:
 # --------------------------------------------------------------------------- KID
 
 
-def kid(real: Tensor, fake: Tensor, subsets: int = 100, subset_size: int = 1000,
-        seed: int = 0) -> dict:
+def kid(
+    real: Tensor, fake: Tensor, subsets: int = 100, subset_size: int = 1000, seed: int = 0
+) -> dict:
     """Unbiased MMD² with k(x, y) = (xᵀy/F + 1)³, mean and std over random subsets.
 
     Bińkowski et al. 2018. Each subset draws m = min(subset_size, N, M) rows of each set
@@ -83,8 +86,10 @@ def kid(real: Tensor, fake: Tensor, subsets: int = 100, subset_size: int = 1000,
     _features(real, "real", 2)
     _features(fake, "fake", 2)
     if real.shape[1] != fake.shape[1]:
-        raise GankitError(f"real has {real.shape[1]} features, fake {fake.shape[1]}; "
-                          "compute both with the same feature network")
+        raise GankitError(
+            f"real has {real.shape[1]} features, fake {fake.shape[1]}; "
+            "compute both with the same feature network"
+        )
     if subsets < 1:
         raise GankitError(f"kid needs subsets >= 1; got {subsets}")
     gen = torch.Generator().manual_seed(seed)
@@ -109,8 +114,10 @@ def kid(real: Tensor, fake: Tensor, subsets: int = 100, subset_size: int = 1000,
 def _distance_blocks(a: Tensor, b: Tensor) -> Iterator[tuple[int, Tensor]]:
     """Yield (start, D): Euclidean distances (r, M) from rows a[start:start + r] to all of b."""
     if a.shape[1] != b.shape[1]:
-        raise GankitError(f"feature sizes differ ({a.shape[1]} vs {b.shape[1]}); compute both "
-                          "sets with the same feature network")
+        raise GankitError(
+            f"feature sizes differ ({a.shape[1]} vs {b.shape[1]}); compute both "
+            "sets with the same feature network"
+        )
     dtype = torch.promote_types(torch.promote_types(a.dtype, b.dtype), torch.float32)
     a, b = a.to(dtype), b.to(a.device, dtype)
     shift = b.mean(0)  # distances are shift-invariant; centring shrinks the cancellation
@@ -118,7 +125,7 @@ def _distance_blocks(a: Tensor, b: Tensor) -> Iterator[tuple[int, Tensor]]:
     b2 = (b * b).sum(1)  # (M,)
     rows = max(1, CHUNK_ENTRIES // max(len(b), 1))
     for i in range(0, len(a), rows):
-        x = a[i:i + rows] - shift  # (r, F)
+        x = a[i : i + rows] - shift  # (r, F)
         d2 = torch.addmm(b2, x, b.T, alpha=-2).add_((x * x).sum(1, keepdim=True))  # (r, M)
         yield i, d2.clamp_min_(0).sqrt_()  # ‖x‖² + ‖y‖² − 2xᵀy, safe at 0
 
@@ -133,8 +140,10 @@ def knn_radii(features: Tensor, k: int) -> Tensor:
     """(N,) distance of each row to its k-th nearest neighbour among the other rows."""
     _features(features, "features")
     if not 1 <= k < len(features):
-        raise GankitError(f"k={k} nearest neighbours need k >= 1 and at least k + 1 rows; "
-                          f"got {len(features)} rows")
+        raise GankitError(
+            f"k={k} nearest neighbours need k >= 1 and at least k + 1 rows; "
+            f"got {len(features)} rows"
+        )
     idx = []
     for i, d in _distance_blocks(features, features):
         rows = torch.arange(len(d), device=d.device)
@@ -152,8 +161,10 @@ def nearest_distances(query: Tensor, reference: Tensor, exclude_self: bool = Fal
     _features(query, "query")
     _features(reference, "reference", 2 if exclude_self else 1)
     if exclude_self and query.shape != reference.shape:
-        raise GankitError("exclude_self needs query and reference to be the same set; got "
-                          f"shapes {tuple(query.shape)} and {tuple(reference.shape)}")
+        raise GankitError(
+            "exclude_self needs query and reference to be the same set; got "
+            f"shapes {tuple(query.shape)} and {tuple(reference.shape)}"
+        )
     idx = []
     for i, d in _distance_blocks(query, reference):
         if exclude_self:
@@ -167,15 +178,16 @@ def _ball_counts(query: Tensor, reference: Tensor, radii: Tensor) -> Tensor:
     """(Nq,) number of reference balls B(r_i, radii_i) holding each query row."""
     counts = torch.zeros(len(query), dtype=torch.long, device=query.device)
     for i, d in _distance_blocks(query, reference):
-        counts[i:i + len(d)] = (d <= radii.to(d)).sum(1).to(counts.device)
+        counts[i : i + len(d)] = (d <= radii.to(d)).sum(1).to(counts.device)
     return counts
 
 
 # --------------------------------------------------------------------------- manifolds
 
 
-def precision_recall(real: Tensor, fake: Tensor, k: int = 3,
-                     real_radii: Tensor | None = None) -> dict:
+def precision_recall(
+    real: Tensor, fake: Tensor, k: int = 3, real_radii: Tensor | None = None
+) -> dict:
     """Improved precision and recall from k-NN balls (Kynkäänniemi et al. 2019, eq. 1–2).
 
     ``real_radii``: `knn_radii(real, k)` when already known (a cached reference set).
@@ -187,8 +199,9 @@ def precision_recall(real: Tensor, fake: Tensor, k: int = 3,
     return {"precision": float(precision), "recall": float(recall)}
 
 
-def density_coverage(real: Tensor, fake: Tensor, k: int = 5,
-                     real_radii: Tensor | None = None) -> dict:
+def density_coverage(
+    real: Tensor, fake: Tensor, k: int = 5, real_radii: Tensor | None = None
+) -> dict:
     """Density and coverage from real k-NN balls (Naeem et al. 2020, eq. 5–6)."""
     _features(fake, "fake")
     radii = knn_radii(real, k) if real_radii is None else real_radii  # (N,)
@@ -198,9 +211,14 @@ def density_coverage(real: Tensor, fake: Tensor, k: int = 5,
     return {"density": float(density), "coverage": float(coverage)}
 
 
-def manifold_metrics(real: Tensor, fake: Tensor, k_pr: int = 3, k_dc: int = 5,
-                     real_radii_pr: Tensor | None = None,
-                     real_radii_dc: Tensor | None = None) -> dict:
+def manifold_metrics(
+    real: Tensor,
+    fake: Tensor,
+    k_pr: int = 3,
+    k_dc: int = 5,
+    real_radii_pr: Tensor | None = None,
+    real_radii_dc: Tensor | None = None,
+) -> dict:
     """Precision, recall, density and coverage together, with one pass over the fake × real
     distances instead of four; same definitions as `precision_recall` and `density_coverage`.
     """
@@ -216,18 +234,20 @@ def manifold_metrics(real: Tensor, fake: Tensor, k_pr: int = 3, k_dc: int = 5,
     nearest = torch.full((len(real),), math.inf, device=device)  # coverage: nearest fake
     nearest_idx = torch.zeros(len(real), dtype=torch.long, device=device)
     for i, d in _distance_blocks(fake, real):  # d: (r, N) from fake rows i… to every real
-        in_real[i:i + len(d)] = (d <= radii_pr.to(d)).any(1)
-        balls[i:i + len(d)] = (d <= radii_dc.to(d)).sum(1)
-        in_fake |= (d <= fake_radii[i:i + len(d), None].to(d)).any(0)
+        in_real[i : i + len(d)] = (d <= radii_pr.to(d)).any(1)
+        balls[i : i + len(d)] = (d <= radii_dc.to(d)).sum(1)
+        in_fake |= (d <= fake_radii[i : i + len(d), None].to(d)).any(0)
         low, idx = d.min(0)
         better = low < nearest
         nearest = torch.where(better, low.to(nearest), nearest)
         nearest_idx = torch.where(better, idx + i, nearest_idx)
     exact = _gathered_norm(real, fake, nearest_idx)  # (N,) as `nearest_distances` computes it
-    return {"precision": float(in_real.double().mean()),
-            "recall": float(in_fake.double().mean()),
-            "density": float(balls.sum().double() / (k_dc * len(fake))),
-            "coverage": float((exact <= radii_dc.to(exact)).double().mean())}
+    return {
+        "precision": float(in_real.double().mean()),
+        "recall": float(in_fake.double().mean()),
+        "density": float(balls.sum().double() / (k_dc * len(fake))),
+        "coverage": float((exact <= radii_dc.to(exact)).double().mean()),
+    }
 
 
 # --------------------------------------------------------------------------- classifier
@@ -243,7 +263,7 @@ def classifier_score(probs: Tensor, splits: int = 10) -> dict:
     splits = max(1, min(splits, len(p)))
     size = len(p) // splits
     scores = []
-    for part in p[:size * splits].split(size):
+    for part in p[: size * splits].split(size):
         py = part.mean(0, keepdim=True)  # (1, C) marginal p(y) over the part
         kl = (torch.xlogy(part, part) - torch.xlogy(part, py)).sum(1)  # (size,), 0·log0 = 0
         scores.append(kl.mean().exp())
@@ -251,8 +271,13 @@ def classifier_score(probs: Tensor, splits: int = 10) -> dict:
     return {"classifier_score": float(s.mean()), "classifier_score_std": float(s.std(correction=0))}
 
 
-def mode_coverage(predicted: Tensor, num_classes: int, real_labels: Tensor | None = None,
-                  requested: Tensor | None = None, min_share: float = 0.1) -> dict:
+def mode_coverage(
+    predicted: Tensor,
+    num_classes: int,
+    real_labels: Tensor | None = None,
+    requested: Tensor | None = None,
+    min_share: float = 0.1,
+) -> dict:
     """Class histogram of generated images, classes covered, KL(p_gen ‖ p_real) in nats.
 
     A class is covered when its count is ≥ 1 and ≥ min_share × N·p_real(c); p_real is the
@@ -261,8 +286,10 @@ def mode_coverage(predicted: Tensor, num_classes: int, real_labels: Tensor | Non
     """
     pred = predicted.flatten().long().cpu()  # (N,)
     if len(pred) == 0 or pred.min() < 0 or pred.max() >= num_classes:
-        raise GankitError(f"predicted must be a non-empty set of class indices in "
-                          f"[0, {num_classes}); check num_classes and the classifier output")
+        raise GankitError(
+            f"predicted must be a non-empty set of class indices in "
+            f"[0, {num_classes}); check num_classes and the classifier output"
+        )
     hist = torch.bincount(pred, minlength=num_classes)  # (C,)
     if real_labels is None:
         p_real = torch.full((num_classes,), 1.0 / num_classes, dtype=torch.float64)
@@ -276,8 +303,7 @@ def mode_coverage(predicted: Tensor, num_classes: int, real_labels: Tensor | Non
         kl = math.inf  # mass on a class the real data never shows
     else:
         kl = float((torch.xlogy(p_gen, p_gen) - torch.xlogy(p_gen, p_real)).sum())
-    out = {"class_histogram": hist.tolist(), "classes_covered": int(covered.sum()),
-           "class_kl": kl}
+    out = {"class_histogram": hist.tolist(), "classes_covered": int(covered.sum()), "class_kl": kl}
     if requested is not None:
         req = requested.flatten().long().cpu()
         if req.shape != pred.shape:
@@ -301,8 +327,13 @@ def memorisation(fake_to_train: Tensor, test_to_train: Tensor) -> dict:
         raise GankitError("memorisation needs non-empty fake and test distances")
     fake_median, test_median = torch.quantile(f, 0.5), torch.quantile(t, 0.5)
     if test_median == 0:
-        raise GankitError("over half the test images duplicate training images; "
-                          "deduplicate the test split before measuring memorisation")
-    return {"nn_train_median": float(fake_median), "nn_test_median": float(test_median),
-            "nn_ratio": float(fake_median / test_median),
-            "copy_fraction": float((f < torch.quantile(t, 0.01)).double().mean())}
+        raise GankitError(
+            "over half the test images duplicate training images; "
+            "deduplicate the test split before measuring memorisation"
+        )
+    return {
+        "nn_train_median": float(fake_median),
+        "nn_test_median": float(test_median),
+        "nn_ratio": float(fake_median / test_median),
+        "copy_fraction": float((f < torch.quantile(t, 0.01)).double().mean()),
+    }

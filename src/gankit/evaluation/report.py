@@ -28,13 +28,16 @@ def format_report(report: dict) -> str:
     origin = ev.get("origin", "built here")
     if origin != "shipped" and ev.get("file"):
         origin += f": {ev['file']}"
-    head = [f"{report.get('model') or report.get('samples', 'samples')}"
-            + (f" at step {report['step']}" if "step" in report else "")
-            + f": {report['n']} samples (seed {report.get('seed', '-')}) against "
-            f"{report['reference']} ({report['n_reference']} images)",
-            f"evaluator {ev.get('data', 'custom')} {ev.get('key', '')} ({origin})"
-            + (f", test accuracy {acc:.2%}" if acc is not None else "")
-            + f", {ev['feature_dim']} features", ""]
+    head = [
+        f"{report.get('model') or report.get('samples', 'samples')}"
+        + (f" at step {report['step']}" if "step" in report else "")
+        + f": {report['n']} samples (seed {report.get('seed', '-')}) against "
+        f"{report['reference']} ({report['n_reference']} images)",
+        f"evaluator {ev.get('data', 'custom')} {ev.get('key', '')} ({origin})"
+        + (f", test accuracy {acc:.2%}" if acc is not None else "")
+        + f", {ev['feature_dim']} features",
+        "",
+    ]
     rows = ["| metric | value | meaning |", "|---|---:|---|"]
     values = report["metrics"]
     for key, meaning in METRICS.items():
@@ -42,8 +45,9 @@ def format_report(report: dict) -> str:
             rows.append(f"| {key} | {format_value(values[key])} | {meaning} |")
     hist = values.get("class_histogram")
     if hist is not None:
-        rows.append(f"| class_histogram | {' '.join(map(str, hist))} | samples per predicted "
-                    "class |")
+        rows.append(
+            f"| class_histogram | {' '.join(map(str, hist))} | samples per predicted class |"
+        )
     return "\n".join(head + rows)
 
 
@@ -90,9 +94,13 @@ def compare_rows(run_dirs: Iterable[str | Path]) -> list[dict]:
             raise GankitError(f"{run_dir} is not a gankit run folder (no config.toml)")
         config = from_dict(RunConfig, load_toml(run_dir / "config.toml"))
         logged = read_metrics(run_dir)
-        row = {"run": run_dir.name, "model": config.preset, "data": config.train.data,
-               "steps": logged[-1]["step"] if logged else 0,
-               "train_s": max((r.get("elapsed_s", 0) for r in logged), default=0)}
+        row = {
+            "run": run_dir.name,
+            "model": config.preset,
+            "data": config.train.data,
+            "steps": logged[-1]["step"] if logged else 0,
+            "train_s": max((r.get("elapsed_s", 0) for r in logged), default=0),
+        }
         if (run_dir / "eval.json").exists():
             report = json.loads((run_dir / "eval.json").read_text())
             row |= {"eval_step": report.get("step"), "n": report["n"]}
@@ -108,18 +116,37 @@ def compare_rows(run_dirs: Iterable[str | Path]) -> list[dict]:
 
 
 # The columns `gankit compare` shows (the CSV has every one).
-COMPARE_COLUMNS = ("run", "model", "data", "steps", "train_s", "n", "fid", "kid", "precision",
-                   "recall", "density", "coverage", "classifier_score", "classes_covered",
-                   "class_kl", "label_accuracy", "nn_ratio", "recon_mse", "elbo")
+COMPARE_COLUMNS = (
+    "run",
+    "model",
+    "data",
+    "steps",
+    "train_s",
+    "n",
+    "fid",
+    "kid",
+    "precision",
+    "recall",
+    "density",
+    "coverage",
+    "classifier_score",
+    "classes_covered",
+    "class_kl",
+    "label_accuracy",
+    "nn_ratio",
+    "recon_mse",
+    "elbo",
+)
 
 
 def rows_to_markdown(rows: list[dict], columns: Iterable[str] | None = None) -> str:
     """Rows of dicts as one Markdown table: ``columns`` that any row has (default: all)."""
     present = list(dict.fromkeys(k for row in rows for k in row))
     columns = present if columns is None else [c for c in columns if c in present]
-    lines = ["| " + " | ".join(columns) + " |",
-             "|" + "|".join("---" if c in ("run", "model", "data") else "---:"
-                            for c in columns) + "|"]
+    lines = [
+        "| " + " | ".join(columns) + " |",
+        "|" + "|".join("---" if c in ("run", "model", "data") else "---:" for c in columns) + "|",
+    ]
     for row in rows:
         lines.append("| " + " | ".join(format_value(row.get(c, "")) for c in columns) + " |")
     return "\n".join(lines)

@@ -62,8 +62,13 @@ METRICS: dict[str, str] = {
 class Evaluation:
     """All metrics of generated uint8 images against one real reference set."""
 
-    def __init__(self, evaluator: Evaluator, reference: Dataset, train: Dataset | None = None,
-                 cache: bool = True):
+    def __init__(
+        self,
+        evaluator: Evaluator,
+        reference: Dataset,
+        train: Dataset | None = None,
+        cache: bool = True,
+    ):
         self.evaluator, self.cache = evaluator, cache
         self.reference_images = reference.images  # uint8 (N, C, H, W): for reconstructions
         self.reference: RealFeatures = real_features(evaluator, reference, cache)
@@ -87,71 +92,102 @@ class Evaluation:
         """
         n = min(n, len(self.reference.features))
         if n not in self._manifolds:
-            order = torch.randperm(len(self.reference.features),
-                                   generator=torch.Generator().manual_seed(0))[:n]
+            order = torch.randperm(
+                len(self.reference.features), generator=torch.Generator().manual_seed(0)
+            )[:n]
             real = self.reference.features[order.to(self.reference.features.device)]
-            self._manifolds[n] = (real, metrics.knn_radii(real, PR_K),
-                                  metrics.knn_radii(real, DC_K))
+            self._manifolds[n] = (
+                real,
+                metrics.knn_radii(real, PR_K),
+                metrics.knn_radii(real, DC_K),
+            )
         return self._manifolds[n]
 
     def _memorisation(self, features: Tensor) -> dict:
         if self._test_to_train is None:
             self._train_features = real_features(self.evaluator, self.train, self.cache).features
-            self._test_to_train = metrics.nearest_distances(self.reference.features,
-                                                            self._train_features)
-        return metrics.memorisation(metrics.nearest_distances(features, self._train_features),
-                                    self._test_to_train)
+            self._test_to_train = metrics.nearest_distances(
+                self.reference.features, self._train_features
+            )
+        return metrics.memorisation(
+            metrics.nearest_distances(features, self._train_features), self._test_to_train
+        )
 
-    def __call__(self, images: Tensor, requested: Tensor | None = None,
-                 memorisation: bool = True, kid_subsets: int = 100) -> dict:
+    def __call__(
+        self,
+        images: Tensor,
+        requested: Tensor | None = None,
+        memorisation: bool = True,
+        kid_subsets: int = 100,
+    ) -> dict:
         """Every metric of uint8 images (N, C, H, W); ``requested``: labels a conditional
         generator was asked for (adds ``label_accuracy``)."""
         if len(images) < 2 * DC_K:
-            raise GankitError(f"{len(images)} samples are too few to evaluate: use at least "
-                              f"{2 * DC_K} (thousands for stable numbers)")
+            raise GankitError(
+                f"{len(images)} samples are too few to evaluate: use at least "
+                f"{2 * DC_K} (thousands for stable numbers)"
+            )
         features, probs = self.evaluator.embed(images)  # (N, F), (N, K)
         real, radii_pr, radii_dc = self._manifold(len(features))
         out = metrics.fid_from_stats(self.reference_stats, features)
         out |= metrics.kid(self.reference.features, features, subsets=kid_subsets)
         out |= metrics.manifold_metrics(real, features, PR_K, DC_K, radii_pr, radii_dc)
         out |= metrics.classifier_score(probs)
-        out |= metrics.mode_coverage(probs.argmax(1), self.evaluator.num_classes,
-                                     self.real_classes, requested, COVERED_SHARE)
+        out |= metrics.mode_coverage(
+            probs.argmax(1), self.evaluator.num_classes, self.real_classes, requested, COVERED_SHARE
+        )
         if memorisation and self.train is not None:
             out |= self._memorisation(features)
         return out
 
     def describe(self) -> dict:
         """Evaluator and reference facts for a report."""
-        return {"evaluator": describe(self.evaluator), "reference": self.reference.name,
-                "n_reference": len(self.reference.features)}
+        return {
+            "evaluator": describe(self.evaluator),
+            "reference": self.reference.name,
+            "n_reference": len(self.reference.features),
+        }
 
 
-def open_evaluation(data: str, data_dir: str | None = None, image_size: int = 28,
-                    device: str | torch.device = "cpu", evaluator: str | Path | None = None,
-                    progress: bool = True) -> Evaluation:
+def open_evaluation(
+    data: str,
+    data_dir: str | None = None,
+    image_size: int = 28,
+    device: str | torch.device = "cpu",
+    evaluator: str | Path | None = None,
+    progress: bool = True,
+) -> Evaluation:
     """The evaluation of samples against ``data``'s test split, on the evaluator gankit ships
     for it, else one built and cached the first time, unless an evaluator file is given."""
     train, test = load_splits(data, data_dir, image_size)
     if evaluator:
         net = load_evaluator(evaluator, device)
     else:
-        net = get_evaluator(data, data_dir, image_size, device, progress=progress,
-                            splits=(train, test))
+        net = get_evaluator(
+            data, data_dir, image_size, device, progress=progress, splits=(train, test)
+        )
     return Evaluation(net, test, train)
 
 
-def evaluate_images(evaluation: Evaluation, images: Tensor, labels: Tensor | None = None,
-                    **facts) -> dict:
+def evaluate_images(
+    evaluation: Evaluation, images: Tensor, labels: Tensor | None = None, **facts
+) -> dict:
     """A report (JSON-ready) of uint8 images (N, C, H, W) from any source."""
     started = time.perf_counter()
     values = evaluation(images, labels)
-    return {"gankit": __version__, **facts, "n": len(images), **evaluation.describe(),
-            "metrics": values, "seconds": round(time.perf_counter() - started, 2)}
+    return {
+        "gankit": __version__,
+        **facts,
+        "n": len(images),
+        **evaluation.describe(),
+        "metrics": values,
+        "seconds": round(time.perf_counter() - started, 2),
+    }
 
 
-def evaluate_run(run, evaluation: Evaluation, n: int = 10_000, seed: int = 0,
-                 test: Dataset | None = None) -> dict:
+def evaluate_run(
+    run, evaluation: Evaluation, n: int = 10_000, seed: int = 0, test: Dataset | None = None
+) -> dict:
     """Sample ``n`` images from a loaded :class:`gankit.runs.Run` (seeded) and evaluate them;
     models with an encoder also report reconstruction error on ``test`` (default: the
     evaluation's reference split)."""
@@ -161,9 +197,17 @@ def evaluate_run(run, evaluation: Evaluation, n: int = 10_000, seed: int = 0,
     if config.model.conditional:  # every class equally often
         labels = torch.arange(n, device=model.device) % config.model.num_classes
     images = run.sample(n, labels, seed)
-    report = evaluate_images(evaluation, images, labels, run=str(run.path),
-                             model=config.preset, family=config.model.family,
-                             data=config.train.data, step=run.step, seed=seed)
+    report = evaluate_images(
+        evaluation,
+        images,
+        labels,
+        run=str(run.path),
+        model=config.preset,
+        family=config.model.family,
+        data=config.train.data,
+        step=run.step,
+        seed=seed,
+    )
     if hasattr(model, "reconstruction_metrics"):
         images = evaluation.reference_images if test is None else test.images
         report["metrics"] |= model.reconstruction_metrics(images)

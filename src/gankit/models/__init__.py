@@ -33,9 +33,20 @@ def build_model(config: ModelConfig, **networks: nn.Module) -> GenerativeModel:
     try:
         return cls(config, **networks)
     except TypeError as err:
-        raise ConfigError(f"family {config.family!r} does not take networks "
-                          f"{sorted(networks)}: {err}") from None
+        raise ConfigError(
+            f"family {config.family!r} does not take networks {sorted(networks)}: {err}"
+        ) from None
 
 
-__all__ = ["GAN", "AutoEncoder", "BiGAN", "Context", "GenerativeModel", "Phase", "Reconstructing",
-           "Shard", "Stats", "build_model"]
+__all__ = [
+    "GAN",
+    "AutoEncoder",
+    "BiGAN",
+    "Context",
+    "GenerativeModel",
+    "Phase",
+    "Reconstructing",
+    "Shard",
+    "Stats",
+    "build_model",
+]

@@ -31,7 +31,7 @@ class Reconstructing:
         images (B, C, H, W) through the mean code."""
         total = 0.0
         for i in range(0, len(images), batch_size):
-            x = images[i:i + batch_size].to(self.device)
+            x = images[i : i + batch_size].to(self.device)
             diff = (self.reconstruct(x).float() - x.float()) / 255.0
             total += float(diff.square().sum())
         return {"recon_mse": total / max(images.numel(), 1)}
@@ -40,24 +40,37 @@ class Reconstructing:
 class AutoEncoder(Reconstructing, GenerativeModel):
     """AE (deterministic code) or VAE (Gaussian code, Kingma & Welling 2014)."""
 
-    def __init__(self, config: ModelConfig, encoder: nn.Module | None = None,
-                 generator: nn.Module | None = None):
+    def __init__(
+        self,
+        config: ModelConfig,
+        encoder: nn.Module | None = None,
+        generator: nn.Module | None = None,
+    ):
         super().__init__(config)
         self.variational = config.family == "vae"
         dim = config.latent.dim
         self.nets["encoder"] = encoder or finish(
             Encoder(config.encoder.layers, self.image_shape, 2 * dim if self.variational else dim),
-            config.encoder.init, config.encoder.spectral_norm)
+            config.encoder.init,
+            config.encoder.spectral_norm,
+        )
         self.nets["generator"] = generator or finish(
             Generator(config.generator.layers, dim, self.image_shape),
-            config.generator.init, config.generator.spectral_norm)
+            config.generator.init,
+            config.generator.spectral_norm,
+        )
         self.logits = config.loss.recon.startswith("bce")  # decoder emits logits for BCE
         if self.logits and config.data_range != "unit":
-            raise ConfigError("loss.recon = 'bce…' needs model.data_range = 'unit' ([0, 1] "
-                              "pixels); use 'mse' for [-1, 1]")
+            raise ConfigError(
+                "loss.recon = 'bce…' needs model.data_range = 'unit' ([0, 1] "
+                "pixels); use 'mse' for [-1, 1]"
+            )
         # a density of the codes to sample from (Ghosh et al. 2020), fitted by fit_prior
-        self.prior = (GaussianMixture(dim, config.latent.components)
-                      if config.latent.prior == "fitted" else None)
+        self.prior = (
+            GaussianMixture(dim, config.latent.components)
+            if config.latent.prior == "fitted"
+            else None
+        )
         self._make_ema()
 
     @property
@@ -75,9 +88,12 @@ class AutoEncoder(Reconstructing, GenerativeModel):
         if self.prior is None:
             return
         with self.evaluating():
-            codes = torch.cat([self.encode(self.prepare(images[i:i + batch_size]
-                                                        .to(self.device)))[0]
-                               for i in range(0, len(images), batch_size)])
+            codes = torch.cat(
+                [
+                    self.encode(self.prepare(images[i : i + batch_size].to(self.device)))[0]
+                    for i in range(0, len(images), batch_size)
+                ]
+            )
         self.prior.fit(codes, seed)
 
     def decode(self, z: Tensor, y: Tensor | None = None, use_ema: bool = True) -> Tensor:
@@ -95,8 +111,10 @@ class AutoEncoder(Reconstructing, GenerativeModel):
     def loss(self, ctx: Context) -> tuple[Tensor, Stats]:
         code, logvar = self.encode(ctx.x)
         if self.variational:
-            eps = self.shard.draw(len(code), lambda m: torch.randn(
-                (m, code.shape[1]), generator=ctx.rng, device=code.device))
+            eps = self.shard.draw(
+                len(code),
+                lambda m: torch.randn((m, code.shape[1]), generator=ctx.rng, device=code.device),
+            )
             z = code + torch.exp(0.5 * logvar) * eps  # reparameterisation trick
         else:
             z = code
@@ -106,8 +124,11 @@ class AutoEncoder(Reconstructing, GenerativeModel):
             return recon, {"loss/recon": recon.detach()}
         kl = losses.kl_normal(code, logvar)
         total = recon + self.config.loss.kl_weight * kl
-        return total, {"loss/recon": recon.detach(), "loss/kl": kl.detach(),
-                       "loss/total": total.detach()}
+        return total, {
+            "loss/recon": recon.detach(),
+            "loss/kl": kl.detach(),
+            "loss/total": total.detach(),
+        }
 
     def phases(self, reuse: bool = True) -> list[Phase]:
         return [Phase("AE", ("encoder", "generator"), "g", self.loss)]
@@ -124,7 +145,7 @@ class AutoEncoder(Reconstructing, GenerativeModel):
         kl_sum, log_lik = 0.0, 0.0
         with self.evaluating():
             for i in range(0, len(images), batch_size):
-                x = self.prepare(images[i:i + batch_size].to(self.device))
+                x = self.prepare(images[i : i + batch_size].to(self.device))
                 mu, logvar = self.encode(x)
                 kl_sum += float(losses.kl_normal(mu, logvar)) * len(x)
                 if self.logits:

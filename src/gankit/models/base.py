@@ -46,7 +46,7 @@ class Shard:
         if self.world == 1:
             return rows
         n = len(rows) // self.world
-        return rows[self.rank * n:(self.rank + 1) * n]
+        return rows[self.rank * n : (self.rank + 1) * n]
 
     def draw(self, n: int, sample: Callable[[int], Tensor]) -> Tensor:
         """``sample(m)`` draws m rows; returns this process's n of the K·n global ones."""
@@ -123,8 +123,11 @@ class GenerativeModel(nn.Module):
         if lat.dist == "normal":
             z = torch.randn(n, lat.dim, generator=rng, device=self.device)
             return z.mul_(lat.std) if lat.std != 1.0 else z
-        return torch.rand(n, lat.dim, generator=rng, device=self.device).mul_(2 * lat.std).sub_(
-            lat.std)
+        return (
+            torch.rand(n, lat.dim, generator=rng, device=self.device)
+            .mul_(2 * lat.std)
+            .sub_(lat.std)
+        )
 
     def sample_labels(self, n: int, rng: torch.Generator | None = None) -> Tensor | None:
         """Uniform class labels for a conditional model, else None."""
@@ -143,8 +146,11 @@ class GenerativeModel(nn.Module):
     def _noise(self, n: int, rng: torch.Generator) -> tuple[Tensor, Tensor | None]:
         """This process's n latents (and fake labels) of the global draw."""
         z = self.shard.draw(n, lambda m: self.noise(m, rng))
-        y = (self.shard.draw(n, lambda m: self.sample_labels(m, rng))
-             if self.config.conditional else None)
+        y = (
+            self.shard.draw(n, lambda m: self.sample_labels(m, rng))
+            if self.config.conditional
+            else None
+        )
         return z, y
 
     # -- networks -----------------------------------------------------------------------
@@ -186,19 +192,31 @@ class GenerativeModel(nn.Module):
         with self.evaluating():
             return self.to_uint8(self.decode(z, y, use_ema))
 
-    def sample(self, n: int, labels: Tensor | None = None, rng: torch.Generator | None = None,
-               batch_size: int = 1000) -> Tensor:
+    def sample(
+        self,
+        n: int,
+        labels: Tensor | None = None,
+        rng: torch.Generator | None = None,
+        batch_size: int = 1000,
+    ) -> Tensor:
         """n new uint8 images (n, C, H, W) from the prior (and labels, if conditional)."""
         if labels is None:
             labels = self.sample_labels(n, rng)
         return self.generate_batched(self.sample_latent(n, rng), labels, batch_size)
 
-    def generate_batched(self, z: Tensor, labels: Tensor | None = None,
-                         batch_size: int = 1000) -> Tensor:
+    def generate_batched(
+        self, z: Tensor, labels: Tensor | None = None, batch_size: int = 1000
+    ) -> Tensor:
         """:meth:`generate` over latents (n, latent) in batches of at most ``batch_size``."""
-        return torch.cat([self.generate(z[i:i + batch_size], labels[i:i + batch_size]
-                                        if labels is not None else None)
-                          for i in range(0, len(z), batch_size)])
+        return torch.cat(
+            [
+                self.generate(
+                    z[i : i + batch_size],
+                    labels[i : i + batch_size] if labels is not None else None,
+                )
+                for i in range(0, len(z), batch_size)
+            ]
+        )
 
     # -- EMA ----------------------------------------------------------------------------
     def _make_ema(self) -> None:
@@ -220,8 +238,9 @@ class GenerativeModel(nn.Module):
         n = self._ema_updates
         beta = min(self.config.ema, (1 + n) / (10 + n))
         g = self.nets["generator"]
-        torch._foreach_lerp_(list(self.ema.parameters()), [p.detach() for p in g.parameters()],
-                             1.0 - beta)
+        torch._foreach_lerp_(
+            list(self.ema.parameters()), [p.detach() for p in g.parameters()], 1.0 - beta
+        )
         ema_buffers = dict(self.ema.named_buffers())
         for name, b in g.named_buffers():
             ema_buffers[name].copy_(b)
@@ -231,8 +250,11 @@ class GenerativeModel(nn.Module):
     # -- weights as flat tensors (the checkpoint layout) --------------------------------
     def weights(self) -> dict[str, Tensor]:
         """Every network's state as ``net/NAME/KEY`` (and the EMA copy as ``ema/KEY``)."""
-        out = {f"net/{name}/{k}": v for name, net in self.nets.items()
-               for k, v in net.state_dict().items()}
+        out = {
+            f"net/{name}/{k}": v
+            for name, net in self.nets.items()
+            for k, v in net.state_dict().items()
+        }
         if self.ema is not None:
             out |= {f"ema/{k}": v for k, v in self.ema.state_dict().items()}
         if self.prior is not None:
@@ -241,8 +263,9 @@ class GenerativeModel(nn.Module):
 
     def load_weights(self, tensors: dict[str, Tensor]) -> None:
         """The inverse of :meth:`weights` (other keys in ``tensors`` are ignored)."""
+
         def part(prefix: str) -> dict[str, Tensor]:
-            return {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
+            return {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
 
         for name, net in self.nets.items():
             net.load_state_dict(part(f"net/{name}/"))

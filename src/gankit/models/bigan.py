@@ -17,20 +17,31 @@ class BiGAN(Reconstructing, GenerativeModel):
     Dumoulin et al. 2017 call it ALI). D tells (x, E(x)) from (G(z), z); E and G share one
     optimiser and fool it together."""
 
-    def __init__(self, config: ModelConfig, encoder: nn.Module | None = None,
-                 generator: nn.Module | None = None, discriminator: nn.Module | None = None):
+    def __init__(
+        self,
+        config: ModelConfig,
+        encoder: nn.Module | None = None,
+        generator: nn.Module | None = None,
+        discriminator: nn.Module | None = None,
+    ):
         super().__init__(config)
         dim = config.latent.dim
         self.nets["encoder"] = encoder or finish(
             Encoder(config.encoder.layers, self.image_shape, dim),
-            config.encoder.init, config.encoder.spectral_norm)
+            config.encoder.init,
+            config.encoder.spectral_norm,
+        )
         self.nets["generator"] = generator or finish(
             Generator(config.generator.layers, dim, self.image_shape),
-            config.generator.init, config.generator.spectral_norm)
+            config.generator.init,
+            config.generator.spectral_norm,
+        )
         d = config.discriminator
         self.nets["discriminator"] = discriminator or finish(
             JointCritic(d.layers, d.x_layers, d.z_layers, self.image_shape, dim),
-            d.init, d.spectral_norm)
+            d.init,
+            d.spectral_norm,
+        )
         self.adv = losses.GAN_LOSSES[config.loss.gan]
         self._make_ema()
 
@@ -45,8 +56,9 @@ class BiGAN(Reconstructing, GenerativeModel):
         fake = kept_or_run(ctx, "fake", self._reuse, lambda: self.net("generator")(ctx.z))
         real_logits, fake_logits = self.critic(ctx.x, code), self.critic(fake, ctx.z)
         loss = self.adv.d(real_logits, fake_logits, 1.0 - self.config.loss.label_smoothing)
-        stats = _output_stats(self.adv.probabilistic, real_logits, fake_logits,
-                              names=("D(x,E(x))", "D(G(z),z)"))
+        stats = _output_stats(
+            self.adv.probabilistic, real_logits, fake_logits, names=("D(x,E(x))", "D(G(z),z)")
+        )
         return loss, {"loss/D": loss.detach()} | stats
 
     def eg_loss(self, ctx: Context) -> tuple[Tensor, Stats]:
@@ -60,8 +72,22 @@ class BiGAN(Reconstructing, GenerativeModel):
         cfg = self.config
         self._reuse = reuse and cfg.reuse_noise  # E(x) and G(z) as D's update computed them
         return [
-            Phase("D", ("discriminator",), "d", self.d_loss, cfg.n_critic, "batch",
-                  keeps=("encoder", "generator") if self._reuse else ()),
-            Phase("EG", ("encoder", "generator"), "g", self.eg_loss, cfg.g_steps,
-                  "none" if cfg.reuse_noise else "batch", self.update_ema),
+            Phase(
+                "D",
+                ("discriminator",),
+                "d",
+                self.d_loss,
+                cfg.n_critic,
+                "batch",
+                keeps=("encoder", "generator") if self._reuse else (),
+            ),
+            Phase(
+                "EG",
+                ("encoder", "generator"),
+                "g",
+                self.eg_loss,
+                cfg.g_steps,
+                "none" if cfg.reuse_noise else "batch",
+                self.update_ema,
+            ),
         ]

@@ -16,17 +16,30 @@ from gankit.nets import Critic, Generator, finish
 class GAN(GenerativeModel):
     """G against D: minimax/non-saturating, WGAN, WGAN-GP, hinge, LSGAN; optionally conditional."""
 
-    def __init__(self, config: ModelConfig, generator: nn.Module | None = None,
-                 discriminator: nn.Module | None = None):
+    def __init__(
+        self,
+        config: ModelConfig,
+        generator: nn.Module | None = None,
+        discriminator: nn.Module | None = None,
+    ):
         super().__init__(config)
         classes = config.num_classes if config.conditional else 0
         self.nets["generator"] = generator or finish(
-            Generator(config.generator.layers, config.latent.dim, self.image_shape, classes,
-                      config.label_embed),
-            config.generator.init, config.generator.spectral_norm)
+            Generator(
+                config.generator.layers,
+                config.latent.dim,
+                self.image_shape,
+                classes,
+                config.label_embed,
+            ),
+            config.generator.init,
+            config.generator.spectral_norm,
+        )
         self.nets["discriminator"] = discriminator or finish(
             Critic(config.discriminator.layers, self.image_shape, classes),
-            config.discriminator.init, config.discriminator.spectral_norm)
+            config.discriminator.init,
+            config.discriminator.spectral_norm,
+        )
         self.adv = losses.GAN_LOSSES[config.loss.gan]
         self._make_ema()
 
@@ -40,16 +53,21 @@ class GAN(GenerativeModel):
         cfg = self.config.loss
         # A conditional D sees fakes made at the real batch's labels, so that real and fake
         # label distributions match and the penalty's interpolates have one label each.
-        fake = kept_or_run(ctx, "fake", self._reuse,  # (B, C, H, W)
-                           lambda: self.decode(ctx.z, ctx.y, use_ema=False))
+        fake = kept_or_run(
+            ctx,
+            "fake",
+            self._reuse,  # (B, C, H, W)
+            lambda: self.decode(ctx.z, ctx.y, use_ema=False),
+        )
         real_logits, fake_logits = self.critic(ctx.x, ctx.y), self.critic(fake, ctx.y)
         loss = self.adv.d(real_logits, fake_logits, 1.0 - cfg.label_smoothing)
         stats = {"loss/D": loss.detach()}
         if cfg.gp_weight > 0:
             kwargs = {"y": ctx.y} if self.config.conditional else {}
             x = ctx.x
-            eps = self.shard.draw(len(x), lambda m: losses.mixing_weights(
-                m, x.dim(), ctx.rng, x.device, x.dtype))
+            eps = self.shard.draw(
+                len(x), lambda m: losses.mixing_weights(m, x.dim(), ctx.rng, x.device, x.dtype)
+            )
             gp = losses.gradient_penalty(self.critic, ctx.x, fake, eps=eps, **kwargs)
             loss = loss + cfg.gp_weight * gp
             stats["gp"] = gp.detach()
@@ -74,17 +92,31 @@ class GAN(GenerativeModel):
         # fakes at the real labels, G's update asks for others)
         self._reuse = reuse and cfg.reuse_noise and not cfg.conditional
         return [
-            Phase("D", ("discriminator",), "d", self.d_loss, cfg.n_critic, "batch",
-                  self.clip_critic if cfg.loss.clip > 0 else None,
-                  ("generator",) if self._reuse else ()),
-            Phase("G", ("generator",), "g", self.g_loss, cfg.g_steps,
-                  "none" if cfg.reuse_noise else "noise", self.update_ema),
+            Phase(
+                "D",
+                ("discriminator",),
+                "d",
+                self.d_loss,
+                cfg.n_critic,
+                "batch",
+                self.clip_critic if cfg.loss.clip > 0 else None,
+                ("generator",) if self._reuse else (),
+            ),
+            Phase(
+                "G",
+                ("generator",),
+                "g",
+                self.g_loss,
+                cfg.g_steps,
+                "none" if cfg.reuse_noise else "noise",
+                self.update_ema,
+            ),
         ]
 
 
-
-def _output_stats(probabilistic: bool, real: Tensor, fake: Tensor,
-                  names: tuple[str, str] = ("D(x)", "D(G(z))")) -> Stats:
+def _output_stats(
+    probabilistic: bool, real: Tensor, fake: Tensor, names: tuple[str, str] = ("D(x)", "D(G(z))")
+) -> Stats:
     """D(x) and D(G(z)) as probabilities, or the critic gap E[C(x)] − E[C(G(z))]."""
     real, fake = real.detach(), fake.detach()
     if probabilistic:

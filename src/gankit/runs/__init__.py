@@ -22,6 +22,19 @@ from gankit.runs.folder import (
 )
 from gankit.runs.metrics_log import MetricsLog, read_metrics
 
-__all__ = ["RUN_LOCK", "MetricsLog", "Run", "check_writable", "claim_run_dir", "discard_claim",
-           "discard_empty_run", "holds_run", "load_run", "lock_run", "new_run_dir",
-           "prepare_run_dir", "read_metrics", "take_claim"]
+__all__ = [
+    "RUN_LOCK",
+    "MetricsLog",
+    "Run",
+    "check_writable",
+    "claim_run_dir",
+    "discard_claim",
+    "discard_empty_run",
+    "holds_run",
+    "load_run",
+    "lock_run",
+    "new_run_dir",
+    "prepare_run_dir",
+    "read_metrics",
+    "take_claim",
+]

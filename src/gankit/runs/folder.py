@@ -52,8 +52,9 @@ def take_claim(path: str | Path) -> tuple[FolderLock, bool]:
 def holds_run(path: str | Path) -> bool:
     """Whether run folder ``path`` holds nothing but this process's lock (no run yet)."""
     path = Path(path)
-    return path.is_dir() and all(p.name == RUN_LOCK or p.name.startswith(_PROBE)
-                                 for p in path.iterdir())
+    return path.is_dir() and all(
+        p.name == RUN_LOCK or p.name.startswith(_PROBE) for p in path.iterdir()
+    )
 
 
 def discard_empty_run(lock: FolderLock) -> None:
@@ -69,8 +70,9 @@ def discard_empty_run(lock: FolderLock) -> None:
     lock.release()
 
 
-def new_run_dir(out: str | Path | None, name: str, root: str | Path = "runs",
-                overwrite: bool = False) -> Path:
+def new_run_dir(
+    out: str | Path | None, name: str, root: str | Path = "runs", overwrite: bool = False
+) -> Path:
     """The folder for a new run, locked for this process: ``out`` as given, or
     ``runs/NAME-0001`` numbered upwards.
 
@@ -80,8 +82,11 @@ def new_run_dir(out: str | Path | None, name: str, root: str | Path = "runs",
     if out is None:
         root = Path(root)
         safe = re.sub(r"[^A-Za-z0-9_.-]+", "-", name).strip("-") or "run"
-        taken = [int(m.group(1)) for p in root.glob(f"{safe}-*")
-                 if (m := re.fullmatch(re.escape(safe) + r"-(\d+)", p.name))]
+        taken = [
+            int(m.group(1))
+            for p in root.glob(f"{safe}-*")
+            if (m := re.fullmatch(re.escape(safe) + r"-(\d+)", p.name))
+        ]
         number = max(taken, default=0) + 1
         while True:  # mkdir is atomic: two processes never get one number
             path = root / f"{safe}-{number:04d}"
@@ -91,8 +96,9 @@ def new_run_dir(out: str | Path | None, name: str, root: str | Path = "runs",
             except FileExistsError:
                 number += 1
             except OSError as err:
-                raise ConfigError(f"cannot create run folder {path} ({err.strerror or err}): "
-                                  "choose another --out") from None
+                raise ConfigError(
+                    f"cannot create run folder {path} ({err.strerror or err}): choose another --out"
+                ) from None
         created = True
     else:
         path = Path(out)
@@ -104,8 +110,10 @@ def new_run_dir(out: str | Path | None, name: str, root: str | Path = "runs",
     if not holds_run(path):
         if not overwrite:
             discard_claim(path)
-            raise ConfigError(f"--out {path} already holds a run: pass --overwrite to "
-                              "replace it, --resume to continue it, or another --out")
+            raise ConfigError(
+                f"--out {path} already holds a run: pass --overwrite to "
+                "replace it, --resume to continue it, or another --out"
+            )
         _clear_run(path, keep=lock.path)
     return path
 
@@ -129,13 +137,16 @@ def check_writable(path: Path, need_bytes: int = 0) -> None:
         probe.write_bytes(b"ok")
         probe.unlink()
     except OSError as err:
-        raise ConfigError(f"run folder {path} is not writable ({err.strerror or err}): "
-                          "choose another --out") from None
+        raise ConfigError(
+            f"run folder {path} is not writable ({err.strerror or err}): choose another --out"
+        ) from None
     free = shutil.disk_usage(path).free
     if free < need_bytes:
-        raise ConfigError(f"run folder {path} has {free / 2**20:.0f} MiB free but this run needs "
-                          f"about {need_bytes / 2**20:.0f} MiB (checkpoints, grids, logs): free "
-                          "some space, lower --set keep_checkpoints, or choose another --out")
+        raise ConfigError(
+            f"run folder {path} has {free / 2**20:.0f} MiB free but this run needs "
+            f"about {need_bytes / 2**20:.0f} MiB (checkpoints, grids, logs): free "
+            "some space, lower --set keep_checkpoints, or choose another --out"
+        )
 
 
 def prepare_run_dir(path: Path, need_bytes: int = 0) -> None:
@@ -172,8 +183,9 @@ class Run:
         return self.model.sample(n, labels, rng)
 
 
-def load_run(run_dir: str | Path, device: str = "cpu", checkpoint_file: str | Path | None = None
-             ) -> Run:
+def load_run(
+    run_dir: str | Path, device: str = "cpu", checkpoint_file: str | Path | None = None
+) -> Run:
     """Load the newest good checkpoint (or ``checkpoint_file``) of a run folder."""
     run_dir = Path(run_dir)
     if checkpoint_file is None:
@@ -181,8 +193,10 @@ def load_run(run_dir: str | Path, device: str = "cpu", checkpoint_file: str | Pa
             raise CheckpointError(f"{run_dir} is not a run folder (it does not exist)")
         checkpoint_file = checkpoint.latest_checkpoint(run_dir / "checkpoints")
         if checkpoint_file is None:
-            raise CheckpointError(f"{run_dir} holds no usable checkpoint in checkpoints/: "
-                                  "train it first, or pass a run folder of gankit")
+            raise CheckpointError(
+                f"{run_dir} holds no usable checkpoint in checkpoints/: "
+                "train it first, or pass a run folder of gankit"
+            )
     tensors, meta = checkpoint.load_checkpoint(checkpoint_file, device=device)
     config = from_dict(RunConfig, meta["config"])
     model = build_model(config.model).to(device)

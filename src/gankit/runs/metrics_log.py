@@ -70,8 +70,10 @@ def _summary_writer(folder: Path):
         previous = threading.excepthook
 
         def hook(args):
-            if not (isinstance(args.exc_value, OSError)
-                    and type(args.thread).__name__ == "_AsyncWriterThread"):
+            if not (
+                isinstance(args.exc_value, OSError)
+                and type(args.thread).__name__ == "_AsyncWriterThread"
+            ):
                 previous(args)
 
         hook.gankit = True

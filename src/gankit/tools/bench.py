@@ -68,8 +68,17 @@ class Settings:
 
     @classmethod
     def quick(cls) -> Settings:
-        return cls(repeats=2, repeat_seconds=0.05, warmup=1, max_batch=16, sample_n=64,
-                   eval_n=500, ttq_seconds=4.0, ttq_eval_every=5, ttq_eval_n=200)
+        return cls(
+            repeats=2,
+            repeat_seconds=0.05,
+            warmup=1,
+            max_batch=16,
+            sample_n=64,
+            eval_n=500,
+            ttq_seconds=4.0,
+            ttq_eval_every=5,
+            ttq_eval_n=200,
+        )
 
 
 # --------------------------------------------------------------------------- the machine
@@ -86,9 +95,15 @@ def machine() -> dict:
     except OSError:
         pass
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    out = {"cpu": cpu, "cores": cores, "threads": torch.get_num_threads(),
-           "torch": torch.__version__, "gankit": __version__, "python": platform.python_version(),
-           "device": "cpu"}
+    out = {
+        "cpu": cpu,
+        "cores": cores,
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "gankit": __version__,
+        "python": platform.python_version(),
+        "device": "cpu",
+    }
     if torch.cuda.is_available():
         out |= {"device": "cuda", "gpu": torch.cuda.get_device_name()}
     return out
@@ -100,8 +115,9 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def gemm_peak_gflops(device: torch.device, n: int = 1024, seconds: float = 0.3,
-                     tries: int = 5) -> float:
+def gemm_peak_gflops(
+    device: torch.device, n: int = 1024, seconds: float = 0.3, tries: int = 5
+) -> float:
     """This machine's FP32 matrix-multiply rate (GFLOP/s): the best of ``tries`` timed runs of
     n×n products (2n³ FLOPs each)."""
     if device.type == "cuda":
@@ -152,8 +168,9 @@ def _peak_rss_mib() -> float:
     return peak / 2**20 if sys.platform == "darwin" else peak / 1024
 
 
-def median_seconds(fns: dict[str, Callable[[], None]], settings: Settings,
-                   device: torch.device) -> dict[str, float]:
+def median_seconds(
+    fns: dict[str, Callable[[], None]], settings: Settings, device: torch.device
+) -> dict[str, float]:
     """Seconds per call of each function: the median over ``settings.repeats`` repeats,
     taken in turns (a, b, a, b …) so that a noisy neighbour slows every side alike. A call
     that takes seconds (dcgan-001's step) gets one warm-up call and three repeats."""
@@ -218,8 +235,14 @@ class UsualWay:
     PyTorch defaults, no network frozen while another trains, and each loss read back with
     ``.item()`` at every update. Same networks, losses and schedule as gankit's model."""
 
-    def __init__(self, config: RunConfig, data: Dataset, device: torch.device,
-                 batch_size: int = BASELINE_BATCH, seed: int = 0):
+    def __init__(
+        self,
+        config: RunConfig,
+        data: Dataset,
+        device: torch.device,
+        batch_size: int = BASELINE_BATCH,
+        seed: int = 0,
+    ):
         torch.manual_seed(seed)
         mc = config.model
         self.model = build_model(mc).to(device).train()
@@ -227,8 +250,12 @@ class UsualWay:
         self.phases = self.model.phases(reuse=False)
         self.optimizers = build_optimizers(self.model, self.phases, fast=False)
         self.loader = torch.utils.data.DataLoader(
-            ExampleStyleImages(data, normalize=mc.data_range == "tanh"), batch_size=batch_size,
-            shuffle=True, num_workers=0, drop_last=True)
+            ExampleStyleImages(data, normalize=mc.data_range == "tanh"),
+            batch_size=batch_size,
+            shuffle=True,
+            num_workers=0,
+            drop_last=True,
+        )
         self.batches = iter(self.loader)
         self.rng = torch.Generator(device).manual_seed(seed)
         self.history: list[float] = []
@@ -277,20 +304,23 @@ def bench_model(name: str, data: Dataset, settings: Settings, peak: float) -> di
     """One model's row of the table."""
     config = preset_config(name, settings, data.name.split(":")[0])
     with PeakMemory() as memory, tempfile.TemporaryDirectory() as tmp:
-        trainer = launch(config, out=Path(tmp) / "run", data=data, progress=False,
-                         tensorboard=False)
+        trainer = launch(
+            config, out=Path(tmp) / "run", data=data, progress=False, tensorboard=False
+        )
         device = trainer.device
         flops = step_flops(trainer)
         usual_batch = min(BASELINE_BATCH, settings.max_batch or BASELINE_BATCH, len(data))
         usual = UsualWay(config, data, device, usual_batch)
         usual_flops = step_flops(usual)
-        seconds = median_seconds({"gankit": trainer.train_step, "usual": usual.train_step},
-                                 settings, device)
+        seconds = median_seconds(
+            {"gankit": trainer.train_step, "usual": usual.train_step}, settings, device
+        )
         model, n = trainer.model, settings.sample_n
         gen = torch.Generator(device).manual_seed(0)
         sample = {"sample": lambda: model.sample(n, rng=gen)}
-        sample_s = median_seconds(sample, Settings(repeats=3, repeat_seconds=0.0, warmup=1),
-                                  device)["sample"]
+        sample_s = median_seconds(
+            sample, Settings(repeats=3, repeat_seconds=0.0, warmup=1), device
+        )["sample"]
         sample_gflop = sample_flops(model, 8) / 8 / 1e9
     images_per_step = trainer.batches_per_step * config.train.batch_size
     usual_images = sum(p.repeat for p in usual.phases if p.draw == "batch") * usual_batch
@@ -338,8 +368,12 @@ def bench_evaluation(data: str, settings: Settings, device: torch.device) -> dic
         started = time.perf_counter()
         evaluation(images)
         times.append(time.perf_counter() - started)
-    return {"n": settings.eval_n, "seconds": round(times[1], 2),
-            "first_call_seconds": round(times[0], 2), "open_seconds": round(setup, 2)}
+    return {
+        "n": settings.eval_n,
+        "seconds": round(times[1], 2),
+        "first_call_seconds": round(times[0], 2),
+        "open_seconds": round(setup, 2),
+    }
 
 
 # --------------------------------------------------------------------------- time to quality
@@ -350,19 +384,31 @@ def tutorial_dcgan(latent: int = 100) -> tuple[nn.Module, nn.Module]:
     BN/ReLU → 4×4 stride-2 transposed convs (64 with BN/ReLU, then 1) → tanh; D two 4×4
     stride-2 convs (64, 128) with LeakyReLU 0.2 and BN on the second → fc 1."""
     generator = nn.Sequential(
-        nn.Linear(latent, 7 * 7 * 128, bias=False), nn.BatchNorm1d(7 * 7 * 128), nn.ReLU(),
+        nn.Linear(latent, 7 * 7 * 128, bias=False),
+        nn.BatchNorm1d(7 * 7 * 128),
+        nn.ReLU(),
         nn.Unflatten(1, (128, 7, 7)),
-        nn.ConvTranspose2d(128, 64, 4, 2, 1, bias=False), nn.BatchNorm2d(64), nn.ReLU(),
-        nn.ConvTranspose2d(64, 1, 4, 2, 1), nn.Tanh())
+        nn.ConvTranspose2d(128, 64, 4, 2, 1, bias=False),
+        nn.BatchNorm2d(64),
+        nn.ReLU(),
+        nn.ConvTranspose2d(64, 1, 4, 2, 1),
+        nn.Tanh(),
+    )
     discriminator = nn.Sequential(
-        nn.Conv2d(1, 64, 4, 2, 1), nn.LeakyReLU(0.2),
-        nn.Conv2d(64, 128, 4, 2, 1, bias=False), nn.BatchNorm2d(128), nn.LeakyReLU(0.2),
-        nn.Flatten(), nn.Linear(128 * 7 * 7, 1))
+        nn.Conv2d(1, 64, 4, 2, 1),
+        nn.LeakyReLU(0.2),
+        nn.Conv2d(64, 128, 4, 2, 1, bias=False),
+        nn.BatchNorm2d(128),
+        nn.LeakyReLU(0.2),
+        nn.Flatten(),
+        nn.Linear(128 * 7 * 7, 1),
+    )
     return generator, discriminator
 
 
-def train_tutorial(images: torch.Tensor, seconds: float, seed: int = 0,
-                   latent: int = 100, batch_size: int = 128) -> tuple[nn.Module, int]:
+def train_tutorial(
+    images: torch.Tensor, seconds: float, seed: int = 0, latent: int = 100, batch_size: int = 128
+) -> tuple[nn.Module, int]:
     """Train :func:`tutorial_dcgan` as tutorials do (data preloaded as floats in [-1, 1], a
     shuffled pass per epoch, BCE, Adam 2e-4 β (0.5, 0.999), the same G(z) for both updates,
     losses read each step) until ``seconds`` have passed; returns G and the step count."""
@@ -380,8 +426,9 @@ def train_tutorial(images: torch.Tensor, seconds: float, seed: int = 0,
             real = x_all[idx]
             fake = generator(torch.randn(batch_size, latent))
             opt_d.zero_grad()
-            loss_d = (F.binary_cross_entropy_with_logits(discriminator(real), ones)
-                      + F.binary_cross_entropy_with_logits(discriminator(fake.detach()), zeros))
+            loss_d = F.binary_cross_entropy_with_logits(
+                discriminator(real), ones
+            ) + F.binary_cross_entropy_with_logits(discriminator(fake.detach()), zeros)
             loss_d.backward()
             opt_d.step()
             opt_g.zero_grad()
@@ -397,8 +444,9 @@ def interpreter_start_seconds() -> float:
     """Seconds a fresh Python takes to import torch and gankit's trainer (part of a user's
     start-up, which an in-process measurement would not see)."""
     started = time.perf_counter()
-    subprocess.run([sys.executable, "-c", "import gankit.training"], check=True,
-                   capture_output=True)
+    subprocess.run(
+        [sys.executable, "-c", "import gankit.training"], check=True, capture_output=True
+    )
     return time.perf_counter() - started
 
 
@@ -419,7 +467,8 @@ def time_to_quality(data_name: str, settings: Settings, device: torch.device) ->
     started = time.perf_counter()
     images = load_dataset(data_name, "train").images
     generator, tutorial_steps = train_tutorial(
-        images, budget - start_up - (time.perf_counter() - started))
+        images, budget - start_up - (time.perf_counter() - started)
+    )
     with torch.inference_mode():
         z = torch.randn(settings.eval_n, 100, generator=eval_gen)
         fake = to_uint8(generator(z))
@@ -440,8 +489,14 @@ def time_to_quality(data_name: str, settings: Settings, device: torch.device) ->
 
     with tempfile.TemporaryDirectory() as tmp:
         started = time.perf_counter()
-        trainer = launch(config, out=Path(tmp) / "run", progress=False, tensorboard=False,
-                         evaluation=evaluation, callbacks=[on_row])
+        trainer = launch(
+            config,
+            out=Path(tmp) / "run",
+            progress=False,
+            tensorboard=False,
+            evaluation=evaluation,
+            callbacks=[on_row],
+        )
         trainer.config.train.max_seconds = budget - start_up - (time.perf_counter() - started)
         result = trainer.fit()
         images = trainer.model.sample(settings.eval_n, rng=eval_gen)
@@ -451,17 +506,24 @@ def time_to_quality(data_name: str, settings: Settings, device: torch.device) ->
         hits = [t for t, fid in curve if fid <= target]
         return round(hits[0], 1) if hits else None
 
-    return {"budget_s": budget, "start_up_s": round(start_up, 2), "n": settings.eval_n,
-            "tutorial": tutorial, "gankit": ours,
-            "fid_ratio": round(ours["fid"] / tutorial["fid"], 3),
-            "seconds_to_tutorial_fid": first_below(tutorial["fid"]),
-            "seconds_to_fifth_tutorial_fid": first_below(tutorial["fid"] / 5),
-            "curve": [(round(t, 1), round(f, 2)) for t, f in curve]}
+    return {
+        "budget_s": budget,
+        "start_up_s": round(start_up, 2),
+        "n": settings.eval_n,
+        "tutorial": tutorial,
+        "gankit": ours,
+        "fid_ratio": round(ours["fid"] / tutorial["fid"], 3),
+        "seconds_to_tutorial_fid": first_below(tutorial["fid"]),
+        "seconds_to_fifth_tutorial_fid": first_below(tutorial["fid"] / 5),
+        "curve": [(round(t, 1), round(f, 2)) for t, f in curve],
+    }
 
 
 def _scores(values: dict) -> dict:
-    return {k: round(float(values[k]), 4) for k in ("fid", "precision", "recall",
-                                                     "classes_covered", "coverage")}
+    return {
+        k: round(float(values[k]), 4)
+        for k in ("fid", "precision", "recall", "classes_covered", "coverage")
+    }
 
 
 # --------------------------------------------------------------------------- the whole bench
@@ -479,9 +541,15 @@ def resolve_models(spec: str | None) -> list[str]:
     return names
 
 
-def run_bench(models: list[str], data: str = "fashion-mnist", settings: Settings | None = None,
-              threads: int = 0, evaluation: bool = True, ttq: bool = True,
-              log: Callable[[str], None] = print) -> dict:
+def run_bench(
+    models: list[str],
+    data: str = "fashion-mnist",
+    settings: Settings | None = None,
+    threads: int = 0,
+    evaluation: bool = True,
+    ttq: bool = True,
+    log: Callable[[str], None] = print,
+) -> dict:
     """Measure ``models`` (throughput, baseline, FLOPs, peak share, sampling, memory), then
     the evaluation time and time-to-quality; returns the report (see :func:`format_bench`)."""
     settings = settings or Settings()
@@ -490,15 +558,19 @@ def run_bench(models: list[str], data: str = "fashion-mnist", settings: Settings
     report: dict = {"machine": machine(), "settings": vars(settings).copy()}
     peak = gemm_peak_gflops(device, seconds=0.05 if settings.max_batch else 0.3)
     report["gemm_peak_gflops"] = round(peak, 1)
-    log(f"GEMM peak {peak:.0f} GFLOP/s on {report['machine']['cpu']}, "
-        f"{report['machine']['threads']} threads")
+    log(
+        f"GEMM peak {peak:.0f} GFLOP/s on {report['machine']['cpu']}, "
+        f"{report['machine']['threads']} threads"
+    )
     dataset = load_dataset(data, "train")
     report["rows"] = []
     for name in models:
         row = bench_model(name, dataset, settings, peak)
         report["rows"].append(row)
-        log(f"{name}: {row['images_per_s']:.0f} images/s ({row['speedup']:.1f}× the usual way)"
-            f", {100 * row['peak_fraction']:.0f}% of GEMM peak")
+        log(
+            f"{name}: {row['images_per_s']:.0f} images/s ({row['speedup']:.1f}× the usual way)"
+            f", {100 * row['peak_fraction']:.0f}% of GEMM peak"
+        )
     if evaluation:
         report["evaluation"] = bench_evaluation(data, settings, device)
     if ttq and settings.ttq_seconds > 0:
@@ -507,20 +579,32 @@ def run_bench(models: list[str], data: str = "fashion-mnist", settings: Settings
     return report
 
 
-COLUMNS = [("model", "model"), ("batch_size", "batch"), ("ms_per_step", "ms/step"),
-           ("images_per_s", "images/s"), ("baseline_images_per_s", "usual way images/s"),
-           ("speedup", "speed-up"), ("gflop_per_step", "GFLOP/step"), ("gflops", "GFLOP/s"),
-           ("peak_fraction", "% GEMM peak"), ("sample_images_per_s", "samples/s"),
-           ("peak_rss_mib", "peak RSS MiB")]
+COLUMNS = [
+    ("model", "model"),
+    ("batch_size", "batch"),
+    ("ms_per_step", "ms/step"),
+    ("images_per_s", "images/s"),
+    ("baseline_images_per_s", "usual way images/s"),
+    ("speedup", "speed-up"),
+    ("gflop_per_step", "GFLOP/step"),
+    ("gflops", "GFLOP/s"),
+    ("peak_fraction", "% GEMM peak"),
+    ("sample_images_per_s", "samples/s"),
+    ("peak_rss_mib", "peak RSS MiB"),
+]
 
 
 def format_bench(report: dict) -> str:
     """The report as Markdown: machine, one row per model, evaluation, time-to-quality."""
     m = report["machine"]
-    lines = [f"gankit {m['gankit']}, torch {m['torch']}, Python {m['python']} on {m['cpu']} "
-             f"({m['cores']} cores, {m['threads']} threads"
-             + (f", {m['gpu']}" if "gpu" in m else "") + f"); GEMM peak "
-             f"{report['gemm_peak_gflops']:.0f} GFLOP/s", ""]
+    lines = [
+        f"gankit {m['gankit']}, torch {m['torch']}, Python {m['python']} on {m['cpu']} "
+        f"({m['cores']} cores, {m['threads']} threads"
+        + (f", {m['gpu']}" if "gpu" in m else "")
+        + f"); GEMM peak "
+        f"{report['gemm_peak_gflops']:.0f} GFLOP/s",
+        "",
+    ]
     lines.append("| " + " | ".join(title for _, title in COLUMNS) + " |")
     lines.append("|" + "|".join("---" if k == "model" else "---:" for k, _ in COLUMNS) + "|")
     for row in report["rows"]:
@@ -538,35 +622,49 @@ def format_bench(report: dict) -> str:
         lines.append("| " + " | ".join(cells) + " |")
     lines.append("")
     batch = report["rows"][0]["baseline_batch_size"] if report["rows"] else BASELINE_BATCH
-    lines.append(f"usual way: a per-sample DataLoader with ToTensor/Normalize-style transforms, "
-                 f"batch {batch}, PyTorch's default optimisers, .item() per update.")
+    lines.append(
+        f"usual way: a per-sample DataLoader with ToTensor/Normalize-style transforms, "
+        f"batch {batch}, PyTorch's default optimisers, .item() per update."
+    )
     if "evaluation" in report:
         ev = report["evaluation"]
-        lines.append(f"evaluation of {ev['n']:,} samples, every metric: {ev['seconds']:.2f} s "
-                     f"({ev['first_call_seconds']:.2f} s for a process's first)")
+        lines.append(
+            f"evaluation of {ev['n']:,} samples, every metric: {ev['seconds']:.2f} s "
+            f"({ev['first_call_seconds']:.2f} s for a process's first)"
+        )
     if "time_to_quality" in report:
         lines += ["", *_format_ttq(report["time_to_quality"])]
     return "\n".join(lines)
 
 
 def _format_ttq(t: dict) -> list[str]:
-    rows = ["| run | steps | FID | precision | recall | classes | coverage |",
-            "|---|---:|---:|---:|---:|---:|---:|"]
-    for name, key in (("tutorial DCGAN (plain PyTorch)", "tutorial"),
-                      ("gankit dcgan (default)", "gankit")):
+    rows = [
+        "| run | steps | FID | precision | recall | classes | coverage |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for name, key in (
+        ("tutorial DCGAN (plain PyTorch)", "tutorial"),
+        ("gankit dcgan (default)", "gankit"),
+    ):
         r = t[key]
-        rows.append(f"| {name} | {r['steps']} | {r['fid']:.1f} | {r['precision']:.2f} | "
-                    f"{r['recall']:.2f} | {int(r['classes_covered'])} | {r['coverage']:.2f} |")
+        rows.append(
+            f"| {name} | {r['steps']} | {r['fid']:.1f} | {r['precision']:.2f} | "
+            f"{r['recall']:.2f} | {int(r['classes_covered'])} | {r['coverage']:.2f} |"
+        )
 
     def when(value):
         return f"{value:.0f} s" if value is not None else "not within the budget"
 
-    return [f"time to quality: {t['budget_s']:.0f} s of wall time each, start-up included "
-            f"({t['start_up_s']:.1f} s interpreter start); {t['n']:,} samples scored", "",
-            *rows, "",
-            f"gankit/tutorial FID: {t['fid_ratio']:.2f}; gankit reached the tutorial's final FID"
-            f" after {when(t['seconds_to_tutorial_fid'])}, a fifth of it after "
-            f"{when(t['seconds_to_fifth_tutorial_fid'])}"]
+    return [
+        f"time to quality: {t['budget_s']:.0f} s of wall time each, start-up included "
+        f"({t['start_up_s']:.1f} s interpreter start); {t['n']:,} samples scored",
+        "",
+        *rows,
+        "",
+        f"gankit/tutorial FID: {t['fid_ratio']:.2f}; gankit reached the tutorial's final FID"
+        f" after {when(t['seconds_to_tutorial_fid'])}, a fifth of it after "
+        f"{when(t['seconds_to_fifth_tutorial_fid'])}",
+    ]
 
 
 def write_json(report: dict, path: str | Path) -> Path:

@@ -48,8 +48,11 @@ else:  # pragma: no cover
 SPEC_ATTR = "gankit_sweep"  # study user attr: what every worker of the sweep must agree on
 OUT_ATTR = "gankit_out"  # study user attr: the creating worker's sweep folder
 # Parameter names beyond the config keys: the train command's learning-rate shortcuts.
-SHORTCUTS = {"lr": ("model.opt_g.lr", "model.opt_d.lr"), "lr_g": ("model.opt_g.lr",),
-             "lr_d": ("model.opt_d.lr",)}
+SHORTCUTS = {
+    "lr": ("model.opt_g.lr", "model.opt_d.lr"),
+    "lr_g": ("model.opt_g.lr",),
+    "lr_d": ("model.opt_d.lr",),
+}
 # Config keys that may differ between the workers of one sweep (where and how fast it runs).
 MACHINE_KEYS = ("data_dir", "device", "threads")
 SPEC_FORMS = "loguniform:LO:HI, uniform:LO:HI, int:LO:HI[:log] or choice:A,B,C"
@@ -61,8 +64,9 @@ def require_optuna():
     try:
         import optuna
     except ImportError:
-        raise GankitError('sweeps run on Optuna, which is not installed: pip install '
-                          '"gankit[sweep]"') from None
+        raise GankitError(
+            'sweeps run on Optuna, which is not installed: pip install "gankit[sweep]"'
+        ) from None
     return optuna
 
 
@@ -87,7 +91,8 @@ class Param:
         if self.kind == "choice":
             return f"{self.name}=choice:{','.join(map(_toml_text, self.choices))}"
         return f"{self.name}={self.kind}:{self.low!r}:{self.high!r}" + (
-            ":log" if self.kind == "int" and self.log else "")
+            ":log" if self.kind == "int" and self.log else ""
+        )
 
     def suggest(self, trial) -> Any:
         """This parameter's value for an Optuna trial (drawn, or fixed by an enqueued trial)."""
@@ -121,21 +126,25 @@ def parse_param(text: str) -> Param:
     what is wrong and how to write it."""
     name, sep, rest = (part.strip() for part in text.partition("="))
     if not sep or not name or not rest:
-        raise ConfigError(f"--param {text!r}: expected NAME=SPEC with SPEC one of {SPEC_FORMS}, "
-                          "e.g. --param lr=loguniform:1e-5:1e-3")
+        raise ConfigError(
+            f"--param {text!r}: expected NAME=SPEC with SPEC one of {SPEC_FORMS}, "
+            "e.g. --param lr=loguniform:1e-5:1e-3"
+        )
     try:
         keys = SHORTCUTS.get(name) or (resolve_key(name),)
     except ConfigError as err:
-        raise ConfigError(f"--param {text!r}: {err} (NAME is any key --set takes, or lr, "
-                          "lr_g, lr_d)") from None
+        raise ConfigError(
+            f"--param {text!r}: {err} (NAME is any key --set takes, or lr, lr_g, lr_d)"
+        ) from None
     kind, _, args = rest.partition(":")
     if kind == "choice":
         choices = tuple(_toml_scalar(v.strip()) for v in args.split(","))
         if not args.strip() or any(v == "" for v in choices):
             raise ConfigError(f"--param {text!r}: choice needs values, e.g. choice:64,128,256")
         if any(not isinstance(v, (bool, int, float, str)) for v in choices):
-            raise ConfigError(f"--param {text!r}: choice values must be numbers, strings or "
-                              "true/false")
+            raise ConfigError(
+                f"--param {text!r}: choice values must be numbers, strings or true/false"
+            )
         if len(set(choices)) < len(choices):
             raise ConfigError(f"--param {text!r}: a choice is listed twice")
         return Param(name, keys, kind, choices=choices)
@@ -146,14 +155,16 @@ def parse_param(text: str) -> Param:
     if kind == "int" and len(bounds) == 3 and bounds[2] == "log":
         bounds, log = bounds[:2], True
     if len(bounds) != 2:
-        raise ConfigError(f"--param {text!r}: expected {kind}:LO:HI"
-                          + ("[:log]" if kind == "int" else ""))
+        raise ConfigError(
+            f"--param {text!r}: expected {kind}:LO:HI" + ("[:log]" if kind == "int" else "")
+        )
     number = int if kind == "int" else float
     try:
         low, high = (number(b) for b in bounds)
     except ValueError:
-        raise ConfigError(f"--param {text!r}: LO and HI must be "
-                          + ("integers" if kind == "int" else "numbers")) from None
+        raise ConfigError(
+            f"--param {text!r}: LO and HI must be " + ("integers" if kind == "int" else "numbers")
+        ) from None
     if not (math.isfinite(low) and math.isfinite(high) and low < high):
         raise ConfigError(f"--param {text!r}: expected finite bounds with LO < HI")
     if log and low <= 0:
@@ -186,14 +197,20 @@ class SweepSpec:
 
     def _configure(self, overrides: dict[str, Any], seed_index: int = 0) -> RunConfig:
         """The model's config with ``overrides``; evaluation defaults to every quarter run."""
-        config = configure(self.model, self.config_file, self.sets,
-                           **{k.replace(".", "__"): v for k, v in overrides.items()})
+        config = configure(
+            self.model,
+            self.config_file,
+            self.sets,
+            **{k.replace(".", "__"): v for k, v in overrides.items()},
+        )
         config.train.seed += seed_index  # any integer is a valid seed
         if not config.train.eval_every:
             if not config.train.steps:
-                raise ConfigError(f"a sweep ranks runs by FID, and {self.model} runs for "
-                                  f"{config.train.epochs:g} epochs, not a step count: give "
-                                  "--eval-every N (or --steps N for a default of steps / 4)")
+                raise ConfigError(
+                    f"a sweep ranks runs by FID, and {self.model} runs for "
+                    f"{config.train.epochs:g} epochs, not a step count: give "
+                    "--eval-every N (or --steps N for a default of steps / 4)"
+                )
             config.train.eval_every = max(1, config.train.steps // 4)
         return config
 
@@ -207,15 +224,18 @@ class SweepSpec:
         if self.trials < 1 or self.seeds < 1:
             raise ConfigError(f"--trials {self.trials} --seeds {self.seeds}: both must be >= 1")
         if not self.params:
-            raise ConfigError("name what to sweep: --param NAME=SPEC (repeatable), e.g. "
-                              "--param lr=loguniform:1e-5:1e-3")
+            raise ConfigError(
+                "name what to sweep: --param NAME=SPEC (repeatable), e.g. "
+                "--param lr=loguniform:1e-5:1e-3"
+            )
         names = [p.name for p in self.params]
         if len(set(names)) < len(names):
             raise ConfigError(f"--param names repeat: {', '.join(names)}")
         keys = [k for p in self.params for k in p.keys]
         if len(set(keys)) < len(keys):
-            raise ConfigError(f"two --param set the same config key ({', '.join(keys)}): "
-                              "lr covers lr_g and lr_d")
+            raise ConfigError(
+                f"two --param set the same config key ({', '.join(keys)}): lr covers lr_g and lr_d"
+            )
         self._configure(self.overrides)
         for param in self.params:
             for value in param.extremes():
@@ -231,8 +251,13 @@ class SweepSpec:
         config = to_dict(self.config(self.lows()))
         for key in MACHINE_KEYS:
             config["train"].pop(key)
-        return {"model": self.model, "params": [p.text for p in self.params],
-                "trials": self.trials, "seeds": self.seeds, "config": config}
+        return {
+            "model": self.model,
+            "params": [p.text for p in self.params],
+            "trials": self.trials,
+            "seeds": self.seeds,
+            "config": config,
+        }
 
 
 def _full_keys(overrides: dict[str, Any]) -> dict[str, Any]:
@@ -261,25 +286,32 @@ def _connect(url: str, heartbeat: int | None):
 
     if url.startswith("sqlite:///") and url != "sqlite:///:memory:":
         Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
-    engine = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {
-        "pool_pre_ping": True}
+    engine = (
+        {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {"pool_pre_ping": True}
+    )
     for attempt in range(6):
         try:
             with warnings.catch_warnings():  # heartbeats are "experimental" since Optuna 2.9
                 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-                return optuna.storages.RDBStorage(url, engine_kwargs=engine,
-                                                  heartbeat_interval=heartbeat)
+                return optuna.storages.RDBStorage(
+                    url, engine_kwargs=engine, heartbeat_interval=heartbeat
+                )
         except sqlalchemy.exc.ArgumentError as err:
-            raise GankitError(f"--storage {url!r} is not a database URL ({err}): use e.g. "
-                              "sqlite:///sweep.db or postgresql+psycopg2://USER@HOST/DB") from None
+            raise GankitError(
+                f"--storage {url!r} is not a database URL ({err}): use e.g. "
+                "sqlite:///sweep.db or postgresql+psycopg2://USER@HOST/DB"
+            ) from None
         except ImportError as err:
-            raise GankitError(f"--storage {_shown(url)} needs a database driver: {err} (for "
-                              "PostgreSQL: pip install psycopg2-binary)") from None
+            raise GankitError(
+                f"--storage {_shown(url)} needs a database driver: {err} (for "
+                "PostgreSQL: pip install psycopg2-binary)"
+            ) from None
         except sqlalchemy.exc.SQLAlchemyError as err:
             # workers that start together on a new database race to create its tables
             if attempt == 5:
-                raise GankitError(f"cannot open the sweep storage {_shown(url)}: "
-                                  f"{str(err).splitlines()[0]}") from None
+                raise GankitError(
+                    f"cannot open the sweep storage {_shown(url)}: {str(err).splitlines()[0]}"
+                ) from None
             time.sleep(0.3 * (attempt + 1))
 
 
@@ -327,11 +359,17 @@ def open_study(storage, name: str, record: dict, out: Path, sampler="tpe", prune
     then ``record`` must match the creator's (else a ConfigError naming the differences)."""
     optuna = require_optuna()
     try:
-        study = optuna.create_study(study_name=name, storage=storage, direction="minimize",
-                                    sampler=_sampler(sampler), pruner=_pruner(pruner))
+        study = optuna.create_study(
+            study_name=name,
+            storage=storage,
+            direction="minimize",
+            sampler=_sampler(sampler),
+            pruner=_pruner(pruner),
+        )
     except optuna.exceptions.DuplicatedStudyError:  # another worker created it: join
-        study = optuna.load_study(study_name=name, storage=storage, sampler=_sampler(sampler),
-                                  pruner=_pruner(pruner))
+        study = optuna.load_study(
+            study_name=name, storage=storage, sampler=_sampler(sampler), pruner=_pruner(pruner)
+        )
         _check_same_sweep(record, _wait_for_record(study), name)
         return study
     for _ in range(record["trials"]):
@@ -346,21 +384,25 @@ def _wait_for_record(study) -> dict:
     deadline = time.monotonic() + SETUP_WAIT_S
     while SPEC_ATTR not in (attrs := study.user_attrs):
         if time.monotonic() > deadline:
-            raise ConfigError(f"study {study.study_name!r} exists but holds no gankit sweep (made "
-                              "by something else, or its creator died while setting it up): "
-                              "choose another --study, or delete it with `optuna delete-study`")
+            raise ConfigError(
+                f"study {study.study_name!r} exists but holds no gankit sweep (made "
+                "by something else, or its creator died while setting it up): "
+                "choose another --study, or delete it with `optuna delete-study`"
+            )
         time.sleep(0.5)
     return attrs[SPEC_ATTR]
 
 
 def _check_same_sweep(mine: dict, theirs: dict, name: str) -> None:
-    differences = [f"{key}: {a!r} here, {b!r} in the study"
-                   for key, a, b in _diff(mine, theirs)]
+    differences = [f"{key}: {a!r} here, {b!r} in the study" for key, a, b in _diff(mine, theirs)]
     if differences:
-        raise ConfigError(f"study {name!r} was created with other sweep options: "
-                          + "; ".join(differences[:5]) + ". Give every worker the same options "
-                          "(only --device, --data-dir, --set threads=N and --no-progress may "
-                          "differ), or start a new --study")
+        raise ConfigError(
+            f"study {name!r} was created with other sweep options: "
+            + "; ".join(differences[:5])
+            + ". Give every worker the same options "
+            "(only --device, --data-dir, --set threads=N and --no-progress may "
+            "differ), or start a new --study"
+        )
 
 
 def _diff(a: Any, b: Any, prefix: str = "") -> Iterator[tuple[str, Any, Any]]:
@@ -410,8 +452,9 @@ def fail_stale_trials(study) -> None:
 
 
 @contextlib.contextmanager
-def _heartbeat(storage, trial_id: int, interval: float, log: Callable[[str], None]
-               ) -> Iterator[None]:
+def _heartbeat(
+    storage, trial_id: int, interval: float, log: Callable[[str], None]
+) -> Iterator[None]:
     """Record the trial's heartbeat now and every ``interval`` s until the block ends, from a
     daemon thread: if this process dies the beats stop, and the trial goes stale."""
     import sqlalchemy.exc
@@ -467,8 +510,9 @@ class _Reporter:
         self.trial.report(fid, step)
         if step < self.total_steps and self.trial.should_prune():
             optuna = require_optuna()
-            raise optuna.TrialPruned(f"pruned at step {step}: FID {fid:.4g} is worse than "
-                                     "earlier trials there")
+            raise optuna.TrialPruned(
+                f"pruned at step {step}: FID {fid:.4g} is worse than earlier trials there"
+            )
 
 
 def _evaluation(config: RunConfig, cache: dict, progress: bool):
@@ -479,13 +523,26 @@ def _evaluation(config: RunConfig, cache: dict, progress: bool):
     tc, mc = config.train, config.model
     key = (tc.data, tc.data_dir, mc.image_size, tc.device, tc.evaluator)
     if key not in cache:
-        cache[key] = open_evaluation(tc.data, tc.data_dir or None, mc.image_size,
-                                     resolve_device(tc.device), tc.evaluator or None, progress)
+        cache[key] = open_evaluation(
+            tc.data,
+            tc.data_dir or None,
+            mc.image_size,
+            resolve_device(tc.device),
+            tc.evaluator or None,
+            progress,
+        )
     return cache[key]
 
 
-def _run_trial(study, trial_id: int, spec: SweepSpec, out: Path, evaluations: dict,
-               progress: bool, log: Callable[[str], None]) -> TrialOutcome:
+def _run_trial(
+    study,
+    trial_id: int,
+    spec: SweepSpec,
+    out: Path,
+    evaluations: dict,
+    progress: bool,
+    log: Callable[[str], None],
+) -> TrialOutcome:
     """Train one taken trial into ``out/trial-NNNN`` and tell Optuna how it ended."""
     optuna = require_optuna()
     from optuna.trial import TrialState
@@ -503,20 +560,29 @@ def _run_trial(study, trial_id: int, spec: SweepSpec, out: Path, evaluations: di
         if "config" not in trial.user_attrs:  # a configuration slot: its other seeds follow
             trial.set_user_attr("config", trial.number)
             for index in range(1, spec.seeds):
-                study.enqueue_trial(values, user_attrs={"config": trial.number,
-                                                        "seed_index": index})
+                study.enqueue_trial(
+                    values, user_attrs={"config": trial.number, "seed_index": index}
+                )
         attrs = trial.user_attrs
         config = spec.config(values, attrs["seed_index"])
         trial.set_user_attr("seed", config.train.seed)
         trial.set_user_attr("run_dir", str(run_dir.resolve()))
         trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
-        shown = " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
-                         for k, v in values.items())
-        log(f"trial {trial.number} (configuration {attrs['config']}, seed "
-            f"{config.train.seed}): {shown} -> {run_dir}")
+        shown = " ".join(
+            f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in values.items()
+        )
+        log(
+            f"trial {trial.number} (configuration {attrs['config']}, seed "
+            f"{config.train.seed}): {shown} -> {run_dir}"
+        )
         reporter = _Reporter(trial)
-        trainer = launch(config, out=run_dir, callbacks=[reporter], progress=progress,
-                         evaluation=_evaluation(config, evaluations, progress))
+        trainer = launch(
+            config,
+            out=run_dir,
+            callbacks=[reporter],
+            progress=progress,
+            evaluation=_evaluation(config, evaluations, progress),
+        )
         reporter.total_steps = trainer.total_steps
         result = trainer.fit()
         if result.interrupted:
@@ -526,8 +592,11 @@ def _run_trial(study, trial_id: int, spec: SweepSpec, out: Path, evaluations: di
         if reporter.last_eval.get("step") != trainer.step:  # a time budget ended the run
             with lock_run(run_dir):  # it may write the best checkpoint
                 trainer.callback(PeriodicEvaluation).evaluate(trainer)
-        metrics = {k.removeprefix("eval/"): v for k, v in reporter.last_eval.items()
-                   if k.startswith("eval/")}
+        metrics = {
+            k.removeprefix("eval/"): v
+            for k, v in reporter.last_eval.items()
+            if k.startswith("eval/")
+        }
         trial.set_user_attr("steps", trainer.step)
         trial.set_user_attr("metrics", metrics)
         state, fid = TrialState.COMPLETE, metrics["fid"]
@@ -547,13 +616,15 @@ def _run_trial(study, trial_id: int, spec: SweepSpec, out: Path, evaluations: di
         note = f"{type(err).__name__}: {err}"
         log(traceback.format_exc().rstrip())
     _tell(study, trial, state, fid, note, log)
-    log(f"trial {trial.number}: {state.name}" + (f", FID {fid:.4g}" if fid is not None else "")
-        + (f" ({note})" if note else ""))
+    log(
+        f"trial {trial.number}: {state.name}"
+        + (f", FID {fid:.4g}" if fid is not None else "")
+        + (f" ({note})" if note else "")
+    )
     return TrialOutcome(trial.number, state.name, fid, run_dir, note)
 
 
-def _tell(study, trial, state, value: float | None, note: str, log: Callable[[str], None]
-          ) -> None:
+def _tell(study, trial, state, value: float | None, note: str, log: Callable[[str], None]) -> None:
     """Finish a trial; one another worker already marked FAILED (its heartbeats came too
     late) stays as it is, with a warning."""
     optuna = require_optuna()
@@ -562,15 +633,30 @@ def _tell(study, trial, state, value: float | None, note: str, log: Callable[[st
             trial.set_user_attr("note", note)
         study.tell(trial, value, state=state)
     except optuna.exceptions.UpdateFinishedTrialError:
-        log(f"warning: trial {trial.number} was marked finished by another worker while it "
-            "ran (its heartbeats were late: a busy database or machine? raise --heartbeat)")
+        log(
+            f"warning: trial {trial.number} was marked finished by another worker while it "
+            "ran (its heartbeats were late: a busy database or machine? raise --heartbeat)"
+        )
 
 
-def sweep(model: str, *, storage: str, study: str, params: Iterable[str], trials: int,
-          seeds: int = 1, out: str | Path | None = None, sampler="tpe",
-          pruner="median", heartbeat: int = 60, config_file: str | Path | None = None,
-          sets: Iterable[str] = (), progress: bool = False,
-          log: Callable[[str], None] = print, **overrides) -> list[TrialOutcome]:
+def sweep(
+    model: str,
+    *,
+    storage: str,
+    study: str,
+    params: Iterable[str],
+    trials: int,
+    seeds: int = 1,
+    out: str | Path | None = None,
+    sampler="tpe",
+    pruner="median",
+    heartbeat: int = 60,
+    config_file: str | Path | None = None,
+    sets: Iterable[str] = (),
+    progress: bool = False,
+    log: Callable[[str], None] = print,
+    **overrides,
+) -> list[TrialOutcome]:
     """Run trials of a sweep until none is left; returns those this worker ran.
 
     ``params`` are specs such as ``"lr=loguniform:1e-5:1e-3"``; ``trials`` configurations are
@@ -582,23 +668,37 @@ def sweep(model: str, *, storage: str, study: str, params: Iterable[str], trials
     on this machine or others sharing ``storage``, to run trials in parallel.
     """
     require_optuna()
-    spec = SweepSpec(model, [parse_param(p) for p in params], trials, seeds,
-                     str(config_file) if config_file else None, list(sets),
-                     _full_keys(overrides))
+    spec = SweepSpec(
+        model,
+        [parse_param(p) for p in params],
+        trials,
+        seeds,
+        str(config_file) if config_file else None,
+        list(sets),
+        _full_keys(overrides),
+    )
     spec.validate()
     if isinstance(heartbeat, bool) or not isinstance(heartbeat, int) or heartbeat < 1:
         raise ConfigError(f"--heartbeat {heartbeat!r}: expected whole seconds >= 1")
-    out = Path(out) if out else Path("sweeps") / (re.sub(r"[^A-Za-z0-9_.-]+", "-", study)
-                                                  or "sweep")
-    record = spec.record() | {"sampler": _name(sampler), "pruner": _name(pruner),
-                              "heartbeat": heartbeat}
+    out = (
+        Path(out) if out else Path("sweeps") / (re.sub(r"[^A-Za-z0-9_.-]+", "-", study) or "sweep")
+    )
+    record = spec.record() | {
+        "sampler": _name(sampler),
+        "pruner": _name(pruner),
+        "heartbeat": heartbeat,
+    }
     with open_storage(storage, heartbeat) as store:
         if not _study_exists(store, study) and any(out.glob("trial-*")):
-            raise ConfigError(f"--out {out} holds the trial folders of another sweep: choose "
-                              "another --out (or --study), or delete them")
+            raise ConfigError(
+                f"--out {out} holds the trial folders of another sweep: choose "
+                "another --out (or --study), or delete them"
+            )
         found = open_study(store, study, record, out, sampler, pruner)
-        log(f"sweep {study!r} in {_shown(storage)}: {trials} configurations × {seeds} seeds; "
-            f"runs go to {out}/")
+        log(
+            f"sweep {study!r} in {_shown(storage)}: {trials} configurations × {seeds} seeds; "
+            f"runs go to {out}/"
+        )
         outcomes: list[TrialOutcome] = []
         evaluations: dict = {}
         while True:
@@ -607,8 +707,7 @@ def sweep(model: str, *, storage: str, study: str, params: Iterable[str], trials
             if trial_id is None:
                 break
             with _heartbeat(store, trial_id, heartbeat, log):
-                outcomes.append(_run_trial(found, trial_id, spec, out, evaluations, progress,
-                                           log))
+                outcomes.append(_run_trial(found, trial_id, spec, out, evaluations, progress, log))
     return outcomes
 
 
@@ -639,12 +738,14 @@ def sweep_report(storage: str, study: str, plot: str | Path | None = None) -> Sw
             found = optuna.load_study(study_name=study, storage=store)
         except KeyError:
             names = [s.study_name for s in optuna.get_all_study_summaries(store)]
-            raise ConfigError(f"no study {study!r} in {_shown(storage)}; it holds: "
-                              f"{', '.join(names) or 'none'}") from None
+            raise ConfigError(
+                f"no study {study!r} in {_shown(storage)}; it holds: {', '.join(names) or 'none'}"
+            ) from None
         record = found.user_attrs.get(SPEC_ATTR)
         if record is None:
-            raise ConfigError(f"study {study!r} is not a gankit sweep (it has no {SPEC_ATTR} "
-                              "attribute)")
+            raise ConfigError(
+                f"study {study!r} is not a gankit sweep (it has no {SPEC_ATTR} attribute)"
+            )
         with open_storage(storage, record["heartbeat"]) as beating:
             fail_stale_trials(optuna.load_study(study_name=study, storage=beating))
         params = [parse_param(text) for text in record["params"]]
@@ -654,8 +755,11 @@ def sweep_report(storage: str, study: str, plot: str | Path | None = None) -> Sw
     report = SweepReport(study, _shown(storage), record, trials, configs, importances, note)
     if any(c["fid"] is not None for c in configs):
         folder = Path(found.user_attrs.get(OUT_ATTR, ""))
-        default = (folder / "sensitivity.png" if folder.is_dir()
-                   else Path(f"sweep-{re.sub(r'[^A-Za-z0-9_.-]+', '-', study)}.png"))
+        default = (
+            folder / "sensitivity.png"
+            if folder.is_dir()
+            else Path(f"sweep-{re.sub(r'[^A-Za-z0-9_.-]+', '-', study)}.png")
+        )
         report.plot = _plot(configs, params, Path(plot or default), study)
     return report
 
@@ -666,10 +770,21 @@ def _trial_row(trial, params: list[Param]) -> dict:
     note = attrs.get("note", "")
     if trial.state.name == "FAIL" and not note:
         note = "its worker stopped (killed?): no heartbeat"
-    return {"trial": trial.number, "state": trial.state.name, "config": attrs.get("config"),
-            "seed": attrs.get("seed")} | {p.name: trial.params.get(p.name) for p in params} | {
-        "fid": fid, "steps": attrs.get("steps"), "run": _short_path(attrs.get("run_dir")),
-        "note": note}
+    return (
+        {
+            "trial": trial.number,
+            "state": trial.state.name,
+            "config": attrs.get("config"),
+            "seed": attrs.get("seed"),
+        }
+        | {p.name: trial.params.get(p.name) for p in params}
+        | {
+            "fid": fid,
+            "steps": attrs.get("steps"),
+            "run": _short_path(attrs.get("run_dir")),
+            "note": note,
+        }
+    )
 
 
 def _short_path(path: str | None) -> str:
@@ -691,10 +806,16 @@ def _config_rows(trials: list[dict], params: list[Param]) -> list[dict]:
     rows = []
     for config, members in groups.items():
         fids = [r["fid"] for r in members if r["fid"] is not None]
-        rows.append({"config": config} | {p.name: members[0][p.name] for p in params} | {
-            "fid": statistics.fmean(fids) if fids else None,
-            "std": statistics.stdev(fids) if len(fids) > 1 else None,
-            "seeds": len(fids), "runs": len(members)})
+        rows.append(
+            {"config": config}
+            | {p.name: members[0][p.name] for p in params}
+            | {
+                "fid": statistics.fmean(fids) if fids else None,
+                "std": statistics.stdev(fids) if len(fids) > 1 else None,
+                "seeds": len(fids),
+                "runs": len(members),
+            }
+        )
     return sorted(rows, key=lambda r: (r["fid"] is None, r["fid"] or 0.0, r["config"]))
 
 
@@ -704,8 +825,10 @@ def _importances(study, configs: list[dict]) -> tuple[dict[str, float], str]:
     optuna = require_optuna()
     done = sum(c["fid"] is not None for c in configs)
     if done < 3:
-        return {}, (f"parameter importances need at least 3 configurations with a completed "
-                    f"run (this study has {done})")
+        return {}, (
+            f"parameter importances need at least 3 configurations with a completed "
+            f"run (this study has {done})"
+        )
     evaluator = optuna.importance.PedAnovaImportanceEvaluator()
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -724,12 +847,22 @@ def _plot(configs: list[dict], params: list[Param], path: Path, study: str) -> P
     from gankit.viz import plot_sensitivity
 
     done = [c for c in configs if c["fid"] is not None]
-    panels = [{"name": p.name, "values": [c[p.name] for c in done],
-               "fid": [c["fid"] for c in done], "std": [c["std"] or 0.0 for c in done],
-               "log": p.log, "range": None if p.kind == "choice" else (p.low, p.high)}
-              for p in params]
-    return plot_sensitivity(panels, path, title=f"sweep {study}: FID by parameter (mean ± "
-                            "std over seeds; lower is better)")
+    panels = [
+        {
+            "name": p.name,
+            "values": [c[p.name] for c in done],
+            "fid": [c["fid"] for c in done],
+            "std": [c["std"] or 0.0 for c in done],
+            "log": p.log,
+            "range": None if p.kind == "choice" else (p.low, p.high),
+        }
+        for p in params
+    ]
+    return plot_sensitivity(
+        panels,
+        path,
+        title=f"sweep {study}: FID by parameter (mean ± std over seeds; lower is better)",
+    )
 
 
 def format_sweep_report(report: SweepReport) -> str:
@@ -739,26 +872,49 @@ def format_sweep_report(report: SweepReport) -> str:
 
     rec, names = report.record, [parse_param(t).name for t in report.record["params"]]
     states = [t["state"] for t in report.trials]
-    counts = ", ".join(f"{states.count(s)} {s.lower()}" for s in
-                       ("COMPLETE", "PRUNED", "FAIL", "RUNNING", "WAITING") if s in states)
-    lines = [f"study {report.study} ({report.storage}): {rec['model']} on "
-             f"{rec['config']['train']['data']}, {rec['trials']} configurations × "
-             f"{rec['seeds']} seeds = {rec['trials'] * rec['seeds']} runs; trials: "
-             f"{counts or 'none yet'}"]
+    counts = ", ".join(
+        f"{states.count(s)} {s.lower()}"
+        for s in ("COMPLETE", "PRUNED", "FAIL", "RUNNING", "WAITING")
+        if s in states
+    )
+    lines = [
+        f"study {report.study} ({report.storage}): {rec['model']} on "
+        f"{rec['config']['train']['data']}, {rec['trials']} configurations × "
+        f"{rec['seeds']} seeds = {rec['trials'] * rec['seeds']} runs; trials: "
+        f"{counts or 'none yet'}"
+    ]
     best = report.configs[0] if report.configs and report.configs[0]["fid"] is not None else None
     if best:
         values = " ".join(f"{n}={format_value(best[n])}" for n in names)
-        runs = [t["run"] for t in report.trials if t["config"] == best["config"]
-                and t["fid"] is not None]
-        lines.append(f"best configuration: {best['config']} ({values}): FID "
-                     f"{_mean_std(best)} over {best['seeds']} seed(s); runs: {', '.join(runs)}")
-    lines += ["", "trials:", rows_to_markdown(report.trials, ["trial", "state", "config",
-                                                              "seed", *names, "fid", "steps",
-                                                              "run", "note"])]
-    lines += ["", "FID by configuration (mean ± std over seeds, best first):",
-              rows_to_markdown([{"config": c["config"]} | {n: c[n] for n in names}
-                                | {"FID": _mean_std(c), "seeds": f"{c['seeds']}/{c['runs']}"}
-                                for c in report.configs])]
+        runs = [
+            t["run"]
+            for t in report.trials
+            if t["config"] == best["config"] and t["fid"] is not None
+        ]
+        lines.append(
+            f"best configuration: {best['config']} ({values}): FID "
+            f"{_mean_std(best)} over {best['seeds']} seed(s); runs: {', '.join(runs)}"
+        )
+    lines += [
+        "",
+        "trials:",
+        rows_to_markdown(
+            report.trials,
+            ["trial", "state", "config", "seed", *names, "fid", "steps", "run", "note"],
+        ),
+    ]
+    lines += [
+        "",
+        "FID by configuration (mean ± std over seeds, best first):",
+        rows_to_markdown(
+            [
+                {"config": c["config"]}
+                | {n: c[n] for n in names}
+                | {"FID": _mean_std(c), "seeds": f"{c['seeds']}/{c['runs']}"}
+                for c in report.configs
+            ]
+        ),
+    ]
     lines += ["", "parameter importances (PED-ANOVA):"]
     lines += [f"  {name}: {value:.3f}" for name, value in report.importances.items()]
     if report.importance_note:

@@ -29,9 +29,14 @@ from gankit.version import __version__
 
 # the reference presets each default is measured against (same family of design)
 REFERENCES: dict[str, tuple[str, ...]] = {
-    "ae": ("ae-000",), "vae": ("vae-000",), "gan": ("gan-000", "gan-001", "gan-002"),
-    "dcgan": ("dcgan-000", "dcgan-001"), "wgan": ("wgan-001",), "wgan-gp": (),
-    "cgan": (), "bigan": ("bigan-004",),
+    "ae": ("ae-000",),
+    "vae": ("vae-000",),
+    "gan": ("gan-000", "gan-001", "gan-002"),
+    "dcgan": ("dcgan-000", "dcgan-001"),
+    "wgan": ("wgan-001",),
+    "wgan-gp": (),
+    "cgan": (),
+    "bigan": ("bigan-004",),
 }
 METRICS = ("fid", "precision", "recall", "coverage", "classes_covered")
 
@@ -44,21 +49,28 @@ class TableSettings:
     data: str = "fashion-mnist"
 
 
-def run_table(models: list[str], out: str | Path, settings: TableSettings,
-              log: Callable[[str], None] = print) -> dict:
+def run_table(
+    models: list[str], out: str | Path, settings: TableSettings, log: Callable[[str], None] = print
+) -> dict:
     """Train and score ``models`` into ``out/NAME-sSEED``; returns the report (rows of
     per-seed results and their means), also written as ``out/table.json``/``table.md``."""
     out = Path(out)
     if settings.minutes <= 0 or settings.seeds < 1 or settings.eval_n < 10:
-        raise ConfigError("gankit table: --minutes must be > 0, --seeds >= 1 and --eval-n "
-                          ">= 10")
+        raise ConfigError("gankit table: --minutes must be > 0, --seeds >= 1 and --eval-n >= 10")
     evaluation = open_evaluation(settings.data, progress=True)
-    report = {"gankit": __version__, "torch": torch.__version__, "machine": machine(),
-              "settings": vars(settings).copy(), "evaluator": evaluation.describe(),
-              "rows": []}
+    report = {
+        "gankit": __version__,
+        "torch": torch.__version__,
+        "machine": machine(),
+        "settings": vars(settings).copy(),
+        "evaluator": evaluation.describe(),
+        "rows": [],
+    }
     for name in models:
-        runs = [_train_and_score(name, seed, out, settings, evaluation, log)
-                for seed in range(settings.seeds)]
+        runs = [
+            _train_and_score(name, seed, out, settings, evaluation, log)
+            for seed in range(settings.seeds)
+        ]
         report["rows"].append(_summarise(name, runs))
         write_json(report, out / "table.json")  # a killed table keeps the rows it finished
     write_text(out / "table.md", format_table(report) + "\n")
@@ -66,13 +78,22 @@ def run_table(models: list[str], out: str | Path, settings: TableSettings,
     return report
 
 
-def _train_and_score(name: str, seed: int, out: Path, settings: TableSettings, evaluation,
-                     log: Callable[[str], None]) -> dict:
+def _train_and_score(
+    name: str, seed: int, out: Path, settings: TableSettings, evaluation, log: Callable[[str], None]
+) -> dict:
     started = time.perf_counter()
     # the budget ends every run; one cadence for all, so no design pays for more grids
-    config = configure(name, data=settings.data, seed=seed, steps=10**9,
-                       max_seconds=settings.minutes * 60, eval_every=0, log_every=100,
-                       sample_every=2000, checkpoint_every=5000)
+    config = configure(
+        name,
+        data=settings.data,
+        seed=seed,
+        steps=10**9,
+        max_seconds=settings.minutes * 60,
+        eval_every=0,
+        log_every=100,
+        sample_every=2000,
+        checkpoint_every=5000,
+    )
     run_dir = out / f"{name}-s{seed}"
     log(f"{name} (seed {seed}): training for {settings.minutes:g} min -> {run_dir}")
     trainer = launch(config, out=run_dir, progress=False)
@@ -81,11 +102,18 @@ def _train_and_score(name: str, seed: int, out: Path, settings: TableSettings, e
     run = Run(trainer.run_dir, trainer.config, trainer.model.eval(), trainer.step)
     result = evaluate_run(run, evaluation, settings.eval_n, seed=0)
     metrics = result["metrics"]
-    row = {"seed": seed, "steps": trainer.step, "train_s": round(trainer.clock.elapsed, 1),
-           "wall_s": round(wall, 1), "run": str(run_dir)}
+    row = {
+        "seed": seed,
+        "steps": trainer.step,
+        "train_s": round(trainer.clock.elapsed, 1),
+        "wall_s": round(wall, 1),
+        "run": str(run_dir),
+    }
     row |= {k: metrics[k] for k in METRICS + ("label_accuracy", "recon_mse") if k in metrics}
-    log(f"  step {row['steps']}, FID {row['fid']:.1f}, recall {row['recall']:.2f}, "
-        f"classes {row['classes_covered']}")
+    log(
+        f"  step {row['steps']}, FID {row['fid']:.1f}, recall {row['recall']:.2f}, "
+        f"classes {row['classes_covered']}"
+    )
     return row
 
 
@@ -108,8 +136,11 @@ def verdicts(report: dict) -> dict[str, str]:
         if name not in fid or not measured:
             continue
         best, which = min(measured)
-        out[name] = (f"beats {which} ({best:.3g})" if fid[name] < best
-                     else f"**does not beat {which}** ({best:.3g})")
+        out[name] = (
+            f"beats {which} ({best:.3g})"
+            if fid[name] < best
+            else f"**does not beat {which}** ({best:.3g})"
+        )
     return out
 
 
@@ -119,18 +150,23 @@ def format_table(report: dict) -> str:
     seeds = f", mean ± std of {s['seeds']} seeds" if s["seeds"] > 1 else ""
     judged = verdicts(report)
     evaluator = report["evaluator"]["evaluator"]
-    lines = [f"{s['minutes']:g} minutes of training each on {s['data']}, "
-             f"{s['eval_n']:,} samples scored on the {evaluator.get('data', '?')} evaluator "
-             f"{evaluator.get('key', '?')} ({evaluator.get('origin', '?')}){seeds}; "
-             f"{report['machine']['cpu']}, {report['machine']['threads']} threads.", "",
-             "| model | steps | FID | precision | recall | coverage | classes | vs reference |",
-             "|---|---:|---:|---:|---:|---:|---:|---|"]
+    lines = [
+        f"{s['minutes']:g} minutes of training each on {s['data']}, "
+        f"{s['eval_n']:,} samples scored on the {evaluator.get('data', '?')} evaluator "
+        f"{evaluator.get('key', '?')} ({evaluator.get('origin', '?')}){seeds}; "
+        f"{report['machine']['cpu']}, {report['machine']['threads']} threads.",
+        "",
+        "| model | steps | FID | precision | recall | coverage | classes | vs reference |",
+        "|---|---:|---:|---:|---:|---:|---:|---|",
+    ]
     for row in report["rows"]:
         name = f"`{row['model']}`" + ("" if row["default"] else " (reference)")
-        lines.append(f"| {name} | {row['steps']:,.0f} | {_cell(row, 'fid', '.1f')} | "
-                     f"{_cell(row, 'precision', '.2f')} | {_cell(row, 'recall', '.2f')} | "
-                     f"{_cell(row, 'coverage', '.2f')} | {_cell(row, 'classes_covered', '.0f')}"
-                     f" | {judged.get(row['model'], '')} |")
+        lines.append(
+            f"| {name} | {row['steps']:,.0f} | {_cell(row, 'fid', '.1f')} | "
+            f"{_cell(row, 'precision', '.2f')} | {_cell(row, 'recall', '.2f')} | "
+            f"{_cell(row, 'coverage', '.2f')} | {_cell(row, 'classes_covered', '.0f')}"
+            f" | {judged.get(row['model'], '')} |"
+        )
     return "\n".join(lines)
 
 

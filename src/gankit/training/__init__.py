@@ -13,6 +13,17 @@ from gankit.training.guards import TrainingDiverged
 from gankit.training.loop import FitResult, Trainer, uses_convolutions
 from gankit.training.optim import build_optimizers, make_optimizer
 
-__all__ = ["Batches", "Callback", "FitResult", "Trainer", "TrainingDiverged", "build_optimizers",
-           "configure_threads", "derive_seed", "make_optimizer", "resolve_device",
-           "seed_everything", "uses_convolutions"]
+__all__ = [
+    "Batches",
+    "Callback",
+    "FitResult",
+    "Trainer",
+    "TrainingDiverged",
+    "build_optimizers",
+    "configure_threads",
+    "derive_seed",
+    "make_optimizer",
+    "resolve_device",
+    "seed_everything",
+    "uses_convolutions",
+]

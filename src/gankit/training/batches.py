@@ -21,14 +21,26 @@ class Batches:
     contiguous share of each one: together they see exactly the single-process batches.
     """
 
-    def __init__(self, images: torch.Tensor, labels: torch.Tensor | None, batch_size: int,
-                 seed: int, sampler: str = "epoch", rank: int = 0, world: int = 1):
+    def __init__(
+        self,
+        images: torch.Tensor,
+        labels: torch.Tensor | None,
+        batch_size: int,
+        seed: int,
+        sampler: str = "epoch",
+        rank: int = 0,
+        world: int = 1,
+    ):
         if batch_size > len(images):
-            raise ConfigError(f"train.batch_size = {batch_size} is larger than the data set "
-                              f"({len(images)} images): lower it")
+            raise ConfigError(
+                f"train.batch_size = {batch_size} is larger than the data set "
+                f"({len(images)} images): lower it"
+            )
         if batch_size % world:
-            raise ConfigError(f"train.batch_size = {batch_size} is the global batch and must "
-                              f"split evenly over {world} processes: use a multiple of {world}")
+            raise ConfigError(
+                f"train.batch_size = {batch_size} is the global batch and must "
+                f"split evenly over {world} processes: use a multiple of {world}"
+            )
         self.shard = Shard(rank, world)
         self.images, self.labels = images, labels
         self.batch_size, self.seed, self.sampler = batch_size, seed, sampler
@@ -53,7 +65,7 @@ class Batches:
                 self.epoch, self.pos, self._perm = self.epoch + 1, 0, None
             if self._perm is None:
                 self._perm = self._randperm(0, self.epoch)
-            idx = self._perm[self.pos:self.pos + self.batch_size]
+            idx = self._perm[self.pos : self.pos + self.batch_size]
             self.pos += self.batch_size
         self.drawn += 1
         idx = self.shard.take(idx)  # this process's share of the global batch, in order

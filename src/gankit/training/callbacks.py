@@ -92,10 +92,15 @@ class LogRows(Callback):
 
         self.interactive = sys.stderr.isatty()
         self.show = self.progress and trainer.world.main
-        self.bar = tqdm(total=trainer.total_steps, initial=trainer.step,
-                        disable=not (self.show and self.interactive),
-                        desc=trainer.config.preset or "train", unit="step",
-                        dynamic_ncols=True, mininterval=0.5)
+        self.bar = tqdm(
+            total=trainer.total_steps,
+            initial=trainer.step,
+            disable=not (self.show and self.interactive),
+            desc=trainer.config.preset or "train",
+            unit="step",
+            dynamic_ncols=True,
+            mininterval=0.5,
+        )
 
     def on_step_end(self, trainer: Trainer) -> None:
         if due(trainer.step, trainer.config.train.log_every, trainer.total_steps):
@@ -109,9 +114,13 @@ class LogRows(Callback):
         rate = trainer.clock.lap(trainer.step)
         images_per_s = rate * trainer.batches_per_step * trainer.config.train.batch_size
         batches = trainer.batches
-        row = {"step": trainer.step, "epoch": round(batches.drawn / batches.per_epoch, 4),
-               "images_per_s": round(images_per_s, 1), "elapsed_s": round(trainer.clock.elapsed, 2),
-               "threads": torch.get_num_threads()} | values
+        row = {
+            "step": trainer.step,
+            "epoch": round(batches.drawn / batches.per_epoch, 4),
+            "images_per_s": round(images_per_s, 1),
+            "elapsed_s": round(trainer.clock.elapsed, 2),
+            "threads": torch.get_num_threads(),
+        } | values
         self.last_row = trainer.emit(row)
 
     def on_row(self, trainer: Trainer, row: dict) -> None:
@@ -122,8 +131,11 @@ class LogRows(Callback):
         now, last = time.monotonic(), row["step"] == trainer.total_steps
         if self.show and not self.interactive and (now - self._last_line >= 15 or last):
             self._last_line = now
-            print(f"step {row['step']}/{trainer.total_steps} {self.postfix(row)}",
-                  file=sys.stderr, flush=True)
+            print(
+                f"step {row['step']}/{trainer.total_steps} {self.postfix(row)}",
+                file=sys.stderr,
+                flush=True,
+            )
 
     def postfix(self, row: dict) -> str:
         """Losses, D outputs, the latest FID and throughput, in a few words."""
@@ -197,6 +209,8 @@ class FollowLoad(Callback):
         threads = self.governor.poll()
         governor = self.governor
         if threads is not None and threads < governor.max_threads and len(governor.changes) == 1:
-            trainer.notice(f"other programs are using the CPU: training on {threads} of "
-                           f"{governor.max_threads} threads while they do (spinning threads on "
-                           "a taken core would slow every step; --set threads=N fixes the count)")
+            trainer.notice(
+                f"other programs are using the CPU: training on {threads} of "
+                f"{governor.max_threads} threads while they do (spinning threads on "
+                "a taken core would slow every step; --set threads=N fixes the count)"
+            )

@@ -32,8 +32,11 @@ def physical_cores(cpus: list[int] | None = None) -> int:
     for cpu in cpus:
         topology = Path(f"/sys/devices/system/cpu/cpu{cpu}/topology")
         try:
-            cores.add((topology / "physical_package_id").read_text().strip() + ":"
-                      + (topology / "core_id").read_text().strip())
+            cores.add(
+                (topology / "physical_package_id").read_text().strip()
+                + ":"
+                + (topology / "core_id").read_text().strip()
+            )
         except OSError:
             return len(cpus)  # no topology to read: count logical CPUs
     return max(1, len(cores))

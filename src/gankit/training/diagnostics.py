@@ -26,21 +26,24 @@ class Alarms:
         fake, g_loss = row.get("D(G(z))"), row.get("loss/G")
         if fake is None or g_loss is None:
             return []
-        self._window = (self._window + [(fake, g_loss)])[-(RISING_ROWS + 1):]
+        self._window = (self._window + [(fake, g_loss)])[-(RISING_ROWS + 1) :]
         if fake >= 2 * D_LOST_G:
             self._d_wins = False  # the episode is over; a new one may warn again
-        sustained = (len(self._window) == RISING_ROWS + 1
-                     and all(f < D_LOST_G for f, _ in self._window)
-                     and all(b[1] > a[1] for a, b in zip(self._window[:-1], self._window[1:],
-                                                         strict=True)))
+        sustained = (
+            len(self._window) == RISING_ROWS + 1
+            and all(f < D_LOST_G for f, _ in self._window)
+            and all(b[1] > a[1] for a, b in zip(self._window[:-1], self._window[1:], strict=True))
+        )
         if sustained and not self._d_wins:
             self._d_wins = True
-            return [f"step {row['step']}: D is winning outright: D(G(z)) has stayed below "
-                    f"{D_LOST_G} (now {fake:.3f}) while G's loss rose from "
-                    f"{self._window[0][1]:.3g} to {g_loss:.3g} over the last {RISING_ROWS} "
-                    "logs, so G gets little signal. Try a lower D learning rate (--lr-d), "
-                    "label smoothing (--set label_smoothing=0.1), spectral norm on D or a "
-                    "Wasserstein loss (wgan-gp)."]
+            return [
+                f"step {row['step']}: D is winning outright: D(G(z)) has stayed below "
+                f"{D_LOST_G} (now {fake:.3f}) while G's loss rose from "
+                f"{self._window[0][1]:.3g} to {g_loss:.3g} over the last {RISING_ROWS} "
+                "logs, so G gets little signal. Try a lower D learning rate (--lr-d), "
+                "label smoothing (--set label_smoothing=0.1), spectral norm on D or a "
+                "Wasserstein loss (wgan-gp)."
+            ]
         return []
 
     def on_eval(self, row: dict) -> list[str]:
@@ -60,11 +63,17 @@ class Alarms:
             return []
         self._collapsing = True
         total = f"/{self.num_classes}" if self.num_classes else ""
-        advice = ("consider stopping, more D updates (--set n_critic=2), a lower G learning "
-                  "rate, or wgan-gp" if self.adversarial else "an autoencoder's samples from "
-                  "the prior cover the classes only as well as its codes fill the prior: a VAE "
-                  "(or a larger KL weight) fixes that")
-        return [f"step {row['step']}: mode collapse may be starting: the samples now cover "
-                f"{covered}{total} classes, down from {peak}{total} (see the class histogram "
-                "in metrics.jsonl). The best checkpoint so far is kept as checkpoints/"
-                f"best.safetensors; {advice}."]
+        advice = (
+            "consider stopping, more D updates (--set n_critic=2), a lower G learning "
+            "rate, or wgan-gp"
+            if self.adversarial
+            else "an autoencoder's samples from "
+            "the prior cover the classes only as well as its codes fill the prior: a VAE "
+            "(or a larger KL weight) fixes that"
+        )
+        return [
+            f"step {row['step']}: mode collapse may be starting: the samples now cover "
+            f"{covered}{total} classes, down from {peak}{total} (see the class histogram "
+            "in metrics.jsonl). The best checkpoint so far is kept as checkpoints/"
+            f"best.safetensors; {advice}."
+        ]

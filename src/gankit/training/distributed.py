@@ -62,11 +62,17 @@ def environment() -> World:
     if size == 1:
         return SINGLE
     try:
-        return World(int(os.environ["RANK"]), size, int(os.environ["LOCAL_RANK"]),
-                     int(os.environ.get("LOCAL_WORLD_SIZE", size)))
+        return World(
+            int(os.environ["RANK"]),
+            size,
+            int(os.environ["LOCAL_RANK"]),
+            int(os.environ.get("LOCAL_WORLD_SIZE", size)),
+        )
     except KeyError as err:
-        raise ConfigError(f"WORLD_SIZE={size} is set but {err.args[0]} is not: start "
-                          "multi-process runs with torchrun (see the README, Scale out)") from None
+        raise ConfigError(
+            f"WORLD_SIZE={size} is set but {err.args[0]} is not: start "
+            "multi-process runs with torchrun (see the README, Scale out)"
+        ) from None
 
 
 def init(timeout_s: float | None = None) -> World:
@@ -93,9 +99,11 @@ def device_for(world: World, device: torch.device) -> torch.device:
     if device.type != "cuda" or not world.parallel:
         return device
     if torch.cuda.device_count() <= world.local_rank:
-        raise ConfigError(f"process {world.rank} is local rank {world.local_rank} but this "
-                          f"machine has {torch.cuda.device_count()} CUDA device(s): start "
-                          "at most one process per GPU (torchrun --nproc-per-node)")
+        raise ConfigError(
+            f"process {world.rank} is local rank {world.local_rank} but this "
+            f"machine has {torch.cuda.device_count()} CUDA device(s): start "
+            "at most one process per GPU (torchrun --nproc-per-node)"
+        )
     torch.cuda.set_device(world.local_rank)
     return torch.device("cuda", world.local_rank)
 
@@ -121,8 +129,17 @@ def lost_peer(err: BaseException) -> bool:
     if isinstance(err, dist.DistError):
         return True
     text = str(err)
-    return isinstance(err, RuntimeError) and any(mark in text for mark in (
-        "gloo", "NCCL", "Connection reset", "Connection closed", "Broken pipe", "timed out"))
+    return isinstance(err, RuntimeError) and any(
+        mark in text
+        for mark in (
+            "gloo",
+            "NCCL",
+            "Connection reset",
+            "Connection closed",
+            "Broken pipe",
+            "timed out",
+        )
+    )
 
 
 @contextlib.contextmanager
@@ -137,7 +154,8 @@ def guarded(what: str):
         raise ProcessLost(
             f"process {dist.get_rank()} lost the other processes of this run while {what} "
             f"({type(err).__name__}: {str(err).splitlines()[0][:160]}). Another process died "
-            "or stopped answering: its own output says why.") from err
+            "or stopped answering: its own output says why."
+        ) from err
 
 
 def on_main(world: World, work: Callable[[], Any], what: str) -> Any:
@@ -156,8 +174,7 @@ def on_main(world: World, work: Callable[[], Any], what: str) -> Any:
     return result
 
 
-def broadcast_object(world: World, obj: Any = None, what: str = "receiving from process 0"
-                     ) -> Any:
+def broadcast_object(world: World, obj: Any = None, what: str = "receiving from process 0") -> Any:
     """Process 0's ``obj``, on every process."""
     if not world.parallel:
         return obj
@@ -193,8 +210,9 @@ class Agreement:
         agreed = self.settle()
         self._values = torch.tensor(flags, dtype=torch.int32)
         with guarded("agreeing to go on"):
-            self._pending = dist.all_reduce(self._values, op=dist.ReduceOp.MAX,
-                                            group=_control, async_op=True)
+            self._pending = dist.all_reduce(
+                self._values, op=dist.ReduceOp.MAX, group=_control, async_op=True
+            )
         return agreed
 
     def settle(self) -> list[bool]:
@@ -217,8 +235,9 @@ def mean(world: World, tensor: torch.Tensor, what: str = "averaging statistics")
     return tensor.div_(world.size)
 
 
-def gather_rows(world: World, tensor: torch.Tensor, what: str = "gathering samples"
-                ) -> torch.Tensor:
+def gather_rows(
+    world: World, tensor: torch.Tensor, what: str = "gathering samples"
+) -> torch.Tensor:
     """Every process's rows (same shape on each) concatenated in rank order."""
     if not world.parallel:
         return tensor
@@ -228,8 +247,12 @@ def gather_rows(world: World, tensor: torch.Tensor, what: str = "gathering sampl
     return torch.cat(parts)
 
 
-def broadcast_state(world: World, modules: list[nn.Module], buffers_only: bool = False,
-                    what: str = "sharing weights") -> None:
+def broadcast_state(
+    world: World,
+    modules: list[nn.Module],
+    buffers_only: bool = False,
+    what: str = "sharing weights",
+) -> None:
     """Give every process process 0's parameters (unless ``buffers_only``) and buffers."""
     if not world.parallel:
         return
@@ -243,8 +266,9 @@ def broadcast_state(world: World, modules: list[nn.Module], buffers_only: bool =
 # --------------------------------------------------------------------------- networks
 
 
-def wrap(world: World, nets: dict[str, nn.Module], device: torch.device,
-         sync_bn: bool = False) -> dict[str, nn.Module]:
+def wrap(
+    world: World, nets: dict[str, nn.Module], device: torch.device, sync_bn: bool = False
+) -> dict[str, nn.Module]:
     """A DistributedDataParallel wrapper for each network (none for one process).
 
     Buffers are not re-broadcast at every forward (``forward_sync_buffers=False``): batch-norm
@@ -256,21 +280,28 @@ def wrap(world: World, nets: dict[str, nn.Module], device: torch.device,
     from torch.nn.parallel import DistributedDataParallel
 
     if sync_bn and device.type != "cuda":
-        raise ConfigError("train.sync_bn = true needs CUDA: PyTorch's SyncBatchNorm runs on "
-                          "GPUs only. On CPU each process normalises over its share of the "
-                          "batch; leave sync_bn off, or train on GPUs")
+        raise ConfigError(
+            "train.sync_bn = true needs CUDA: PyTorch's SyncBatchNorm runs on "
+            "GPUs only. On CPU each process normalises over its share of the "
+            "batch; leave sync_bn off, or train on GPUs"
+        )
     import inspect
 
     ids = [device.index] if device.type == "cuda" else None
     # the option's name since torch 2.13; earlier versions call it broadcast_buffers
-    no_sync = ("forward_sync_buffers" if "forward_sync_buffers" in
-               inspect.signature(DistributedDataParallel).parameters else "broadcast_buffers")
+    no_sync = (
+        "forward_sync_buffers"
+        if "forward_sync_buffers" in inspect.signature(DistributedDataParallel).parameters
+        else "broadcast_buffers"
+    )
     # A weight with a size-1 dimension (a first convolution over one channel) has two valid
     # stride patterns; DDP warns that its gradient's differs from its bucket's and copies.
     warnings.filterwarnings("ignore", "Grad strides do not match bucket view strides")
     with guarded("wrapping the networks"):
-        return {name: DistributedDataParallel(net, device_ids=ids, **{no_sync: False})
-                for name, net in nets.items()}
+        return {
+            name: DistributedDataParallel(net, device_ids=ids, **{no_sync: False})
+            for name, net in nets.items()
+        }
 
 
 def convert_sync_bn(nets: nn.ModuleDict) -> None:

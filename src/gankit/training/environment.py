@@ -18,8 +18,10 @@ def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("--device cuda: no CUDA GPU is visible to PyTorch on this machine "
-                          f"(torch {torch.__version__}); use --device cpu or auto")
+        raise ConfigError(
+            "--device cuda: no CUDA GPU is visible to PyTorch on this machine "
+            f"(torch {torch.__version__}); use --device cpu or auto"
+        )
     return torch.device(name)
 
 
@@ -40,5 +42,7 @@ def seed_everything(seed: int) -> None:
 
 def derive_seed(*keys: int) -> int:
     """A well-mixed 63-bit seed from integers (NumPy's SeedSequence)."""
-    return int(np.random.SeedSequence([k % 2**63 for k in keys]).generate_state(2, np.uint64)[0]
-               >> np.uint64(1))
+    return int(
+        np.random.SeedSequence([k % 2**63 for k in keys]).generate_state(2, np.uint64)[0]
+        >> np.uint64(1)
+    )

@@ -31,8 +31,10 @@ class TrainingDiverged(GankitError):
 def weight_norms(nets: dict[str, nn.Module]) -> list[torch.Tensor]:
     """Each network's summed weight norms, on the device: NaN or inf there means a NaN or
     inf weight (one host sync for all of them, when read)."""
-    return [torch.stack(torch._foreach_norm([p.detach() for p in net.parameters()])).sum()
-            for net in nets.values()]
+    return [
+        torch.stack(torch._foreach_norm([p.detach() for p in net.parameters()])).sum()
+        for net in nets.values()
+    ]
 
 
 def diverged(trainer: Trainer, what: str) -> TrainingDiverged:
@@ -42,7 +44,9 @@ def diverged(trainer: Trainer, what: str) -> TrainingDiverged:
         f"{cause}. The last good checkpoint is {last_checkpoint_text(trainer.run_dir)} (left "
         "untouched); resume from it with a lower learning rate (--lr), a stabler loss "
         "(e.g. --set loss.gan=hinge, --set spectral_norm=true), or train with "
-        "--on-divergence rollback.", cause)
+        "--on-divergence rollback.",
+        cause,
+    )
 
 
 def last_checkpoint_text(run_dir) -> str:
@@ -63,8 +67,11 @@ class Rollback:
         tc = trainer.config.train
         if tc.on_divergence != "rollback" or self.count >= tc.max_rollbacks:
             raise err
-        path = distributed.on_main(trainer.world, lambda: checkpoint.latest_checkpoint(
-            trainer.run_dir / "checkpoints"), "finding the last good checkpoint")
+        path = distributed.on_main(
+            trainer.world,
+            lambda: checkpoint.latest_checkpoint(trainer.run_dir / "checkpoints"),
+            "finding the last good checkpoint",
+        )
         if path is None:
             raise err
         diverged_at, count, scale = trainer.step, self.count, self.lr_scale
@@ -75,11 +82,19 @@ class Rollback:
             for group in opt.param_groups:
                 group["lr"] = base[key] * self.lr_scale
         trainer.log.truncate_after(trainer.step)
-        trainer.log.write({"step": trainer.step, "rollback": self.count,
-                           "diverged_at": diverged_at, "lr_scale": self.lr_scale})
-        trainer.notice(f"{err.cause}. Rolled back to step {trainer.step} ({path.name}) with "
-                       f"learning rates × {self.lr_scale:g} (rollback {self.count} of "
-                       f"{tc.max_rollbacks}).")
+        trainer.log.write(
+            {
+                "step": trainer.step,
+                "rollback": self.count,
+                "diverged_at": diverged_at,
+                "lr_scale": self.lr_scale,
+            }
+        )
+        trainer.notice(
+            f"{err.cause}. Rolled back to step {trainer.step} ({path.name}) with "
+            f"learning rates × {self.lr_scale:g} (rollback {self.count} of "
+            f"{tc.max_rollbacks})."
+        )
         trainer.rewound()
 
     def state(self) -> dict:
@@ -145,9 +160,11 @@ class StopRule:
         self.signal, self.interrupted, self.out_of_time = None, False, False
         if threading.current_thread() is threading.main_thread():
             # a signal ignored by whoever started us (nohup, `&` in a script) stays ignored
-            self._handlers = {sig: signal.signal(sig, self._on_signal)
-                              for sig in (signal.SIGINT, signal.SIGTERM)
-                              if signal.getsignal(sig) is not signal.SIG_IGN}
+            self._handlers = {
+                sig: signal.signal(sig, self._on_signal)
+                for sig in (signal.SIGINT, signal.SIGTERM)
+                if signal.getsignal(sig) is not signal.SIG_IGN
+            }
         return self
 
     def __exit__(self, *exc) -> None:
@@ -164,7 +181,8 @@ class StopRule:
         """Whether to stop before the next step (a vote of every process)."""
         budget = self.trainer.config.train.max_seconds or math.inf
         self.interrupted, self.out_of_time = self.agreement.vote(
-            [self.signal is not None, self.trainer.clock.session_seconds() >= budget])
+            [self.signal is not None, self.trainer.clock.session_seconds() >= budget]
+        )
         return self.interrupted or self.out_of_time
 
     def settle(self) -> None:

@@ -85,10 +85,16 @@ class Trainer:
     process 0 alone writes the run folder and receives the rows.
     """
 
-    def __init__(self, config: RunConfig, run_dir: str | Path, model: GenerativeModel | None = None,
-                 data: Dataset | None = None,
-                 callbacks: Iterable[Callback | Callable[[dict], None]] = (),
-                 progress: bool = True, tensorboard: bool = True):
+    def __init__(
+        self,
+        config: RunConfig,
+        run_dir: str | Path,
+        model: GenerativeModel | None = None,
+        data: Dataset | None = None,
+        callbacks: Iterable[Callback | Callable[[dict], None]] = (),
+        progress: bool = True,
+        tensorboard: bool = True,
+    ):
         self.config, self.run_dir = config, Path(run_dir)
         self.world = world = distributed.init()
         # process 0 holds the run folder's lock while it trains there: a second process
@@ -110,17 +116,23 @@ class Trainer:
         if self.device.type == "cuda":
             torch.backends.cudnn.benchmark = True  # pick the fastest kernels for these shapes
         if tc.precision == "bf16" and self.device.type == "cpu":
-            self.notice("train.precision = 'bf16' on a CPU: most CPUs have no bf16 arithmetic "
-                        "and run it many times slower than fp32")
-        self.data = data = check_data(data or load_dataset(
-            tc.data, "train", tc.data_dir or None, mc.image_size), config)
+            self.notice(
+                "train.precision = 'bf16' on a CPU: most CPUs have no bf16 arithmetic "
+                "and run it many times slower than fp32"
+            )
+        self.data = data = check_data(
+            data or load_dataset(tc.data, "train", tc.data_dir or None, mc.image_size), config
+        )
 
         self.model = model or build_model(mc)
         if tc.sync_bn and world.parallel and self.device.type == "cuda":
             distributed.convert_sync_bn(self.model.nets)
         self.model.to(self.device)
-        self.memory_format = (torch.channels_last if tc.fast and uses_convolutions(self.model)
-                              else torch.contiguous_format)
+        self.memory_format = (
+            torch.channels_last
+            if tc.fast and uses_convolutions(self.model)
+            else torch.contiguous_format
+        )
         self.model.to(memory_format=self.memory_format)  # oneDNN's fast convolution layout
         self.model.train()
         self.model.shard = Shard(world.rank, world.size)
@@ -130,24 +142,36 @@ class Trainer:
         trained = {n for p in self.phases for n in p.nets}
         # one DistributedDataParallel wrapper per trained network (none for one process)
         self.wrappers = wrappers = distributed.wrap(
-            world, {n: self.model.nets[n] for n in sorted(trained)}, self.device, tc.sync_bn)
+            world, {n: self.model.nets[n] for n in sorted(trained)}, self.device, tc.sync_bn
+        )
         # each update calls the wrappers of the networks it trains (and of those whose graph
         # it keeps for the next update): DDP all-reduces their gradients and no others
-        self._routes = {p.name: {n: wrappers[n] for n in (*p.nets, *p.keeps) if n in wrappers}
-                        for p in self.phases}
+        self._routes = {
+            p.name: {n: wrappers[n] for n in (*p.nets, *p.keeps) if n in wrappers}
+            for p in self.phases
+        }
         if world.rank:  # each process its own stream for dropout and the like
             seed_everything(derive_seed(tc.seed, 6, world.rank))
         self.rng = torch.Generator(self.device).manual_seed(derive_seed(tc.seed, 2))
         labels = data.labels.to(self.device) if data.labels is not None else None
-        self.batches = Batches(data.images.to(self.device), labels, tc.batch_size, tc.seed,
-                               tc.sampler, world.rank, world.size)
+        self.batches = Batches(
+            data.images.to(self.device),
+            labels,
+            tc.batch_size,
+            tc.seed,
+            tc.sampler,
+            world.rank,
+            world.size,
+        )
         self.batches_per_step = sum(p.repeat for p in self.phases if p.draw == "batch")
         self.total_steps = run_length(config, len(data), self.batches_per_step)
         self.step = 0
         self.clock = Clock()  # training seconds over every session of this run
         self.log = MetricsLog(self.run_dir, tensorboard, active=world.main)
-        self.alarms = Alarms(mc.num_classes if mc.conditional else data.num_classes,
-                             adversarial=mc.family in ("gan", "bigan"))
+        self.alarms = Alarms(
+            mc.num_classes if mc.conditional else data.num_classes,
+            adversarial=mc.family in ("gan", "bigan"),
+        )
         self.rollback = Rollback(self)
         self.stop = StopRule(self)
         self._make_fixed_inputs()
@@ -158,15 +182,22 @@ class Trainer:
         self.checkpoints = Checkpoints()
         # threads = 0: follow the load of other programs; a fixed count keeps float rounding
         # identical run to run
-        follow = (tc.threads == 0 and threads > 1 and self.device.type == "cpu"
-                  and not world.parallel)
+        follow = (
+            tc.threads == 0 and threads > 1 and self.device.type == "cpu" and not world.parallel
+        )
         self.callbacks: list[Callback] = [
-            self.logger, SampleGrids(), self.checkpoints,
-            *([FollowLoad(threads)] if follow else []), *as_callbacks(callbacks)]
+            self.logger,
+            SampleGrids(),
+            self.checkpoints,
+            *([FollowLoad(threads)] if follow else []),
+            *as_callbacks(callbacks),
+        ]
         if tc.eval_every and not any(isinstance(c, Evaluating) for c in self.callbacks):
-            raise ConfigError(f"train.eval_every = {tc.eval_every} needs an evaluation: start "
-                              "the run with gankit.api.launch (or gankit.train), or pass "
-                              "callbacks=[PeriodicEvaluation(evaluation, config)]")
+            raise ConfigError(
+                f"train.eval_every = {tc.eval_every} needs an evaluation: start "
+                "the run with gankit.api.launch (or gankit.train), or pass "
+                "callbacks=[PeriodicEvaluation(evaluation, config)]"
+            )
 
     # -- the loop -------------------------------------------------------------------------
     def fit(self) -> FitResult:
@@ -187,8 +218,9 @@ class Trainer:
             self.stop.settle()
             self.clock.stop()
             self._each("on_fit_end")
-        return FitResult(self.step, self.stop.interrupted, self.logger.last_row,
-                         self.checkpoints.last)
+        return FitResult(
+            self.step, self.stop.interrupted, self.logger.last_row, self.checkpoints.last
+        )
 
     def train_step(self) -> None:
         """One step: every phase's updates in order (e.g. n_critic D updates, then G)."""
@@ -243,14 +275,16 @@ class Trainer:
             raise distributed.ProcessLost(
                 f"{err} The last good checkpoint is {last_checkpoint_text(self.run_dir)}; "
                 "continue with the same torchrun command and `gankit train --resume "
-                "RUN_DIR`.") from err
+                "RUN_DIR`."
+            ) from err
         except StorageError as err:
             raise self._storage_stop(err) from err
         except KeyboardInterrupt:
             raise KeyboardInterrupt(
                 f"stopped at once at step {self.step}; the last good checkpoint is "
                 f"{last_checkpoint_text(self.run_dir)}; resume with: gankit train --resume "
-                f"{self.run_dir}") from None
+                f"{self.run_dir}"
+            ) from None
         finally:
             self.logger.close()
             self.log.close()
@@ -268,19 +302,26 @@ class Trainer:
         if not self._sums:
             return {}
         keys, nets = list(self._sums), self._nets_to_check()
-        values = torch.stack([self._sums[k] / self._counts[k] for k in keys]
-                             + weight_norms(nets))
+        values = torch.stack([self._sums[k] / self._counts[k] for k in keys] + weight_norms(nets))
         values = distributed.mean(self.world, values).tolist()  # the global batch's means
         self._sums, self._counts = {}, {}
-        out = dict(zip(keys, values[:len(keys)], strict=True))
+        out = dict(zip(keys, values[: len(keys)], strict=True))
         bad = [k for k, v in out.items() if not math.isfinite(v)]
-        bad_nets = [n for n, v in zip(nets, values[len(keys):], strict=True)
-                    if not math.isfinite(v)]
+        bad_nets = [
+            n for n, v in zip(nets, values[len(keys) :], strict=True) if not math.isfinite(v)
+        ]
         if bad or bad_nets:
-            raise diverged(self, " and ".join(
-                ([f"{', '.join(bad)} became non-finite"] if bad else [])
-                + ([f"the weights of {', '.join(bad_nets)} hold NaN or inf"] if bad_nets
-                   else [])))
+            raise diverged(
+                self,
+                " and ".join(
+                    ([f"{', '.join(bad)} became non-finite"] if bad else [])
+                    + (
+                        [f"the weights of {', '.join(bad_nets)} hold NaN or inf"]
+                        if bad_nets
+                        else []
+                    )
+                ),
+            )
         return out
 
     def check_weights(self) -> None:
@@ -333,8 +374,12 @@ class Trainer:
         save_grid(images.cpu(), self.run_dir / "samples" / name, nrow=nrow, scale=2)
         if isinstance(self.model, Reconstructing):
             recon = self.model.reconstruct(self.fixed_real)
-            save_grid(pair_grid(self.fixed_real.cpu(), recon.cpu(), nrow=8),
-                      self.run_dir / "reconstructions" / name, nrow=8, scale=2)
+            save_grid(
+                pair_grid(self.fixed_real.cpu(), recon.cpu(), nrow=8),
+                self.run_dir / "reconstructions" / name,
+                nrow=8,
+                scale=2,
+            )
 
     def fit_prior(self) -> None:
         """Refit the model's prior to the current codes, once per step it is needed at."""
@@ -353,16 +398,21 @@ class Trainer:
         tc, mc = self.config.train, self.config.model
         gen = torch.Generator(self.device).manual_seed(derive_seed(tc.seed, 3))
         self.fixed_z = self.model.sample_latent(tc.grid_size, gen)
-        self.fixed_y = (torch.arange(tc.grid_size, device=self.device) % mc.num_classes
-                        if mc.conditional else None)
-        order = torch.randperm(len(self.data), generator=torch.Generator().manual_seed(
-            derive_seed(tc.seed, 4)))[: min(32, len(self.data))]
+        self.fixed_y = (
+            torch.arange(tc.grid_size, device=self.device) % mc.num_classes
+            if mc.conditional
+            else None
+        )
+        order = torch.randperm(
+            len(self.data), generator=torch.Generator().manual_seed(derive_seed(tc.seed, 4))
+        )[: min(32, len(self.data))]
         self.fixed_real = self.data.images[order].to(self.device)
         # the images whose codes a fitted prior models (a fixed 10,000 at most: seconds)
         self.prior_images, self._prior_step = None, None
         if mc.latent.prior == "fitted":
-            order = torch.randperm(len(self.data), generator=torch.Generator().manual_seed(
-                derive_seed(tc.seed, 7)))[:10_000]
+            order = torch.randperm(
+                len(self.data), generator=torch.Generator().manual_seed(derive_seed(tc.seed, 7))
+            )[:10_000]
             self.prior_images = self.data.images[order]
 
     def _grid_latent(self) -> torch.Tensor:
@@ -395,8 +445,15 @@ class Trainer:
         """Bytes a run may hold at once: the kept checkpoints, one being written and the best
         (each ≈ weights + optimiser moments + EMA), plus 16 MiB for grids and logs."""
         weights = sum(t.numel() * t.element_size() for t in self.model.weights().values())
-        moments = sum(t.numel() * t.element_size() for opt in self.optimizers.values()
-                      for group in opt.param_groups for t in group["params"]) * 2
+        moments = (
+            sum(
+                t.numel() * t.element_size()
+                for opt in self.optimizers.values()
+                for group in opt.param_groups
+                for t in group["params"]
+            )
+            * 2
+        )
         per_checkpoint = weights + moments
         return per_checkpoint * (self.config.train.keep_checkpoints + 2) + 16 * 2**20
 
@@ -406,9 +463,13 @@ class Trainer:
         saved = ""
         newest = checkpoint.list_checkpoints(self.run_dir / "checkpoints")
         folder = (self.run_dir / "checkpoints").resolve()
-        if (self.world.main and not self.world.parallel and err.path is not None
-                and Path(err.path).resolve().parent != folder
-                and (not newest or int(newest[-1].stem.removeprefix("step-")) < self.step)):
+        if (
+            self.world.main
+            and not self.world.parallel
+            and err.path is not None
+            and Path(err.path).resolve().parent != folder
+            and (not newest or int(newest[-1].stem.removeprefix("step-")) < self.step)
+        ):
             try:
                 saved = f"; saved checkpoint {self.save_checkpoint()} first"
             except (StorageError, TrainingDiverged):
@@ -416,7 +477,8 @@ class Trainer:
         return StorageError(
             f"{err}. Training stopped at step {self.step}{saved}; the last good checkpoint is "
             f"{last_checkpoint_text(self.run_dir)}. Once the file can be written, continue "
-            f"with: gankit train --resume {self.run_dir}")
+            f"with: gankit train --resume {self.run_dir}"
+        )
 
     # -- state and checkpoints ----------------------------------------------------------------
     def state(self) -> tuple[dict[str, torch.Tensor], dict]:
@@ -424,13 +486,15 @@ class Trainer:
         tensors = self.model.weights()
         meta: dict = {"optimizers": {}}
         for key, opt in self.optimizers.items():
-            opt_tensors, skeleton = checkpoint.flatten_state_dict(f"optim/{key}",
-                                                                  opt.state_dict())
+            opt_tensors, skeleton = checkpoint.flatten_state_dict(f"optim/{key}", opt.state_dict())
             tensors |= opt_tensors
             meta["optimizers"][key] = skeleton
         # each process's global RNGs: rank 0's as in a one-process run, rank r's under rank{r}/
-        for rank, (rng_tensors, rng_meta) in enumerate(distributed.gather_objects(
-                self.world, checkpoint.capture_rng_state(), "gathering RNG states")):
+        for rank, (rng_tensors, rng_meta) in enumerate(
+            distributed.gather_objects(
+                self.world, checkpoint.capture_rng_state(), "gathering RNG states"
+            )
+        ):
             prefix = f"rank{rank}/" if rank else ""
             tensors |= {f"{prefix}rng/{k}": v for k, v in rng_tensors.items()}
             meta[f"{prefix}rng"] = rng_meta
@@ -457,8 +521,7 @@ class Trainer:
         """Restore a state written by :meth:`state` (the inverse, on this trainer's device)."""
         self.model.load_weights(tensors)
         for key, opt in self.optimizers.items():
-            opt.load_state_dict(checkpoint.unflatten_state_dict(
-                tensors, meta["optimizers"][key]))
+            opt.load_state_dict(checkpoint.unflatten_state_dict(tensors, meta["optimizers"][key]))
             match_memory_format(opt)
         self._restore_rng(tensors, meta)
         self.rng.set_state(tensors["rng/trainer"].cpu())
@@ -477,8 +540,14 @@ class Trainer:
         world, saved = self.world, meta.get("processes", 1)
         prefix = f"rank{world.rank}/" if world.rank else ""
         if saved == world.size or not world.rank:
-            checkpoint.restore_rng_state({k[len(prefix) + 4:]: v for k, v in tensors.items()
-                                          if k.startswith(f"{prefix}rng/")}, meta[f"{prefix}rng"])
+            checkpoint.restore_rng_state(
+                {
+                    k[len(prefix) + 4 :]: v
+                    for k, v in tensors.items()
+                    if k.startswith(f"{prefix}rng/")
+                },
+                meta[f"{prefix}rng"],
+            )
         else:
             seed_everything(derive_seed(self.config.train.seed, 6, world.rank, meta["step"]))
         if saved != world.size:
@@ -488,7 +557,8 @@ class Trainer:
                 f"exactly (batch_size {self.config.train.batch_size} stays the global batch), "
                 "but each process's own random stream (dropout) starts afresh and batch-norm "
                 "layers normalise over a different share of the batch, so the run is no "
-                f"longer bit-identical to one continued on {saved}")
+                f"longer bit-identical to one continued on {saved}"
+            )
 
     def save_checkpoint(self, name: str | None = None) -> Path:
         """Write ``checkpoints/step-N.safetensors`` (or ``checkpoints/NAME``) atomically and
@@ -510,8 +580,10 @@ class Trainer:
     def read_checkpoint(self, path: Path) -> tuple[dict[str, torch.Tensor], dict]:
         """A checkpoint of this run, read by process 0 and sent to the others."""
         return distributed.on_main(
-            self.world, lambda: checkpoint.load_checkpoint(path, device="cpu"),
-            "receiving the checkpoint")
+            self.world,
+            lambda: checkpoint.load_checkpoint(path, device="cpu"),
+            "receiving the checkpoint",
+        )
 
 
 def check_data(data: Dataset, config: RunConfig) -> Dataset:
@@ -522,16 +594,22 @@ def check_data(data: Dataset, config: RunConfig) -> Dataset:
         data = data.subset(tc.data_limit)
     expected = (mc.channels, mc.image_size, mc.image_size)
     if tuple(data.images.shape[1:]) != expected:
-        raise ConfigError(f"data {data.name} has images of shape "
-                          f"{tuple(data.images.shape[1:])} but the model expects {expected}: "
-                          "set model.image_size/model.channels or resize the data")
+        raise ConfigError(
+            f"data {data.name} has images of shape "
+            f"{tuple(data.images.shape[1:])} but the model expects {expected}: "
+            "set model.image_size/model.channels or resize the data"
+        )
     if mc.conditional:
         if data.labels is None:
-            raise ConfigError(f"a conditional model needs labels, and {data.name} has none:"
-                              " use class sub-folders (folder:) or a 'labels' array (npz:)")
+            raise ConfigError(
+                f"a conditional model needs labels, and {data.name} has none:"
+                " use class sub-folders (folder:) or a 'labels' array (npz:)"
+            )
         if data.num_classes and data.num_classes > mc.num_classes:
-            raise ConfigError(f"{data.name} has {data.num_classes} classes but "
-                              f"model.num_classes = {mc.num_classes}")
+            raise ConfigError(
+                f"{data.name} has {data.num_classes} classes but "
+                f"model.num_classes = {mc.num_classes}"
+            )
     return data
 
 

@@ -14,32 +14,45 @@ def make_optimizer(c: OptimConfig, params: list, fast: bool = True) -> torch.opt
     its multi-tensor ``foreach`` path (RMSprop); else PyTorch's plain defaults."""
     name, fused = c.name, ({"fused": True} if fast else {})
     if name == "adam":
-        return torch.optim.Adam(params, c.lr, betas=tuple(c.betas), eps=c.eps,
-                                weight_decay=c.weight_decay, **fused)
+        return torch.optim.Adam(
+            params, c.lr, betas=tuple(c.betas), eps=c.eps, weight_decay=c.weight_decay, **fused
+        )
     if name == "adamw":
-        return torch.optim.AdamW(params, c.lr, betas=tuple(c.betas), eps=c.eps,
-                                 weight_decay=c.weight_decay, **fused)
+        return torch.optim.AdamW(
+            params, c.lr, betas=tuple(c.betas), eps=c.eps, weight_decay=c.weight_decay, **fused
+        )
     if name == "rmsprop":
-        return torch.optim.RMSprop(params, c.lr, alpha=c.alpha, eps=c.eps,
-                                   weight_decay=c.weight_decay, momentum=c.momentum,
-                                   foreach=True if fast else None)
+        return torch.optim.RMSprop(
+            params,
+            c.lr,
+            alpha=c.alpha,
+            eps=c.eps,
+            weight_decay=c.weight_decay,
+            momentum=c.momentum,
+            foreach=True if fast else None,
+        )
     if name == "sgd":
-        return torch.optim.SGD(params, c.lr, momentum=c.momentum, weight_decay=c.weight_decay,
-                               **fused)
+        return torch.optim.SGD(
+            params, c.lr, momentum=c.momentum, weight_decay=c.weight_decay, **fused
+        )
     raise ConfigError(f"unknown optimiser {name!r}: use adam, adamw, rmsprop or sgd")
 
 
-def build_optimizers(model: GenerativeModel, phases: list[Phase],
-                     fast: bool = True) -> dict[str, torch.optim.Optimizer]:
+def build_optimizers(
+    model: GenerativeModel, phases: list[Phase], fast: bool = True
+) -> dict[str, torch.optim.Optimizer]:
     """One optimiser per key in the phases ("g", "d"), over the networks those phases train."""
     nets: dict[str, list[str]] = {}
     for phase in phases:
         nets.setdefault(phase.optimizer, [])
         nets[phase.optimizer] += [n for n in phase.nets if n not in nets[phase.optimizer]]
     configs = {"g": model.config.opt_g, "d": model.config.opt_d}
-    return {key: make_optimizer(configs[key],
-                                [p for n in names for p in model.nets[n].parameters()], fast)
-            for key, names in nets.items()}
+    return {
+        key: make_optimizer(
+            configs[key], [p for n in names for p in model.nets[n].parameters()], fast
+        )
+        for key, names in nets.items()
+    }
 
 
 def match_memory_format(optimizer: torch.optim.Optimizer) -> None:
@@ -49,6 +62,9 @@ def match_memory_format(optimizer: torch.optim.Optimizer) -> None:
         for p in group["params"]:
             state = optimizer.state.get(p, {})
             for key, value in state.items():
-                if (isinstance(value, torch.Tensor) and value.shape == p.shape
-                        and value.stride() != p.stride()):
+                if (
+                    isinstance(value, torch.Tensor)
+                    and value.shape == p.shape
+                    and value.stride() != p.stride()
+                ):
                     state[key] = torch.empty_like(p).copy_(value)
