@@ -115,6 +115,7 @@ def test_usual_way_baseline_trains_the_same_model(fashion):
     assert x.shape == (1, 28, 28) and x.min() >= -1 and x.max() <= 1 and x.min() < -0.9
 
 
+@pytest.mark.slow
 def test_bench_quick_runs_end_to_end_and_writes_its_table(
     evaluation, data_dir, tmp_path, monkeypatch, capsys
 ):

@@ -184,6 +184,7 @@ def test_dry_run_prints_the_resolved_config(capsys):
     assert "n_critic = 3" in text and "lr = 0.0003" in text and "gp_weight = 10.0" in text
 
 
+@pytest.mark.slow
 def test_console_script_runs_as_a_subprocess(tmp_path, data_dir):
     """The installed `gankit` entry point, as a user types it (no terminal: plain lines)."""
     env = os.environ | {"GANKIT_DATA": str(data_dir)}

@@ -159,6 +159,7 @@ def _assert_same_weights(one: dict, two: dict, rel: float = 1e-3) -> None:
         ("wgan-gp", 4, 32, ["--set", WGAN_GP_NO_BN, "--lr", "1e-4", "--set", "reuse_noise=false"]),
     ],
 )
+@pytest.mark.slow
 def test_two_processes_take_the_one_process_step(
     tmp_path, evaluation, capsys, preset, steps, batch, sets
 ):
@@ -549,6 +550,7 @@ def _count_reductions(rank: int, port: int, preset: str, steps: int, out: str) -
         ("bigan-004", {"discriminator": 1, "encoder": 1, "generator": 1}),
     ],
 )
+@pytest.mark.slow
 def test_each_update_reduces_only_the_networks_it_trains(tmp_path, preset, expected):
     import json
     import socket

@@ -147,6 +147,7 @@ def test_evaluator_file_round_trip_and_refusals(tmp_path):
 # --------------------------------------------------------------------------- real data sanity
 
 
+@pytest.mark.slow
 def test_real_images_score_far_better_than_noise_blur_and_one_class(evaluation):
     images, _ = _real(evaluation)
     real = evaluation(images, memorisation=False)
@@ -178,6 +179,7 @@ def test_real_images_score_far_better_than_noise_blur_and_one_class(evaluation):
     assert single["classifier_score"] < 1.5  # 1.02 [1.02, 1.02]
 
 
+@pytest.mark.slow
 def test_label_accuracy_and_memorisation_on_real_images(evaluation):
     images, labels = _real(evaluation, offset=30_000)
     right = evaluation(images, requested=labels)
@@ -219,6 +221,7 @@ def run_dir(evaluation, data_dir, tmp_path_factory):
     return out
 
 
+@pytest.mark.slow
 def test_training_logs_metrics_and_keeps_the_best_checkpoint(run_dir):
     evals = [r for r in read_metrics(run_dir) if "eval/fid" in r]
     assert [r["step"] for r in evals] == [0, 20, 40, 60]
@@ -237,6 +240,7 @@ def test_training_logs_metrics_and_keeps_the_best_checkpoint(run_dir):
     assert [e.value for e in events.Scalars("eval/fid")] == pytest.approx(fids)
 
 
+@pytest.mark.slow
 def test_evaluation_during_training_does_not_change_training(
     evaluation, run_dir, data_dir, tmp_path
 ):
@@ -297,6 +301,7 @@ def test_reconstruction_metrics_improve_with_training(evaluation, tmp_path):
     assert logged[1]["eval/elbo"] > logged[0]["eval/elbo"]
 
 
+@pytest.mark.slow
 def test_cli_eval_compare_and_evaluator_info(evaluation, run_dir, tmp_path, capsys, data_dir):
     args = ["--data-dir", str(data_dir), "--n", "300"]
     assert main(["eval", str(run_dir), *args]) == 0

@@ -86,6 +86,7 @@ def _assert_same_weights(a, b) -> None:
 # --------------------------------------------------------------------------- thread count
 
 
+@pytest.mark.slow
 def test_build_runs_on_the_recipe_thread_count_whatever_others_set(tmp_path):
     """Weights at 1 and 2 threads differ (the rounding of reductions follows the count), so
     neither the caller's count nor another thread's set_num_threads may reach the build."""

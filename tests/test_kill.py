@@ -109,6 +109,7 @@ def _check_after_crash(folder: Path) -> Path:
     return newest
 
 
+@pytest.mark.slow
 def test_sigkill_at_random_moments_always_leaves_a_resumable_run(data_dir, tmp_path, capsys):
     env = os.environ | {"GANKIT_DATA": str(data_dir)}  # + the fixture's OFFLINE and CACHE
     run = tmp_path / "run"
@@ -162,6 +163,7 @@ def test_sigkill_at_random_moments_always_leaves_a_resumable_run(data_dir, tmp_p
     assert sum(left_temp) >= 1, "no kill landed inside a checkpoint write"
 
 
+@pytest.mark.slow
 def test_sigterm_stops_with_a_checkpoint_and_a_resume_hint(data_dir, tmp_path):
     env = os.environ | {"GANKIT_DATA": str(data_dir)}
     run = tmp_path / "run"

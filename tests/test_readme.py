@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from conftest import DATA_DIR, REPO
 
 
@@ -38,6 +39,7 @@ def test_ci_runs_the_readme_command_as_written():
     assert 'bash -c "$command"' in (REPO / ".ci" / "run").read_text()
 
 
+@pytest.mark.slow
 def test_a_relative_data_path_reaches_gankit_started_in_another_folder(tmp_path):
     """The README's `GANKIT_DATA=../shared/data` is relative to the clone; a test harness
     running pytest that way must hand gankit processes started elsewhere a path that works."""

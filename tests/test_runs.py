@@ -68,6 +68,7 @@ def _wait_for(predicate, proc: subprocess.Popen, timeout: float = 60) -> None:
 # --------------------------------------------------------------------------- one process
 
 
+@pytest.mark.slow
 def test_a_second_process_is_refused_on_a_live_run_folder_and_the_lock_dies_with_the_holder(
     tmp_path, npz_data
 ):
@@ -337,6 +338,7 @@ def _mount_tmpfs(path: Path, size: str) -> None:
         )
 
 
+@pytest.mark.slow
 def test_a_really_full_file_system_under_a_live_run(tmp_path, npz_data):
     disk = tmp_path / "disk"
     _mount_tmpfs(disk, "40m")

@@ -105,6 +105,7 @@ def _assert_folder_complete(path: Path) -> None:
         assert image.size == (28, 28)
 
 
+@pytest.mark.slow
 def test_killed_while_writing_an_npz_leaves_nothing_or_a_complete_file(trained, tmp_path):
     final = tmp_path / "s.npz"
     for number, delay in enumerate((0.0, 0.3, 0.8)):
@@ -120,6 +121,7 @@ def test_killed_while_writing_an_npz_leaves_nothing_or_a_complete_file(trained, 
     assert not _temporaries(final)  # the killed runs' temporaries are cleaned up
 
 
+@pytest.mark.slow
 def test_killed_while_writing_a_folder_leaves_nothing_or_a_complete_folder(trained, tmp_path):
     final = tmp_path / "pngs"
     for number, delay in enumerate((0.0, 1.0)):

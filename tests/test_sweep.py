@@ -109,6 +109,7 @@ def check_run_folder(trial) -> None:
     }
 
 
+@pytest.mark.slow
 def test_two_workers_run_each_configuration_and_seed_exactly_once(
     evaluation, data_dir, tmp_path, capsys, monkeypatch
 ):
@@ -224,6 +225,7 @@ def test_a_pruned_trial_keeps_a_resumable_checkpoint_at_its_step(evaluation, dat
     assert load_run(trial.user_attrs["run_dir"]).step == 12
 
 
+@pytest.mark.slow
 def test_a_killed_worker_leaves_a_failed_trial_and_the_study_goes_on(
     evaluation, data_dir, tmp_path
 ):

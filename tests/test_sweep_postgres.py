@@ -121,6 +121,7 @@ def postgres() -> Iterator[str]:
         shutil.rmtree(folder, ignore_errors=True)
 
 
+@pytest.mark.slow
 def test_two_workers_share_a_postgresql_study(postgres, evaluation, data_dir, tmp_path):
     argv = [
         "--param",

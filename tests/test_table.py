@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from gankit.cli import main
 from gankit.tools.table import format_table, verdicts
 
 
+@pytest.mark.slow
 def test_the_table_command_trains_scores_and_writes_the_table(tmp_path, capsys, data_dir):
     out = tmp_path / "table"
     code = main(["table", "--models", "gan,gan-002", "--quick", "--seeds", "2", "--out", str(out)])

@@ -38,6 +38,7 @@ def _grid(run_dir, step):
         return np.asarray(image, dtype=float)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", list(FAMILY_RUNS))
 def test_each_family_trains_on_real_data(name, fashion, tmp_path):
     steps = FAMILY_RUNS[name]
