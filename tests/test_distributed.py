@@ -20,11 +20,10 @@ from conftest import real_data_dir
 
 from gankit.cli import main
 from gankit.errors import ConfigError
-from gankit.models import Shard
 from gankit.runs import read_metrics
 from gankit.runs.checkpoint import latest_checkpoint, list_checkpoints, load_checkpoint
 from gankit.training import distributed
-from gankit.training.distributed import World
+from gankit.training.distributed import Shard, World
 
 TORCHRUN = [
     sys.executable,
@@ -378,9 +377,13 @@ def test_model_noise_is_sharded_like_the_batch():
     ctx = model.context(torch.zeros(8, 1, 28, 28), None, torch.Generator().manual_seed(1))
     halves = []
     for rank in range(2):
-        model.shard = Shard(rank, 2)
         halves.append(
-            model.context(torch.zeros(4, 1, 28, 28), None, torch.Generator().manual_seed(1))
+            model.context(
+                torch.zeros(4, 1, 28, 28),
+                None,
+                torch.Generator().manual_seed(1),
+                draw=Shard(rank, 2).draw,
+            )
         )
     assert torch.equal(torch.cat([h.z for h in halves]), ctx.z)
     assert torch.equal(torch.cat([h.y_fake for h in halves]), ctx.y_fake)

@@ -86,7 +86,7 @@ class PeriodicEvaluation(Evaluating):
         labels = (
             torch.arange(len(z), device=trainer.device) % mc.num_classes if mc.conditional else None
         )
-        shard = model.shard
+        shard = trainer.shard
         images = model.generate_batched(
             shard.take(z), shard.take(labels) if labels is not None else None
         )

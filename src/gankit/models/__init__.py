@@ -10,7 +10,7 @@ from torch import nn
 from gankit.config import ModelConfig
 from gankit.errors import ConfigError
 from gankit.models.autoencoder import AutoEncoder, Reconstructing
-from gankit.models.base import Context, GenerativeModel, Phase, Shard, Stats
+from gankit.models.base import Context, GenerativeModel, Phase, Stats
 from gankit.models.bigan import BiGAN
 from gankit.models.gan import GAN
 
@@ -46,7 +46,6 @@ __all__ = [
     "GenerativeModel",
     "Phase",
     "Reconstructing",
-    "Shard",
     "Stats",
     "build_model",
 ]

@@ -100,25 +100,26 @@ class AutoEncoder(Reconstructing, GenerativeModel):
         out = super().decode(z, y, use_ema)
         return torch.sigmoid(out) if self.logits else out
 
-    def encode(self, x: Tensor) -> tuple[Tensor, Tensor | None]:
-        """Images in the data range → (code, log-variance or None). The code is μ for a VAE."""
-        h = self.net("encoder")(x)
+    def encode(self, x: Tensor, encoder: nn.Module | None = None) -> tuple[Tensor, Tensor | None]:
+        """Images in the data range → (code, log-variance or None). The code is μ for a VAE;
+        ``encoder``: E as the current update calls it (default: the model's own)."""
+        h = (encoder or self.nets["encoder"])(x)
         if self.variational:
             mu, logvar = h.chunk(2, dim=1)  # (B, D) each
             return mu, logvar
         return h, None
 
     def loss(self, ctx: Context) -> tuple[Tensor, Stats]:
-        code, logvar = self.encode(ctx.x)
+        code, logvar = self.encode(ctx.x, ctx.net("encoder"))
         if self.variational:
-            eps = self.shard.draw(
+            eps = ctx.draw(
                 len(code),
                 lambda m: torch.randn((m, code.shape[1]), generator=ctx.rng, device=code.device),
             )
             z = code + torch.exp(0.5 * logvar) * eps  # reparameterisation trick
         else:
             z = code
-        out = self.net("generator")(z)  # (B, C, H, W): logits for BCE, pixels for MSE
+        out = ctx.net("generator")(z)  # (B, C, H, W): logits for BCE, pixels for MSE
         recon = losses.reconstruction(self.config.loss.recon, out, ctx.x)
         if not self.variational:
             return recon, {"loss/recon": recon.detach()}

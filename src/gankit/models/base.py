@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -19,38 +19,38 @@ from gankit.viz import to_uint8
 Stats = dict[str, Tensor]
 
 
+Draw = Callable[[int, Callable[[int], Tensor]], Tensor]
+
+
+def whole_draw(n: int, sample: Callable[[int], Tensor]) -> Tensor:
+    """One process's draw of n rows: all of ``sample(n)``."""
+    return sample(n)
+
+
 @dataclass
 class Context:
-    """What one update sees: the real batch, its labels, the noise and a random generator."""
+    """What one update sees: the real batch, its labels, the noise, a random generator, the
+    networks to call and how to draw further noise.
+
+    The trainer fills in ``nets`` and ``draw``: under data parallelism an update calls the
+    wrappers of the networks it trains (so their gradients alone are all-reduced) and each
+    process keeps its share of every global draw; a model only ever calls ``ctx.net(name)``
+    and ``ctx.draw(n, sample)``, and knows nothing of processes.
+    """
 
     x: Tensor | None  # (B, C, H, W) real images in the model's data range
     y: Tensor | None  # (B,) real labels, or None
     z: Tensor  # (B, latent) noise
     y_fake: Tensor | None  # (B,) labels requested from a conditional generator
     rng: torch.Generator  # for any further randomness (VAE ε, gradient-penalty ε)
+    nets: Mapping[str, nn.Module] = field(default_factory=dict)  # the modules to call
+    draw: Draw = whole_draw  # (n, sample) -> this update's n rows of a global draw
     kept: dict[str, Tensor] = field(default_factory=dict)  # outputs, with their autograd
     # graphs, that one phase computed for the next to reuse (e.g. G(z) from D's update)
 
-
-@dataclass(frozen=True)
-class Shard:
-    """This process's share of every global batch in a K-process run: rows
-    [rank·n, (rank + 1)·n) of each random draw one process would make for all K·n rows, so
-    K processes together use exactly the single-process noise."""
-
-    rank: int = 0
-    world: int = 1
-
-    def take(self, rows: Tensor) -> Tensor:
-        """This process's contiguous 1/K of global ``rows`` (K·n of them)."""
-        if self.world == 1:
-            return rows
-        n = len(rows) // self.world
-        return rows[self.rank * n : (self.rank + 1) * n]
-
-    def draw(self, n: int, sample: Callable[[int], Tensor]) -> Tensor:
-        """``sample(m)`` draws m rows; returns this process's n of the K·n global ones."""
-        return self.take(sample(n * self.world))
+    def net(self, name: str) -> nn.Module:
+        """The network ``name`` as this update calls it."""
+        return self.nets[name]
 
 
 @dataclass
@@ -76,9 +76,6 @@ class GenerativeModel(nn.Module):
         self.nets = nn.ModuleDict()
         self.ema: nn.Module | None = None  # EMA copy of the generator, when config.ema > 0
         self.prior: nn.Module | None = None  # a density fitted to codes (autoencoders)
-        self._reuse = False  # set by phases(): D's update keeps its forward pass for G's
-        self.shard = Shard()  # set by a multi-process trainer
-        self._routes: dict[str, nn.Module] = {}  # see routed()
 
     @property
     def image_shape(self) -> tuple[int, int, int]:
@@ -135,45 +132,37 @@ class GenerativeModel(nn.Module):
             return None
         return torch.randint(self.config.num_classes, (n,), generator=rng, device=self.device)
 
-    def context(self, x: Tensor | None, y: Tensor | None, rng: torch.Generator) -> Context:
-        """A fresh context: real batch (possibly None) plus new noise (and fake labels)."""
-        return Context(x, y, *self._noise(x.shape[0] if x is not None else 1, rng), rng)
+    def context(
+        self,
+        x: Tensor | None,
+        y: Tensor | None,
+        rng: torch.Generator,
+        nets: Mapping[str, nn.Module] | None = None,
+        draw: Draw = whole_draw,
+    ) -> Context:
+        """A fresh context: real batch (possibly None) plus new noise (and fake labels);
+        ``nets`` (default: the model's own) and ``draw`` as :class:`Context` says."""
+        ctx = Context(x, y, None, None, rng, dict(nets or self.nets), draw)
+        self.refresh_noise(ctx, x.shape[0] if x is not None else 1)
+        return ctx
 
-    def refresh_noise(self, ctx: Context) -> None:
+    def refresh_noise(self, ctx: Context, n: int | None = None) -> None:
         """New noise (and fake labels) for the next update, keeping the real batch."""
-        ctx.z, ctx.y_fake = self._noise(ctx.z.shape[0], ctx.rng)
-
-    def _noise(self, n: int, rng: torch.Generator) -> tuple[Tensor, Tensor | None]:
-        """This process's n latents (and fake labels) of the global draw."""
-        z = self.shard.draw(n, lambda m: self.noise(m, rng))
-        y = (
-            self.shard.draw(n, lambda m: self.sample_labels(m, rng))
+        n = ctx.z.shape[0] if n is None else n
+        ctx.z = ctx.draw(n, lambda m: self.noise(m, ctx.rng))
+        ctx.y_fake = (
+            ctx.draw(n, lambda m: self.sample_labels(m, ctx.rng))
             if self.config.conditional
             else None
         )
-        return z, y
-
-    # -- networks -----------------------------------------------------------------------
-    def net(self, name: str) -> nn.Module:
-        """The network ``name`` to call in a loss: its data-parallel wrapper where the
-        current update trains it, else the network itself (see :meth:`routed`)."""
-        return self._routes.get(name) or self.nets[name]
-
-    @contextlib.contextmanager
-    def routed(self, wrappers: dict[str, nn.Module]):
-        """Call these wrappers (e.g. DistributedDataParallel) instead of their networks in
-        the block. Only the networks an update trains go through one, so their gradients
-        alone are all-reduced; frozen networks run as themselves."""
-        self._routes = wrappers
-        try:
-            yield
-        finally:
-            self._routes = {}
 
     # -- generation ---------------------------------------------------------------------
     def decode(self, z: Tensor, y: Tensor | None = None, use_ema: bool = True) -> Tensor:
         """Latent (B, latent) → images in the data range (B, C, H, W)."""
-        g = self.ema if (use_ema and self.ema is not None) else self.net("generator")
+        g = self.ema if (use_ema and self.ema is not None) else self.nets["generator"]
+        return self._run_generator(g, z, y)
+
+    def _run_generator(self, g: nn.Module, z: Tensor, y: Tensor | None) -> Tensor:
         return g(z, y) if self.config.conditional else g(z)
 
     @contextlib.contextmanager

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from functools import partial
+
 from torch import Tensor, nn
 
 from gankit import losses
@@ -46,15 +48,19 @@ class BiGAN(Reconstructing, GenerativeModel):
         self._make_ema()
 
     def encode(self, x: Tensor) -> tuple[Tensor, None]:
-        return self.net("encoder")(x), None
+        return self.nets["encoder"](x), None
 
-    def critic(self, x: Tensor, z: Tensor) -> Tensor:
-        return self.net("discriminator")(x, z).reshape(x.shape[0])
+    def critic(self, x: Tensor, z: Tensor, d: nn.Module | None = None) -> Tensor:
+        """D's logits (B,) for (image, code) pairs; ``d``: D as the current update calls it
+        (default: the model's own)."""
+        return (d or self.nets["discriminator"])(x, z).reshape(x.shape[0])
 
-    def d_loss(self, ctx: Context) -> tuple[Tensor, Stats]:
-        code = kept_or_run(ctx, "code", self._reuse, lambda: self.net("encoder")(ctx.x))
-        fake = kept_or_run(ctx, "fake", self._reuse, lambda: self.net("generator")(ctx.z))
-        real_logits, fake_logits = self.critic(ctx.x, code), self.critic(fake, ctx.z)
+    def d_loss(self, ctx: Context, keep: bool = False) -> tuple[Tensor, Stats]:
+        """D's loss; ``keep``: store E(x)'s and G(z)'s graphs for the E+G update."""
+        code = kept_or_run(ctx, "code", keep, lambda: ctx.net("encoder")(ctx.x))
+        fake = kept_or_run(ctx, "fake", keep, lambda: ctx.net("generator")(ctx.z))
+        d = ctx.net("discriminator")
+        real_logits, fake_logits = self.critic(ctx.x, code, d), self.critic(fake, ctx.z, d)
         loss = self.adv.d(real_logits, fake_logits, 1.0 - self.config.loss.label_smoothing)
         stats = _output_stats(
             self.adv.probabilistic, real_logits, fake_logits, names=("D(x,E(x))", "D(G(z),z)")
@@ -62,24 +68,25 @@ class BiGAN(Reconstructing, GenerativeModel):
         return loss, {"loss/D": loss.detach()} | stats
 
     def eg_loss(self, ctx: Context) -> tuple[Tensor, Stats]:
-        code = reused_or_run(ctx, "code", lambda: self.net("encoder")(ctx.x))
-        fake = reused_or_run(ctx, "fake", lambda: self.net("generator")(ctx.z))
-        real_logits, fake_logits = self.critic(ctx.x, code), self.critic(fake, ctx.z)
+        code = reused_or_run(ctx, "code", lambda: ctx.net("encoder")(ctx.x))
+        fake = reused_or_run(ctx, "fake", lambda: ctx.net("generator")(ctx.z))
+        d = ctx.net("discriminator")
+        real_logits, fake_logits = self.critic(ctx.x, code, d), self.critic(fake, ctx.z, d)
         loss = self.adv.d(fake_logits, real_logits)  # D's loss with the roles swapped
         return loss, {"loss/EG": loss.detach()}
 
     def phases(self, reuse: bool = True) -> list[Phase]:
         cfg = self.config
-        self._reuse = reuse and cfg.reuse_noise  # E(x) and G(z) as D's update computed them
+        keep = reuse and cfg.reuse_noise  # E(x) and G(z) as D's update computed them
         return [
             Phase(
                 "D",
                 ("discriminator",),
                 "d",
-                self.d_loss,
+                partial(self.d_loss, keep=keep),
                 cfg.n_critic,
                 "batch",
-                keeps=("encoder", "generator") if self._reuse else (),
+                keeps=("encoder", "generator") if keep else (),
             ),
             Phase(
                 "EG",

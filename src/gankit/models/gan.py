@@ -4,6 +4,8 @@ whose losses come from :mod:`gankit.losses`.
 
 from __future__ import annotations
 
+from functools import partial
+
 import torch
 from torch import Tensor, nn
 
@@ -43,39 +45,41 @@ class GAN(GenerativeModel):
         self.adv = losses.GAN_LOSSES[config.loss.gan]
         self._make_ema()
 
-    def critic(self, x: Tensor, y: Tensor | None = None) -> Tensor:
-        """D's logits (B,) for images x (and labels y when conditional)."""
-        d = self.net("discriminator")
+    def critic(self, x: Tensor, y: Tensor | None = None, d: nn.Module | None = None) -> Tensor:
+        """D's logits (B,) for images x (and labels y when conditional); ``d``: D as the
+        current update calls it (default: the model's own)."""
+        d = d or self.nets["discriminator"]
         out = d(x, y) if self.config.conditional else d(x)
         return out.reshape(x.shape[0])
 
-    def d_loss(self, ctx: Context) -> tuple[Tensor, Stats]:
+    def d_loss(self, ctx: Context, keep: bool = False) -> tuple[Tensor, Stats]:
+        """D's loss; ``keep``: store G(z)'s graph for G's update (see :meth:`phases`)."""
         cfg = self.config.loss
+        critic = partial(self.critic, d=ctx.net("discriminator"))
         # A conditional D sees fakes made at the real batch's labels, so that real and fake
         # label distributions match and the penalty's interpolates have one label each.
-        fake = kept_or_run(
-            ctx,
-            "fake",
-            self._reuse,  # (B, C, H, W)
-            lambda: self.decode(ctx.z, ctx.y, use_ema=False),
+        fake = kept_or_run(  # (B, C, H, W)
+            ctx, "fake", keep, lambda: self._run_generator(ctx.net("generator"), ctx.z, ctx.y)
         )
-        real_logits, fake_logits = self.critic(ctx.x, ctx.y), self.critic(fake, ctx.y)
+        real_logits, fake_logits = critic(ctx.x, ctx.y), critic(fake, ctx.y)
         loss = self.adv.d(real_logits, fake_logits, 1.0 - cfg.label_smoothing)
         stats = {"loss/D": loss.detach()}
         if cfg.gp_weight > 0:
             kwargs = {"y": ctx.y} if self.config.conditional else {}
             x = ctx.x
-            eps = self.shard.draw(
+            eps = ctx.draw(
                 len(x), lambda m: losses.mixing_weights(m, x.dim(), ctx.rng, x.device, x.dtype)
             )
-            gp = losses.gradient_penalty(self.critic, ctx.x, fake, eps=eps, **kwargs)
+            gp = losses.gradient_penalty(critic, ctx.x, fake, eps=eps, **kwargs)
             loss = loss + cfg.gp_weight * gp
             stats["gp"] = gp.detach()
         return loss, stats | _output_stats(self.adv.probabilistic, real_logits, fake_logits)
 
     def g_loss(self, ctx: Context) -> tuple[Tensor, Stats]:
-        fake = reused_or_run(ctx, "fake", lambda: self.decode(ctx.z, ctx.y_fake, use_ema=False))
-        loss = self.adv.g(self.critic(fake, ctx.y_fake))
+        fake = reused_or_run(
+            ctx, "fake", lambda: self._run_generator(ctx.net("generator"), ctx.z, ctx.y_fake)
+        )
+        loss = self.adv.g(self.critic(fake, ctx.y_fake, ctx.net("discriminator")))
         return loss, {"loss/G": loss.detach()}
 
     @torch.no_grad()
@@ -90,17 +94,17 @@ class GAN(GenerativeModel):
         cfg = self.config
         # G's update can take D's G(z) when it keeps D's noise and labels (conditional D sees
         # fakes at the real labels, G's update asks for others)
-        self._reuse = reuse and cfg.reuse_noise and not cfg.conditional
+        keep = reuse and cfg.reuse_noise and not cfg.conditional
         return [
             Phase(
                 "D",
                 ("discriminator",),
                 "d",
-                self.d_loss,
+                partial(self.d_loss, keep=keep),
                 cfg.n_critic,
                 "batch",
                 self.clip_critic if cfg.loss.clip > 0 else None,
-                ("generator",) if self._reuse else (),
+                ("generator",) if keep else (),
             ),
             Phase(
                 "G",

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from gankit.errors import ConfigError
-from gankit.models import Shard
+from gankit.training.distributed import Shard
 from gankit.training.environment import derive_seed
 
 # --------------------------------------------------------------------------- batches

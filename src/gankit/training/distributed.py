@@ -2,7 +2,7 @@
 
 One run, K processes, one device each. Every process holds the whole model; each draws its
 contiguous share of every global batch (see :class:`gankit.training.Batches`) and of every
-noise draw (:class:`gankit.models.Shard`), and DistributedDataParallel averages the gradients of the
+noise draw (:class:`Shard`), and DistributedDataParallel averages the gradients of the
 networks an update trains. Because every loss is a mean over the batch, K processes on
 B/K images each take the step one process takes on B images.
 
@@ -73,6 +73,27 @@ def environment() -> World:
             f"WORLD_SIZE={size} is set but {err.args[0]} is not: start "
             "multi-process runs with torchrun (see the README, Scale out)"
         ) from None
+
+
+@dataclass(frozen=True)
+class Shard:
+    """This process's share of every global batch in a K-process run: rows
+    [rank·n, (rank + 1)·n) of each random draw one process would make for all K·n rows, so
+    K processes together use exactly the single-process noise."""
+
+    rank: int = 0
+    world: int = 1
+
+    def take(self, rows: torch.Tensor) -> torch.Tensor:
+        """This process's contiguous 1/K of global ``rows`` (K·n of them)."""
+        if self.world == 1:
+            return rows
+        n = len(rows) // self.world
+        return rows[self.rank * n : (self.rank + 1) * n]
+
+    def draw(self, n: int, sample: Callable[[int], torch.Tensor]) -> torch.Tensor:
+        """``sample(m)`` draws m rows; returns this process's n of the K·n global ones."""
+        return self.take(sample(n * self.world))
 
 
 def init(timeout_s: float | None = None) -> World:

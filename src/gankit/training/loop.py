@@ -23,7 +23,7 @@ from gankit import runs
 from gankit.config import RunConfig, save_toml, to_dict
 from gankit.data import Dataset, load_dataset
 from gankit.errors import ConfigError, StorageError
-from gankit.models import Context, GenerativeModel, Phase, Reconstructing, Shard, build_model
+from gankit.models import Context, GenerativeModel, Phase, Reconstructing, build_model
 from gankit.runs import checkpoint
 from gankit.runs.metrics_log import MetricsLog
 from gankit.training import distributed
@@ -38,6 +38,7 @@ from gankit.training.callbacks import (
     as_callbacks,
 )
 from gankit.training.diagnostics import Alarms
+from gankit.training.distributed import Shard
 from gankit.training.environment import (
     configure_threads,
     derive_seed,
@@ -135,7 +136,7 @@ class Trainer:
         )
         self.model.to(memory_format=self.memory_format)  # oneDNN's fast convolution layout
         self.model.train()
-        self.model.shard = Shard(world.rank, world.size)
+        self.shard = Shard(world.rank, world.size)  # this process's share of every draw
         self.phases = self.model.phases(reuse=tc.fast)
         self.optimizers = build_optimizers(self.model, self.phases, tc.fast)
         distributed.broadcast_state(world, [self.model])  # process 0's (e.g. custom) networks
@@ -147,7 +148,8 @@ class Trainer:
         # each update calls the wrappers of the networks it trains (and of those whose graph
         # it keeps for the next update): DDP all-reduces their gradients and no others
         self._routes = {
-            p.name: {n: wrappers[n] for n in (*p.nets, *p.keeps) if n in wrappers}
+            p.name: dict(self.model.nets.items())
+            | {n: wrappers[n] for n in (*p.nets, *p.keeps) if n in wrappers}
             for p in self.phases
         }
         if world.rank:  # each process its own stream for dropout and the like
@@ -237,12 +239,13 @@ class Trainer:
         if ctx is None or phase.draw == "batch":
             images, labels = self.batches.next()
             x = self.model.prepare(images).contiguous(memory_format=self.memory_format)
-            ctx = self.model.context(x, labels, self.rng)
+            ctx = self.model.context(x, labels, self.rng, draw=self.shard.draw)
         elif phase.draw == "noise":
             self.model.refresh_noise(ctx)
+        ctx.nets = self._routes[phase.name]
         optimizer = self.optimizers[phase.optimizer]
         # spectral norm: one power iteration per update
-        with parametrize.cached(), self._autocast(), self.model.routed(self._routes[phase.name]):
+        with parametrize.cached(), self._autocast():
             loss, stats = phase.loss(ctx)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
