@@ -607,11 +607,12 @@ def cmd_latent(args: argparse.Namespace) -> int:
     import torch
 
     from gankit.data import load_dataset
+    from gankit.models import Reconstructing
     from gankit.runs import load_run
     from gankit.viz import plot_latent, plot_manifold
 
     run = load_run(args.run_dir, args.device)
-    if not hasattr(run.model, "encode"):
+    if not isinstance(run.model, Reconstructing):
         raise GankitError(
             f"{run.config.preset} has no encoder: `gankit latent` is for AE, VAE and BiGAN runs"
         )

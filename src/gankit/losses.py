@@ -112,6 +112,28 @@ def gradient_penalty(
 # --------------------------------------------------------------------------- autoencoders
 
 
+def _bce(out: Tensor, x: Tensor) -> Tensor:
+    return F.binary_cross_entropy_with_logits(out, x, reduction="none")
+
+
+def _squared(out: Tensor, x: Tensor) -> Tensor:
+    return (out - x) ** 2
+
+
+# name -> (per-pixel loss, summed over each image's pixels (else the mean of every pixel))
+RECONSTRUCTIONS = {
+    "mse": (_squared, False),
+    "mse-sum": (_squared, True),
+    "bce": (_bce, False),
+    "bce-sum": (_bce, True),
+}
+
+
+def is_bce(kind: str) -> bool:
+    """Whether reconstruction loss ``kind`` reads the decoder's output as logits."""
+    return RECONSTRUCTIONS[kind][0] is _bce
+
+
 def reconstruction(kind: str, out: Tensor, x: Tensor) -> Tensor:
     """Reconstruction loss between decoder output ``out`` and images ``x`` (both (B, C, H, W)).
 
@@ -119,15 +141,11 @@ def reconstruction(kind: str, out: Tensor, x: Tensor) -> Tensor:
     image's pixels, mean over the batch (the log-likelihood terms of an ELBO). ``bce*``
     expects ``out`` to be logits and ``x`` in [0, 1].
     """
-    if kind.startswith("bce"):
-        per_pixel = F.binary_cross_entropy_with_logits(out, x, reduction="none")
-    elif kind.startswith("mse"):
-        per_pixel = (out - x) ** 2
-    else:
-        raise ValueError(f"unknown reconstruction loss {kind!r}")
-    if kind.endswith("-sum"):
-        return per_pixel.flatten(1).sum(dim=1).mean()
-    return per_pixel.mean()
+    if kind not in RECONSTRUCTIONS:
+        raise ValueError(f"unknown reconstruction loss {kind!r}: use {', '.join(RECONSTRUCTIONS)}")
+    per_pixel, summed = RECONSTRUCTIONS[kind]
+    loss = per_pixel(out, x)
+    return loss.flatten(1).sum(dim=1).mean() if summed else loss.mean()
 
 
 def kl_normal(mu: Tensor, logvar: Tensor) -> Tensor:

@@ -28,6 +28,7 @@ from gankit.evaluation.evaluator import (
     load_splits,
     real_features,
 )
+from gankit.models import Reconstructing
 from gankit.version import __version__
 
 PR_K, DC_K = 3, 5  # neighbours for precision/recall and density/coverage (the papers' values)
@@ -208,7 +209,7 @@ def evaluate_run(
         step=run.step,
         seed=seed,
     )
-    if hasattr(model, "reconstruction_metrics"):
+    if isinstance(model, Reconstructing):
         images = evaluation.reference_images if test is None else test.images
         report["metrics"] |= model.reconstruction_metrics(images)
     report["seconds"] = round(time.perf_counter() - started, 2)

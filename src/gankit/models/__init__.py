@@ -9,14 +9,14 @@ from torch import nn
 
 from gankit.config import ModelConfig
 from gankit.errors import ConfigError
-from gankit.models.autoencoder import AutoEncoder, Reconstructing
+from gankit.models.autoencoder import VAE, AutoEncoder, Reconstructing
 from gankit.models.base import Context, GenerativeModel, Phase, Stats
 from gankit.models.bigan import BiGAN
 from gankit.models.gan import GAN
 
 FAMILIES: dict[str, type[GenerativeModel]] = {
     "ae": AutoEncoder,
-    "vae": AutoEncoder,
+    "vae": VAE,
     "gan": GAN,
     "bigan": BiGAN,
 }
@@ -39,6 +39,7 @@ def build_model(config: ModelConfig, **networks: nn.Module) -> GenerativeModel:
 
 
 __all__ = [
+    "VAE",
     "GAN",
     "AutoEncoder",
     "BiGAN",

@@ -38,7 +38,9 @@ class Reconstructing:
 
 
 class AutoEncoder(Reconstructing, GenerativeModel):
-    """AE (deterministic code) or VAE (Gaussian code, Kingma & Welling 2014)."""
+    """An autoencoder: a deterministic code, trained on reconstruction alone."""
+
+    code_width = 1  # encoder outputs per latent dimension
 
     def __init__(
         self,
@@ -47,10 +49,9 @@ class AutoEncoder(Reconstructing, GenerativeModel):
         generator: nn.Module | None = None,
     ):
         super().__init__(config)
-        self.variational = config.family == "vae"
         dim = config.latent.dim
         self.nets["encoder"] = encoder or finish(
-            Encoder(config.encoder.layers, self.image_shape, 2 * dim if self.variational else dim),
+            Encoder(config.encoder.layers, self.image_shape, self.code_width * dim),
             config.encoder.init,
             config.encoder.spectral_norm,
         )
@@ -59,7 +60,7 @@ class AutoEncoder(Reconstructing, GenerativeModel):
             config.generator.init,
             config.generator.spectral_norm,
         )
-        self.logits = config.loss.recon.startswith("bce")  # decoder emits logits for BCE
+        self.logits = losses.is_bce(config.loss.recon)  # the decoder emits logits for BCE
         if self.logits and config.data_range != "unit":
             raise ConfigError(
                 "loss.recon = 'bce…' needs model.data_range = 'unit' ([0, 1] "
@@ -101,29 +102,39 @@ class AutoEncoder(Reconstructing, GenerativeModel):
         return torch.sigmoid(out) if self.logits else out
 
     def encode(self, x: Tensor, encoder: nn.Module | None = None) -> tuple[Tensor, Tensor | None]:
-        """Images in the data range → (code, log-variance or None). The code is μ for a VAE;
-        ``encoder``: E as the current update calls it (default: the model's own)."""
-        h = (encoder or self.nets["encoder"])(x)
-        if self.variational:
-            mu, logvar = h.chunk(2, dim=1)  # (B, D) each
-            return mu, logvar
-        return h, None
+        """Images in the data range → (code, None); ``encoder``: E as the current update
+        calls it (default: the model's own)."""
+        return (encoder or self.nets["encoder"])(x), None
 
     def loss(self, ctx: Context) -> tuple[Tensor, Stats]:
-        code, logvar = self.encode(ctx.x, ctx.net("encoder"))
-        if self.variational:
-            eps = ctx.draw(
-                len(code),
-                lambda m: torch.randn((m, code.shape[1]), generator=ctx.rng, device=code.device),
-            )
-            z = code + torch.exp(0.5 * logvar) * eps  # reparameterisation trick
-        else:
-            z = code
-        out = ctx.net("generator")(z)  # (B, C, H, W): logits for BCE, pixels for MSE
+        code, _ = self.encode(ctx.x, ctx.net("encoder"))
+        out = ctx.net("generator")(code)  # (B, C, H, W): logits for BCE, pixels for MSE
         recon = losses.reconstruction(self.config.loss.recon, out, ctx.x)
-        if not self.variational:
-            return recon, {"loss/recon": recon.detach()}
-        kl = losses.kl_normal(code, logvar)
+        return recon, {"loss/recon": recon.detach()}
+
+    def phases(self, reuse: bool = True) -> list[Phase]:
+        return [Phase("AE", ("encoder", "generator"), "g", self.loss)]
+
+
+class VAE(AutoEncoder):
+    """A variational autoencoder (Kingma & Welling 2014): a Gaussian code q(z|x) = N(μ, σ²)
+    and the ELBO: reconstruction + ``kl_weight`` · KL(q(z|x) ‖ N(0, I))."""
+
+    code_width = 2  # μ and log σ² per latent dimension
+
+    def encode(self, x: Tensor, encoder: nn.Module | None = None) -> tuple[Tensor, Tensor]:
+        """Images in the data range → (μ, log σ²), each (B, D)."""
+        mu, logvar = (encoder or self.nets["encoder"])(x).chunk(2, dim=1)
+        return mu, logvar
+
+    def loss(self, ctx: Context) -> tuple[Tensor, Stats]:
+        mu, logvar = self.encode(ctx.x, ctx.net("encoder"))
+        eps = ctx.draw(
+            len(mu), lambda m: torch.randn((m, mu.shape[1]), generator=ctx.rng, device=mu.device)
+        )
+        out = ctx.net("generator")(mu + torch.exp(0.5 * logvar) * eps)  # reparameterised
+        recon = losses.reconstruction(self.config.loss.recon, out, ctx.x)
+        kl = losses.kl_normal(mu, logvar)
         total = recon + self.config.loss.kl_weight * kl
         return total, {
             "loss/recon": recon.detach(),
@@ -131,17 +142,12 @@ class AutoEncoder(Reconstructing, GenerativeModel):
             "loss/total": total.detach(),
         }
 
-    def phases(self, reuse: bool = True) -> list[Phase]:
-        return [Phase("AE", ("encoder", "generator"), "g", self.loss)]
-
     @torch.inference_mode()
     def reconstruction_metrics(self, images: Tensor, batch_size: int = 1000) -> dict:
-        """Adds, for a VAE, the KL term and, with a Bernoulli (BCE) decoder, the evidence lower
-        bound log p(x) ≥ E_q[log p(x|z)] − KL(q(z|x) ‖ p(z)) in nats per image (one draw of z
-        per image, seeded)."""
+        """Adds the KL term and, with a Bernoulli (BCE) decoder, the evidence lower bound
+        log p(x) ≥ E_q[log p(x|z)] − KL(q(z|x) ‖ p(z)) in nats per image (one draw of z per
+        image, seeded)."""
         out = super().reconstruction_metrics(images, batch_size)
-        if not self.variational:
-            return out
         rng = torch.Generator(self.device).manual_seed(0)
         kl_sum, log_lik = 0.0, 0.0
         with self.evaluating():

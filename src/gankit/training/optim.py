@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 
 from gankit.config import OptimConfig
@@ -9,33 +11,39 @@ from gankit.errors import ConfigError
 from gankit.models import GenerativeModel, Phase
 
 
+def _fused(fast: bool) -> dict:
+    return {"fused": True} if fast else {}  # else PyTorch's own choice
+
+
+# name -> (params, config, fast) -> optimiser. ``fast``: PyTorch's fused kernels (Adam, AdamW,
+# SGD) or its multi-tensor ``foreach`` path (RMSprop); else PyTorch's plain defaults.
+OPTIMIZERS: dict[str, Callable[[list, OptimConfig, bool], torch.optim.Optimizer]] = {
+    "adam": lambda params, c, fast: torch.optim.Adam(
+        params, c.lr, betas=tuple(c.betas), eps=c.eps, weight_decay=c.weight_decay, **_fused(fast)
+    ),
+    "adamw": lambda params, c, fast: torch.optim.AdamW(
+        params, c.lr, betas=tuple(c.betas), eps=c.eps, weight_decay=c.weight_decay, **_fused(fast)
+    ),
+    "rmsprop": lambda params, c, fast: torch.optim.RMSprop(
+        params,
+        c.lr,
+        alpha=c.alpha,
+        eps=c.eps,
+        weight_decay=c.weight_decay,
+        momentum=c.momentum,
+        foreach=True if fast else None,
+    ),
+    "sgd": lambda params, c, fast: torch.optim.SGD(
+        params, c.lr, momentum=c.momentum, weight_decay=c.weight_decay, **_fused(fast)
+    ),
+}
+
+
 def make_optimizer(c: OptimConfig, params: list, fast: bool = True) -> torch.optim.Optimizer:
-    """The optimiser ``c`` describes. ``fast``: PyTorch's fused kernels (Adam, AdamW, SGD) or
-    its multi-tensor ``foreach`` path (RMSprop); else PyTorch's plain defaults."""
-    name, fused = c.name, ({"fused": True} if fast else {})
-    if name == "adam":
-        return torch.optim.Adam(
-            params, c.lr, betas=tuple(c.betas), eps=c.eps, weight_decay=c.weight_decay, **fused
-        )
-    if name == "adamw":
-        return torch.optim.AdamW(
-            params, c.lr, betas=tuple(c.betas), eps=c.eps, weight_decay=c.weight_decay, **fused
-        )
-    if name == "rmsprop":
-        return torch.optim.RMSprop(
-            params,
-            c.lr,
-            alpha=c.alpha,
-            eps=c.eps,
-            weight_decay=c.weight_decay,
-            momentum=c.momentum,
-            foreach=True if fast else None,
-        )
-    if name == "sgd":
-        return torch.optim.SGD(
-            params, c.lr, momentum=c.momentum, weight_decay=c.weight_decay, **fused
-        )
-    raise ConfigError(f"unknown optimiser {name!r}: use adam, adamw, rmsprop or sgd")
+    """The optimiser ``c`` describes (one of :data:`OPTIMIZERS`)."""
+    if c.name not in OPTIMIZERS:
+        raise ConfigError(f"unknown optimiser {c.name!r}: use {', '.join(OPTIMIZERS)}")
+    return OPTIMIZERS[c.name](params, c, fast)
 
 
 def build_optimizers(
