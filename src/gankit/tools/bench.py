@@ -3,7 +3,7 @@
 For each model it measures, on this machine and in this process:
 
 * gankit's training step (ms, images/s: the median of several timed repeats after warm-up),
-  the FLOPs of that step counted from the layer shapes (:mod:`gankit.flops`) and the share
+  the FLOPs of that step counted from the layer shapes (:mod:`gankit.tools.flops`) and the share
   of the machine's GEMM peak they reach — the peak measured here too, by a large matrix
   multiply;
 * the same model (same networks, losses and schedule) trained the way widespread PyTorch
