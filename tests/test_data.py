@@ -816,7 +816,9 @@ def test_npz_large_member_is_announced_before_reading(
     monkeypatch.setattr(npz, "_NPZ_ANNOUNCE_BYTES", 1000)  # 3,920 bytes of images is large
     assert len(load_dataset(f"npz:{path}")) == 5
     err = capsys.readouterr().err
-    assert err.splitlines() == [f"reading {path}: 'images' (5, 28, 28) uint8, 0 MB decompressed"]
+    assert err.splitlines() == [
+        f"gankit: reading {path}: 'images' (5, 28, 28) uint8, 0 MB decompressed"
+    ]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -927,3 +929,16 @@ def test_npz_mutated(tmp_path: Path, compressed: bool, edits, cut, extra: bytes)
     path = tmp_path / "fuzz.npz"
     path.write_bytes(_mutate(_VALID_NPZ[compressed], edits, cut, extra))
     _load_or_data_error(path)
+
+
+def test_a_data_set_knows_its_source_and_split(tmp_path, data_dir):
+    train = load_dataset("fashion-mnist", "train", data_dir)
+    assert (train.source, train.split) == ("fashion-mnist", "train")
+    assert (train.subset(10).source, train.subset(10).split) == ("fashion-mnist", "train")
+    for label in ("a", "b"):
+        (tmp_path / "pics" / label).mkdir(parents=True)
+        Image.new("L", (28, 28), 7).save(tmp_path / "pics" / label / "x.png")
+    folder = load_dataset(f"folder:{tmp_path / 'pics'}")
+    assert folder.source == f"folder:{(tmp_path / 'pics').resolve()}" and folder.split == ""
+    # what --data takes: the source loads the same set again
+    assert torch.equal(load_dataset(folder.source).images, folder.images)

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -112,9 +113,91 @@ _FLAGS = {
 }  # the words each op accepts
 
 
+@dataclass(frozen=True)
+class LayerSpec:
+    """One parsed layer string: its positional values, ``key=value`` / ``kK`` options and
+    flags, and the input shape it gets."""
+
+    text: str
+    pos: list[str]
+    opt: dict[str, str]
+    flags: set[str]
+    in_shape: Shape
+
+    def needs(self, ndim: int, hint: str) -> None:
+        if len(self.in_shape) != ndim:
+            raise ConfigError(
+                f"layer {self.text!r} needs {'flat' if ndim == 1 else '(C, H, W)'} input but "
+                f"gets {self.in_shape}: {hint}"
+            )
+
+
+def _fc(s: LayerSpec) -> nn.Module:
+    s.needs(1, "add 'flatten' before it")
+    return nn.Linear(s.in_shape[0], int(s.pos[0]), bias="nobias" not in s.flags)
+
+
+def _conv(s: LayerSpec) -> nn.Module:
+    s.needs(3, "add 'reshape C H W' before it")
+    pad: int | str = "same" if "same" in s.flags else int(s.opt.get("p", 0))
+    return nn.Conv2d(
+        s.in_shape[0], int(s.pos[0]), int(s.opt["k"]), int(s.opt.get("s", 1)), pad,
+        bias="nobias" not in s.flags,
+    )  # fmt: skip
+
+
+def _conv_transpose(s: LayerSpec) -> nn.Module:
+    s.needs(3, "add 'reshape C H W' before it")
+    return nn.ConvTranspose2d(
+        s.in_shape[0], int(s.pos[0]), int(s.opt["k"]), int(s.opt.get("s", 1)),
+        int(s.opt.get("p", 0)), int(s.opt.get("o", 0)), bias="nobias" not in s.flags,
+    )  # fmt: skip
+
+
+def _maxpool(s: LayerSpec) -> nn.Module:
+    k = int(s.pos[0])
+    return nn.MaxPool2d(k, int(s.opt.get("s", k)))
+
+
+def _batch_norm(s: LayerSpec) -> nn.Module:
+    eps, momentum = float(s.opt.get("eps", 1e-5)), float(s.opt.get("momentum", 0.1))
+    track = "batchstats" not in s.flags  # batchstats: batch statistics in eval mode too
+    if "noscale" in s.flags:
+        return BatchNormNoScale(s.in_shape[0], eps, momentum, len(s.in_shape) + 1, track)
+    bn = nn.BatchNorm2d if len(s.in_shape) == 3 else nn.BatchNorm1d
+    return bn(s.in_shape[0], eps=eps, momentum=momentum, track_running_stats=track)
+
+
+def _reshape(s: LayerSpec) -> nn.Module:
+    shape = tuple(int(p) for p in s.pos)
+    if math.prod(shape) != math.prod(s.in_shape):
+        raise ConfigError(
+            f"layer {s.text!r}: cannot reshape {s.in_shape} "
+            f"({math.prod(s.in_shape)} values) to {shape}"
+        )
+    return Reshape(shape)
+
+
+# The layer language: op -> builder of the module from its parsed spec.
+LAYERS: dict[str, Callable[[LayerSpec], nn.Module]] = {
+    "fc": _fc,
+    "conv": _conv,
+    "convT": _conv_transpose,
+    "maxpool": _maxpool,
+    "upsample": lambda s: nn.Upsample(scale_factor=int(s.pos[0]), mode="nearest"),
+    "bn": _batch_norm,
+    "lrelu": lambda s: nn.LeakyReLU(float(s.pos[0]) if s.pos else 0.2),
+    "dropout": lambda s: nn.Dropout(float(s.pos[0])),
+    "flatten": lambda s: nn.Flatten(),
+    "reshape": _reshape,
+} | {name: (lambda s, make=make: make()) for name, make in _ACTIVATIONS.items()}
+
+
 def build_layer(spec: str, in_shape: Shape) -> nn.Module:
     """One layer from its spec string, for an input of shape ``in_shape`` (without batch)."""
     op, *tokens = spec.split()
+    if op not in LAYERS:
+        raise ConfigError(f"unknown layer {op!r} in {spec!r}: known layers are {', '.join(LAYERS)}")
     pos, opt, flags = _parse_args(spec, tokens)
     unknown = flags - _FLAGS.get(op, set())
     if unknown:
@@ -124,78 +207,12 @@ def build_layer(spec: str, in_shape: Shape) -> nn.Module:
             f"(flags of {op!r}: {allowed})"
         )
     try:
-        if op == "fc":
-            if len(in_shape) != 1:
-                raise ConfigError(
-                    f"layer {spec!r} needs flat input but gets {in_shape}: add 'flatten' before it"
-                )
-            return nn.Linear(in_shape[0], int(pos[0]), bias="nobias" not in flags)
-        if op in ("conv", "convT"):
-            if len(in_shape) != 3:
-                raise ConfigError(
-                    f"layer {spec!r} needs (C, H, W) input but gets {in_shape}: "
-                    "add 'reshape C H W' before it"
-                )
-            k, s = int(opt["k"]), int(opt.get("s", 1))
-            if op == "conv":
-                pad: int | str = "same" if "same" in flags else int(opt.get("p", 0))
-                return nn.Conv2d(in_shape[0], int(pos[0]), k, s, pad, bias="nobias" not in flags)
-            return nn.ConvTranspose2d(
-                in_shape[0],
-                int(pos[0]),
-                k,
-                s,
-                int(opt.get("p", 0)),
-                int(opt.get("o", 0)),
-                bias="nobias" not in flags,
-            )
-        if op == "maxpool":
-            k = int(pos[0])
-            return nn.MaxPool2d(k, int(opt.get("s", k)))
-        if op == "upsample":
-            return nn.Upsample(scale_factor=int(pos[0]), mode="nearest")
-        if op == "bn":
-            eps, momentum = float(opt.get("eps", 1e-5)), float(opt.get("momentum", 0.1))
-            track = "batchstats" not in flags  # batchstats: batch statistics in eval mode too
-            if "noscale" in flags:
-                return BatchNormNoScale(in_shape[0], eps, momentum, len(in_shape) + 1, track)
-            bn = nn.BatchNorm2d if len(in_shape) == 3 else nn.BatchNorm1d
-            return bn(in_shape[0], eps=eps, momentum=momentum, track_running_stats=track)
-        if op == "lrelu":
-            return nn.LeakyReLU(float(pos[0]) if pos else 0.2)
-        if op in _ACTIVATIONS:
-            return _ACTIVATIONS[op]()
-        if op == "dropout":
-            return nn.Dropout(float(pos[0]))
-        if op == "flatten":
-            return nn.Flatten()
-        if op == "reshape":
-            shape = tuple(int(p) for p in pos)
-            if math.prod(shape) != math.prod(in_shape):
-                raise ConfigError(
-                    f"layer {spec!r}: cannot reshape {in_shape} "
-                    f"({math.prod(in_shape)} values) to {shape}"
-                )
-            return Reshape(shape)
+        return LAYERS[op](LayerSpec(spec, pos, opt, flags, in_shape))
     except (IndexError, KeyError, ValueError) as err:
         raise ConfigError(
             f"layer {spec!r} is malformed ({err}); see gankit.nets for the "
             "layer language, e.g. 'conv 64 k4 s2 p1'"
         ) from None
-    known = [
-        "fc",
-        "conv",
-        "convT",
-        "maxpool",
-        "upsample",
-        "bn",
-        "lrelu",
-        "dropout",
-        "flatten",
-        "reshape",
-        *_ACTIVATIONS,
-    ]
-    raise ConfigError(f"unknown layer {op!r} in {spec!r}: known layers are {', '.join(known)}")
 
 
 def build_body(layers: Sequence[str], in_shape: Shape) -> tuple[nn.Sequential, Shape]:

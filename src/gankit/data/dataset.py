@@ -11,12 +11,15 @@ from gankit.errors import DataError
 
 @dataclass
 class Dataset:
-    """uint8 images (N, C, H, W), optional int64 labels (N,), a name and the class names."""
+    """uint8 images (N, C, H, W), optional int64 labels (N,), a name and the class names;
+    where they came from as ``source`` (what ``--data`` takes) and ``split``."""
 
     images: torch.Tensor  # uint8 (N, C, H, W), C == 1 for grayscale
     labels: torch.Tensor | None  # int64 (N,), or None when the set has no labels
-    name: str  # e.g. "fashion-mnist:train", "folder:/path", "npz:/path"
+    name: str  # for people: e.g. "fashion-mnist:train", "folder:/path", "npz:/path"
     classes: list[str] | None = None  # class names, indexed by label, where known
+    source: str = ""  # the data spec that loads it: "fashion-mnist", "folder:/abs/path", …
+    split: str = ""  # "train", "test", "all" or "" (a folder or an archive: one set)
 
     def __post_init__(self) -> None:
         if self.images.dtype != torch.uint8 or self.images.dim() != 4:
@@ -57,4 +60,6 @@ class Dataset:
             raise DataError(f"{self.name}: cannot take the first {n} items of {len(self)}")
         labels = None if self.labels is None else self.labels[:n].clone()
         classes = None if self.classes is None else list(self.classes)
-        return Dataset(self.images[:n].clone(), labels, f"{self.name}[:{n}]", classes)
+        return Dataset(
+            self.images[:n].clone(), labels, f"{self.name}[:{n}]", classes, self.source, self.split
+        )

@@ -76,4 +76,5 @@ def _load_folder(spec: str, split: str, image_size: int) -> Dataset:
         labels=labels,
         name=f"folder:{root.resolve()}",
         classes=classes,
+        source=f"folder:{root.resolve()}",
     )

@@ -77,4 +77,6 @@ def _load_mnist_5k(split: str) -> Dataset:
         labels=torch.from_numpy(labels[order]),
         name=f"mnist-5k:{split}",
         classes=[str(d) for d in range(10)],
+        source="mnist-5k",
+        split=split,
     )

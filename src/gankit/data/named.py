@@ -343,6 +343,8 @@ def _load_idx_pair(name: str, split: str, folder: Path) -> Dataset:
         labels=torch.from_numpy(labels.astype(np.int64)),  # (N,)
         name=f"{name}:{split}",
         classes=list(info.classes),
+        source=name,
+        split=split,
     )
 
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import math
 import struct
-import sys
 import zipfile
 import zlib
 from pathlib import Path
@@ -16,6 +15,7 @@ import torch
 
 from gankit.data.dataset import Dataset
 from gankit.errors import DataError
+from gankit.notices import notice
 
 # What a corrupt zip archive or .npy member can raise on the way in.
 _NPZ_ERRORS = (
@@ -116,11 +116,7 @@ def _npz_read(
             f"member holds {member_size}"
         )
     if nbytes > _NPZ_ANNOUNCE_BYTES:
-        print(
-            f"reading {path}: {key!r} {shape} {dtype}, {nbytes / 1e6:,.0f} MB decompressed",
-            file=sys.stderr,
-            flush=True,
-        )
+        notice(f"reading {path}: {key!r} {shape} {dtype}, {nbytes / 1e6:,.0f} MB decompressed")
     array = npz[key]
     if not isinstance(array, np.ndarray):
         raise DataError(f"{path}: {key!r} is not a .npy array")
@@ -184,4 +180,5 @@ def _load_npz(spec: str, image_size: int, max_bytes: int = 1 << 31) -> Dataset:
         if len(labels) and labels.min() < 0:
             raise DataError(f"{path}: 'labels' must be non-negative, found {labels.min()}")
         label_tensor = torch.from_numpy(labels.astype(np.int64))  # (N,)
-    return Dataset(torch.from_numpy(images), label_tensor, f"npz:{path.resolve()}", None)
+    spec = f"npz:{path.resolve()}"
+    return Dataset(torch.from_numpy(images), label_tensor, spec, None, source=spec)

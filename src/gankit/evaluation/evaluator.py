@@ -19,7 +19,6 @@ import json
 import math
 import os
 import re
-import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -34,6 +33,7 @@ from gankit.data import Dataset, cache_dir, load_dataset
 from gankit.errors import CheckpointError, DataError, StorageError
 from gankit.files import FolderBusy, FolderLock, describe_holder, remove_temporaries, storage_error
 from gankit.nets import build_body
+from gankit.notices import notice, warn
 from gankit.runs import checkpoint
 
 # How gankit trains an evaluator. Any change to it changes every cache key.
@@ -191,7 +191,9 @@ def load_splits(
 
     def part(mask: Tensor, split: str) -> Dataset:
         labels = data.labels[mask] if data.labels is not None else None
-        return Dataset(data.images[mask], labels, f"{data.name}:{split}", data.classes)
+        return Dataset(
+            data.images[mask], labels, f"{data.name}:{split}", data.classes, data.source, split
+        )
 
     return part(~held, "train"), part(held, "test")
 
@@ -242,7 +244,7 @@ def build_evaluator(
     prints = (fingerprint(train), fingerprint(test))
     # no timings or paths: the same data and recipe give the same file contents
     net.info = {
-        "data": data or train.name.split(":")[0],
+        "data": data or train.source,
         "key": evaluator_key(train, test, recipe, prints),
         "recipe": recipe,
         "test_accuracy": accuracy,
@@ -315,11 +317,9 @@ def _train(
         if progress or epoch == epochs - 1:
             accuracy = _accuracy(net, test)
         if progress:
-            print(
-                f"  evaluator epoch {epoch + 1}/{epochs}: test accuracy "
-                f"{accuracy:.2%} ({time.perf_counter() - started:.0f} s)",
-                file=sys.stderr,
-                flush=True,
+            notice(
+                f"evaluator epoch {epoch + 1}/{epochs}: test accuracy "
+                f"{accuracy:.2%} ({time.perf_counter() - started:.0f} s)"
             )
     return net.eval(), accuracy
 
@@ -452,11 +452,9 @@ def get_evaluator(
         if net is not None:
             return net
         if progress:
-            print(
+            notice(
                 f"building the {data} evaluator on {len(train)} training images (once; "
-                f"cached as {path})",
-                file=sys.stderr,
-                flush=True,
+                f"cached as {path})"
             )
         net = build_evaluator(train, test, recipe, str(device), progress, data)
         net.info["origin"] = "built here"
@@ -472,11 +470,7 @@ def _load_cached(path: Path, device: str | torch.device) -> Evaluator | None:
     try:
         return load_evaluator(path, device)
     except EvaluatorFileError as err:
-        print(
-            f"gankit: the cached evaluator file {path} is damaged ({err.reason}): rebuilding it",
-            file=sys.stderr,
-            flush=True,
-        )
+        warn(f"the cached evaluator file {path} is damaged ({err.reason}): rebuilding it")
         return None
 
 
@@ -513,11 +507,10 @@ def cache_entry(path: Path, doing: str) -> Iterator[bool]:
         try:
             lock.acquire()
         except FolderBusy as busy:
-            print(
-                f"gankit: waiting: another process {doing} ({describe_holder(busy.holder)}); "
+            notice(
+                f"another process {doing} ({describe_holder(busy.holder)}); "
                 f"this one goes on with its {path.name} when it is done",
-                file=sys.stderr,
-                flush=True,
+                "waiting",
             )
             waited = True
             lock.acquire(wait=BUILD_WAIT)
@@ -545,11 +538,9 @@ def _write_cache(write: Callable[[], object], path: Path, what: str) -> bool:
             err = storage_error(path, err)
         if str(path) not in _WARNED:
             _WARNED.add(str(path))
-            print(
-                f"gankit: warning: {err}. Going on with {what} in memory: it is not cached, "
-                "so the next run computes it again",
-                file=sys.stderr,
-                flush=True,
+            warn(
+                f"{err}. Going on with {what} in memory: it is not cached, "
+                "so the next run computes it again"
             )
         return False
 

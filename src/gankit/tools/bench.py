@@ -302,7 +302,7 @@ def preset_config(name: str, settings: Settings, data: str) -> RunConfig:
 
 def bench_model(name: str, data: Dataset, settings: Settings, peak: float) -> dict:
     """One model's row of the table."""
-    config = preset_config(name, settings, data.name.split(":")[0])
+    config = preset_config(name, settings, data.source)
     with PeakMemory() as memory, tempfile.TemporaryDirectory() as tmp:
         trainer = launch(
             config, out=Path(tmp) / "run", data=data, progress=False, tensorboard=False

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import math
-import sys
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +23,7 @@ from gankit.config import RunConfig, save_toml, to_dict
 from gankit.data import Dataset, load_dataset
 from gankit.errors import ConfigError, StorageError
 from gankit.models import Context, GenerativeModel, Phase, Reconstructing, build_model
+from gankit.notices import warn
 from gankit.runs import checkpoint
 from gankit.runs.metrics_log import MetricsLog
 from gankit.training import distributed
@@ -228,14 +228,15 @@ class Trainer:
         """One step: every phase's updates in order (e.g. n_critic D updates, then G)."""
         ctx: Context | None = None
         for phase in self.phases:
-            if len(self.phases) > 1:
-                self._set_trainable(phase)
             for _ in range(phase.repeat):
                 ctx = self.update(phase, ctx)
         self.step += 1
 
     def update(self, phase: Phase, ctx: Context | None) -> Context:
         """One optimiser update of ``phase``; returns the context it used (for the next one)."""
+        if len(self.phases) > 1:  # gradients only for what this phase trains (or keeps)
+            for name, net in self.model.nets.items():
+                net.requires_grad_(name in phase.nets or name in phase.keeps)
         if ctx is None or phase.draw == "batch":
             images, labels = self.batches.next()
             x = self.model.prepare(images).contiguous(memory_format=self.memory_format)
@@ -355,10 +356,8 @@ class Trainer:
 
     def notice(self, text: str) -> None:
         """A warning for the user, said once by process 0 (above the progress bar)."""
-        from tqdm.auto import tqdm
-
         if self.world.main:
-            tqdm.write(f"warning: {text}", file=sys.stderr)
+            warn(text)
 
     def rewound(self) -> None:
         """The run went back to an earlier step (a rollback): restart the windows."""
@@ -430,10 +429,6 @@ class Trainer:
         if self.config.train.precision == "bf16":
             return torch.autocast(self.device.type, dtype=torch.bfloat16)
         return contextlib.nullcontext()
-
-    def _set_trainable(self, phase: Phase) -> None:
-        for name, net in self.model.nets.items():
-            net.requires_grad_(name in phase.nets or name in phase.keeps)
 
     def _prepare_folder(self) -> None:
         """Process 0: the run folder, writable, with the config, cleared of a killed run's
