@@ -74,7 +74,8 @@ def test_a_relative_data_path_reaches_gankit_started_in_another_folder(tmp_path)
             "-q",
             "-p",
             "no:cacheprovider",
-            "tests/test_readme.py::test_a_relative_data_path_reaches_gankit_started_in_another_folder",
+            "tests/integration/test_readme.py::"
+            "test_a_relative_data_path_reaches_gankit_started_in_another_folder",
         ],
         cwd=REPO,
         capture_output=True,

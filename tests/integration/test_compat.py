@@ -1,6 +1,6 @@
 """Run folders written by earlier gankit versions still load and resume.
 
-``fixtures/v0.1-*`` are run folders that gankit 0.1 (before the package was split into
+``tests/fixtures/v0.1-*`` are run folders that gankit 0.1 (before the package was split into
 sub-packages) wrote after 3 of 6 steps on mnist-5k: a small MLP GAN (batch norm, EMA, two
 Adam optimisers) and a small autoencoder with a fitted Gaussian-mixture prior. Beside each
 lie the weights the same version reached at step 6 without stopping.
@@ -18,7 +18,7 @@ from safetensors.torch import load_file
 import gankit
 from gankit.runs import read_metrics
 
-FIXTURES = Path(__file__).parent / "fixtures"
+FIXTURES = Path(__file__).parents[1] / "fixtures"
 
 
 @pytest.mark.parametrize("name", ["v0.1-gan", "v0.1-ae"])
