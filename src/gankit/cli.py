@@ -41,7 +41,11 @@ def _add_train(sub) -> None:
     p.add_argument(
         "--resume",
         metavar="RUN_DIR",
-        help="continue this run from its newest checkpoint (--steps then sets the new total)",
+        help="continue this run from its newest checkpoint; --steps then sets the new total, "
+        "and --data-dir, --device, --max-seconds, --log-every, --sample-every, "
+        "--checkpoint-every, --eval-every, --on-divergence (and --set threads=N, "
+        "keep_checkpoints=N) take effect; options that would change the model or the data "
+        "are refused",
     )
     p.add_argument("--out", help="run folder (default: runs/MODEL-DATA-NNNN, numbered)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out run")
