@@ -78,3 +78,17 @@ def evaluation(data_dir, tmp_path_factory):
         mp.setenv("GANKIT_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
         torch.set_num_threads(2)
         return open_evaluation("fashion-mnist", str(data_dir), progress=False)
+
+
+@pytest.fixture(scope="session")
+def trained(tmp_path_factory, data_dir):
+    """gan-002 trained 20 steps on Fashion-MNIST through the CLI: log every 5, grids and
+    checkpoints every 10. Tests read it; one that changes a run works on a copy."""
+    out = tmp_path_factory.mktemp("cli") / "run"
+    argv = ["train", "gan-002", "--data", "fashion-mnist", "--data-dir", data_dir,
+            "--steps", 20, "--batch-size", 32, "--log-every", 5, "--sample-every", 10,
+            "--checkpoint-every", 10, "--out", out, "--no-progress"]  # fmt: skip
+    from gankit.cli import main
+
+    assert main([str(a) for a in argv]) == 0
+    return out

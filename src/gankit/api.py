@@ -14,7 +14,15 @@ from typing import Any
 
 from torch import nn
 
-from gankit.config import RunConfig, build_config, from_dict, resolve_key, resumed_config
+from gankit.config import (
+    RunConfig,
+    build_config,
+    from_dict,
+    merge,
+    nest,
+    resolve_key,
+    resumed_config,
+)
 from gankit.data import Dataset
 from gankit.errors import CheckpointError, ConfigError
 from gankit.evaluation import Evaluation, evaluate_run, open_evaluation
@@ -36,12 +44,7 @@ def configure(
     """
     nested: dict = {}
     for key, value in overrides.items():
-        path = resolve_key(key.replace("__", "."))
-        node = nested
-        *parents, leaf = path.split(".")
-        for part in parents:
-            node = node.setdefault(part, {})
-        node[leaf] = value
+        nested = merge(nested, nest(resolve_key(key.replace("__", ".")), value))
     # the config's steps = 0 means "use epochs": a user gives a length, never 0 (a TOML file
     # or --set may still write steps = 0 beside epochs)
     train = nested.get("train", {})
@@ -158,6 +161,19 @@ def _read_newest(run_dir: Path) -> tuple[dict, dict]:
     except BaseException:
         discard_claim(run_dir)
         raise
+
+
+def resume_config(
+    run_dir: str | Path,
+    changes: Mapping[str, Any] | None = None,
+    named: Mapping[str, str] | None = None,
+) -> RunConfig:
+    """The config resuming ``run_dir`` with ``changes`` would train with (nothing is locked,
+    loaded or written: what ``gankit train --resume RUN --dry-run`` prints)."""
+    path = checkpoint.latest_checkpoint(Path(run_dir) / "checkpoints")
+    if path is None:
+        raise CheckpointError(f"{run_dir} has no usable checkpoint to resume from")
+    return _resumed(checkpoint.read_meta(path), dict(changes or {}), dict(named or {}))
 
 
 def _resumed(meta: dict, changes: dict, named: dict) -> RunConfig:

@@ -204,7 +204,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 def _train(args: argparse.Namespace, world) -> int:
     from functools import partial
 
-    from gankit.api import configure, launch
+    from gankit.api import configure, launch, resume_config
     from gankit.training import distributed
 
     say = partial(distributed.say, world)  # process 0 speaks for the run
@@ -212,7 +212,7 @@ def _train(args: argparse.Namespace, world) -> int:
     if args.resume:
         changes = _resume_changes(args, overrides, named)
         if args.dry_run:
-            return _show_config(say, _resumed_config(args.resume, changes, named))
+            return _show_config(say, resume_config(args.resume, changes, named))
         trainer = launch(args.resume, changes=changes, named=named, progress=not args.no_progress)
         changed = ", ".join(f"{named[k]} {v}" for k, v in changes.items())
         say(
@@ -291,7 +291,7 @@ def _train(args: argparse.Namespace, world) -> int:
 def _resume_changes(args: argparse.Namespace, overrides: dict, named: dict) -> dict:
     """What ``--resume`` is asked to change (flags and ``--set``, by dotted key), after
     refusing what never applies to a resumed run."""
-    from gankit.config import parse_set, resolve_key
+    from gankit.config import parse_assignment
 
     for given, flag in (
         (args.model, f"the model {args.model!r}"),
@@ -307,25 +307,9 @@ def _resume_changes(args: argparse.Namespace, overrides: dict, named: dict) -> d
             )
     changes = dict(overrides)
     for item in args.set:
-        nested = parse_set(item)
-        path = resolve_key(item.split("=", 1)[0].strip())
-        value = nested
-        for part in path.split("."):
-            value = value[part]
+        path, value = parse_assignment(item)
         changes[path], named[path] = value, f"--set {item}"
     return changes
-
-
-def _resumed_config(run_dir: str, changes: dict, named: dict):
-    """The config ``--resume RUN_DIR`` would train with (for --dry-run)."""
-    from gankit.config import RunConfig, from_dict, resumed_config
-    from gankit.errors import CheckpointError
-    from gankit.runs.checkpoint import latest_checkpoint, read_meta
-
-    path = latest_checkpoint(Path(run_dir) / "checkpoints")
-    if path is None:
-        raise CheckpointError(f"{run_dir} has no usable checkpoint to resume from")
-    return resumed_config(from_dict(RunConfig, read_meta(path)["config"]), changes, named)
 
 
 def _show_config(say, config) -> int:

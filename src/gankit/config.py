@@ -461,6 +461,22 @@ def _get(config: Any, path: str) -> Any:
 
 def parse_set(item: str) -> dict:
     """``"model.opt_d.lr=1e-4"`` → ``{"model": {"opt_d": {"lr": 1e-4}}}`` (TOML value syntax)."""
+    return nest(*parse_assignment(item))
+
+
+def nest(path: str, value: Any) -> dict:
+    """``("model.opt_d.lr", 1e-4)`` → ``{"model": {"opt_d": {"lr": 1e-4}}}``."""
+    nested: dict = {}
+    node = nested
+    *parents, leaf = path.split(".")
+    for part in parents:
+        node = node.setdefault(part, {})
+    node[leaf] = value
+    return nested
+
+
+def parse_assignment(item: str) -> tuple[str, Any]:
+    """``"n_critic=3"`` → ``("model.n_critic", 3)``: the full key and the TOML value."""
     if "=" not in item:
         raise ConfigError(f"--set {item!r}: expected KEY=VALUE, e.g. --set n_critic=5")
     key, raw = item.split("=", 1)
@@ -471,13 +487,7 @@ def parse_set(item: str) -> dict:
         value = raw.strip()  # a bare word: take it as a string
     except (ValueError, RecursionError) as err:  # a 5000-digit integer, nesting too deep
         raise ConfigError(f"--set {path}: its value cannot be read ({err})") from None
-    nested: dict = {}
-    node = nested
-    *parents, leaf = path.split(".")
-    for part in parents:
-        node = node.setdefault(part, {})
-    node[leaf] = value
-    return nested
+    return path, value
 
 
 def build_config(

@@ -19,35 +19,6 @@ def run(*argv: str) -> int:
     return main([str(a) for a in argv])
 
 
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory, data_dir):
-    """gan-002 trained 20 steps on Fashion-MNIST through the CLI."""
-    out = tmp_path_factory.mktemp("cli") / "run"
-    rc = run(
-        "train",
-        "gan-002",
-        "--data",
-        "fashion-mnist",
-        "--data-dir",
-        data_dir,
-        "--steps",
-        20,
-        "--batch-size",
-        32,
-        "--log-every",
-        5,
-        "--sample-every",
-        10,
-        "--checkpoint-every",
-        10,
-        "--out",
-        out,
-        "--no-progress",
-    )
-    assert rc == 0
-    return out
-
-
 def test_train_writes_a_complete_run_folder(trained):
     names = {p.name for p in trained.iterdir()}
     assert {

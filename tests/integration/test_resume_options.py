@@ -18,42 +18,10 @@ def run(*argv) -> int:
     return main([str(a) for a in argv])
 
 
-@pytest.fixture(scope="module")
-def stopped(tmp_path_factory, data_dir):
-    """gan-002 trained 20 of its steps through the CLI: log every 5, grids and checkpoints
-    every 10."""
-    out = tmp_path_factory.mktemp("resume") / "run"
-    assert (
-        run(
-            "train",
-            "gan-002",
-            "--data",
-            "fashion-mnist",
-            "--data-dir",
-            data_dir,
-            "--steps",
-            20,
-            "--batch-size",
-            32,
-            "--log-every",
-            5,
-            "--sample-every",
-            10,
-            "--checkpoint-every",
-            10,
-            "--out",
-            out,
-            "--no-progress",
-        )
-        == 0
-    )
-    return out
-
-
 @pytest.fixture
-def copy(stopped, tmp_path):
+def copy(trained, tmp_path):
     folder = tmp_path / "run"
-    shutil.copytree(stopped, folder)
+    shutil.copytree(trained, folder)
     return folder
 
 
@@ -185,12 +153,12 @@ def test_device_time_budget_and_divergence_policy_take_effect(copy, capsys):
         (["gan"], "the model 'gan'"),
     ],
 )
-def test_what_would_change_the_run_is_refused_by_name(stopped, argv, named, capsys):
-    before = sorted(p.name for p in stopped.rglob("*"))
-    assert run("train", "--resume", stopped, *argv, "--no-progress") == 2
+def test_what_would_change_the_run_is_refused_by_name(trained, argv, named, capsys):
+    before = sorted(p.name for p in trained.rglob("*"))
+    assert run("train", "--resume", trained, *argv, "--no-progress") == 2
     error = capsys.readouterr().err
     assert error.startswith(f"gankit: error: {named}: ") or f"error: {named}:" in error, error
-    assert sorted(p.name for p in stopped.rglob("*")) == before  # nothing written
+    assert sorted(p.name for p in trained.rglob("*")) == before  # nothing written
 
 
 def test_set_takes_a_resumable_key(copy):
@@ -200,10 +168,10 @@ def test_set_takes_a_resumable_key(copy):
     assert [r["step"] for r in read_metrics(copy)][-4:] == [21, 22, 23, 24]
 
 
-def test_dry_run_shows_the_config_a_resume_would_use(stopped, capsys):
-    assert run("train", "--resume", stopped, "--log-every", 7, "--dry-run") == 0
+def test_dry_run_shows_the_config_a_resume_would_use(trained, capsys):
+    assert run("train", "--resume", trained, "--log-every", 7, "--dry-run") == 0
     assert "log_every = 7" in capsys.readouterr().out
-    assert saved(stopped)["log_every"] == 5  # the run itself is untouched
+    assert saved(trained)["log_every"] == 5  # the run itself is untouched
 
 
 def test_the_api_resumes_with_the_same_rules(copy):

@@ -142,7 +142,7 @@ class GenerativeModel(nn.Module):
     ) -> Context:
         """A fresh context: real batch (possibly None) plus new noise (and fake labels);
         ``nets`` (default: the model's own) and ``draw`` as :class:`Context` says."""
-        ctx = Context(x, y, None, None, rng, dict(nets or self.nets), draw)
+        ctx = Context(x, y, None, None, rng, self.nets if nets is None else nets, draw)
         self.refresh_noise(ctx, x.shape[0] if x is not None else 1)
         return ctx
 

@@ -138,6 +138,8 @@ class Trainer:
         self.model.train()
         self.shard = Shard(world.rank, world.size)  # this process's share of every draw
         self.phases = self.model.phases(reuse=tc.fast)
+        # with one phase every network trains; with several, update() switches between them
+        self._trainable = self.phases[0] if len(self.phases) == 1 else None
         self.optimizers = build_optimizers(self.model, self.phases, tc.fast)
         distributed.broadcast_state(world, [self.model])  # process 0's (e.g. custom) networks
         trained = {n for p in self.phases for n in p.nets}
@@ -234,16 +236,17 @@ class Trainer:
 
     def update(self, phase: Phase, ctx: Context | None) -> Context:
         """One optimiser update of ``phase``; returns the context it used (for the next one)."""
-        if len(self.phases) > 1:  # gradients only for what this phase trains (or keeps)
+        if phase is not self._trainable:  # gradients only for what it trains (or keeps)
             for name, net in self.model.nets.items():
                 net.requires_grad_(name in phase.nets or name in phase.keeps)
+            self._trainable = phase
         if ctx is None or phase.draw == "batch":
             images, labels = self.batches.next()
             x = self.model.prepare(images).contiguous(memory_format=self.memory_format)
             ctx = self.model.context(x, labels, self.rng, draw=self.shard.draw)
         elif phase.draw == "noise":
             self.model.refresh_noise(ctx)
-        ctx.nets = self._routes[phase.name]
+        ctx.nets = self._routes[phase.name]  # this update's networks (DDP: its wrappers)
         optimizer = self.optimizers[phase.optimizer]
         # spectral norm: one power iteration per update
         with parametrize.cached(), self._autocast():
