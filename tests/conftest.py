@@ -92,3 +92,93 @@ def trained(tmp_path_factory, data_dir):
 
     assert main([str(a) for a in argv]) == 0
     return out
+
+
+# --------------------------------------------------------------------------- report runs
+# Short real runs of every kind a report page must show (tests/test_report*.py).
+
+import shutil  # noqa: E402
+
+from gankit.training import Callback as _Callback  # noqa: E402
+
+
+def _train(root: Path, name: str, model: str, fashion, evaluation, callbacks=(), **overrides):
+    import gankit
+    from gankit.api import launch
+
+    settings = dict(
+        batch_size=16, log_every=5, sample_every=10, checkpoint_every=10, eval_samples=200
+    )
+    config = gankit.configure(model, **(settings | overrides))
+    trainer = launch(
+        config,
+        out=root / name,
+        data=fashion.subset(2000),
+        callbacks=callbacks,
+        progress=False,
+        evaluation=evaluation if config.train.eval_every else None,
+    )
+    return trainer
+
+
+class _Poison(_Callback):
+    """Fills one weight of D with NaN when the row of ``at`` is logged: the run diverges."""
+
+    def __init__(self, at: int):
+        self.at = at
+
+    def on_row(self, trainer, row):
+        if row["step"] == self.at and "loss/D" in row:
+            import torch
+
+            with torch.no_grad():
+                next(trainer.model.nets["discriminator"].parameters()).fill_(float("nan"))
+
+
+class _PageAtEachEvaluation(_Callback):
+    """What report.html says right after each evaluation row (it runs after RefreshReport)."""
+
+    def __init__(self):
+        self.pages: dict[int, str] = {}
+
+    def on_row(self, trainer, row):
+        if "eval/fid" in row:
+            self.pages[row["step"]] = (trainer.run_dir / "report.html").read_text()
+
+
+@pytest.fixture(scope="session")
+def report_runs(tmp_path_factory, fashion, evaluation):
+    """Short real runs of every kind a page must show, trained once for the session."""
+    from gankit.report import write_run_report
+    from gankit.training import TrainingDiverged
+
+    root = tmp_path_factory.mktemp("report-runs")
+    runs: dict[str, Path] = {}
+    watcher = _PageAtEachEvaluation()
+    trainer = _train(
+        root, "dcgan", "dcgan", fashion, evaluation, [watcher], steps=30, eval_every=10
+    )
+    trainer.fit()
+    runs["dcgan"], runs["watcher"] = trainer.run_dir, watcher
+    runs["cgan"] = _fit(_train(root, "cgan", "cgan", fashion, evaluation, steps=20, eval_every=10))
+    runs["ae"] = _fit(_train(root, "ae", "ae", fashion, evaluation, steps=20, sample_every=20))
+    runs["stopped"] = _fit(
+        _train(root, "stopped", "gan-002", fashion, evaluation, steps=5000, max_seconds=0.05)
+    )
+    diverging = _train(root, "diverged", "gan-002", fashion, evaluation, [_Poison(15)], steps=40)
+    with pytest.raises(TrainingDiverged):
+        diverging.fit()
+    runs["diverged"] = diverging.run_dir
+    damaged = root / "damaged"
+    shutil.copytree(runs["dcgan"], damaged)
+    with open(damaged / "metrics.jsonl", "a") as f:
+        f.write('{"step": 31, "loss/D": 0.')  # torn by a kill
+    shutil.rmtree(damaged / "samples")
+    write_run_report(damaged)
+    runs["damaged"] = damaged
+    return runs
+
+
+def _fit(trainer) -> Path:
+    trainer.fit()
+    return trainer.run_dir

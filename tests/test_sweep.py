@@ -4,6 +4,7 @@ killed workers, refused specs and the report (SQLite; PostgreSQL in test_sweep_p
 from __future__ import annotations
 
 import argparse
+import re
 import signal
 import statistics
 import subprocess
@@ -11,6 +12,7 @@ import sys
 import time
 from pathlib import Path
 
+import html5lib
 import optuna
 import pytest
 from PIL import Image
@@ -162,6 +164,16 @@ def test_two_workers_run_each_configuration_and_seed_exactly_once(
     assert "sensitivity plot: sweeps/two/sensitivity.png" in out
     with Image.open(plot) as image:
         assert image.format == "PNG" and image.size[0] > 200
+
+    # the same report as one page: each trial links to its own run's page
+    assert main(["sweep", "report", "--study", "two", "--html", "pages/sweep.html"]) == 0
+    page = (tmp_path / "pages/sweep.html").read_text()
+    html5lib.HTMLParser(strict=True).parse(page)
+    links = re.findall(r'<a href="([^"]+)"><code>sweeps/two/trial-\d{4}</code></a>', page)
+    assert sorted(links) == [f"../sweeps/two/trial-{n:04d}/report.html" for n in range(6)]
+    assert all((tmp_path / "pages" / link).is_file() for link in links)
+    assert "data:image/png;base64," in page and str(tmp_path) not in page
+    assert f"{expected[0][0]:.4g} ± {expected[0][1]:.3g}" in page
 
 
 class Alternating(optuna.samplers.RandomSampler):

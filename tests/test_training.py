@@ -372,3 +372,23 @@ def test_an_unwritable_or_full_output_folder_is_refused_before_training(
     with pytest.raises(ConfigError, match=r"has 1 MiB free but this run needs about \d+ MiB"):
         trainer.fit()
     assert trainer.step == 0 and not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_a_row_logged_after_the_clock_stops_keeps_its_true_rate(monkeypatch):
+    """The last row of a run stopped between logs (a time budget, a signal) is logged after
+    the clock stops: its images/s covers the steps since the previous row, not ~0 s."""
+    from gankit.training import guards
+
+    now = [0.0]
+    monkeypatch.setattr(guards.time, "perf_counter", lambda: now[0])
+    clock = guards.Clock()
+    now[0] = 1.0
+    assert clock.lap(10) == pytest.approx(10.0)  # 10 steps in 1 s
+    now[0] = 1.5
+    clock.stop()  # 5 more steps happened in these 0.5 s
+    assert clock.elapsed == pytest.approx(1.5)
+    assert clock.lap(15) == pytest.approx(10.0)
+    assert clock.elapsed == pytest.approx(1.5)  # not counted twice
+    clock.restart(15)
+    now[0] = 2.5
+    assert clock.lap(25) == pytest.approx(10.0)

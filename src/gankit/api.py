@@ -29,6 +29,7 @@ from gankit.evaluation import Evaluation, evaluate_run, open_evaluation
 from gankit.evaluation.during_training import PeriodicEvaluation
 from gankit.models import GenerativeModel, build_model
 from gankit.presets import get_preset
+from gankit.report import RefreshReport
 from gankit.runs import Run, checkpoint, claim_run_dir, discard_claim, load_run, new_run_dir
 from gankit.training import Callback, FitResult, Trainer, distributed, resolve_device
 
@@ -128,6 +129,8 @@ def launch(
             if config.train.eval_every
             else []
         )
+        if config.train.report:
+            extra.append(RefreshReport())  # after the evaluation: a page with its numbers
         trainer = Trainer(
             config,
             run_dir,

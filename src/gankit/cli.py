@@ -285,6 +285,15 @@ def _train(args: argparse.Namespace, world) -> int:
             f"best FID {best['fid']:.4g} at step {best['step']} (checkpoints/best.safetensors);"
             f" evaluation took {spent:.0f} s, {share:.0%} of the run"
         )
+    from gankit.report import RefreshReport
+
+    report = trainer.callback(RefreshReport)
+    if report is not None and report.writes:
+        share = report.seconds / max(trainer.clock.elapsed, 1e-9)
+        say(
+            f"report: {trainer.run_dir / 'report.html'} (written {report.writes} times in "
+            f"{report.seconds:.2f} s, {share:.2%} of the training time)"
+        )
     return 0
 
 
@@ -455,14 +464,27 @@ def _add_sweep_report(sub) -> None:
         help="where the sensitivity plot goes "
         "(default: sensitivity.png in the sweep folder, else sweep-STUDY.png)",
     )
+    p.add_argument(
+        "--html",
+        metavar="FILE.html",
+        help="also write the report as one page, linking to each trial's own page",
+    )
 
 
 def cmd_sweep_report(args: argparse.Namespace) -> int:
-    from gankit.tools.sweep import format_sweep_report, require_optuna, sweep_report
+    from gankit.tools.sweep import (
+        format_sweep_report,
+        require_optuna,
+        sweep_report,
+        write_sweep_html,
+    )
 
     optuna = require_optuna()
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    print(format_sweep_report(sweep_report(args.storage, args.study, args.plot)))
+    report = sweep_report(args.storage, args.study, args.plot)
+    print(format_sweep_report(report))
+    if args.html:
+        print(f"page: {write_sweep_html(report, args.html)}")
     return 0
 
 
@@ -563,23 +585,14 @@ def _add_interpolate(sub) -> None:
 
 
 def cmd_interpolate(args: argparse.Namespace) -> int:
-    import torch
-
     from gankit.runs import load_run
-    from gankit.viz import interpolation_path, save_grid
+    from gankit.viz import save_grid
 
     if args.rows < 1 or args.steps < 2:
         raise GankitError("--rows must be >= 1 and --steps >= 2")
     run = load_run(args.run_dir, args.device)
-    rng = torch.Generator(run.model.device).manual_seed(args.seed)
-    anchors = run.model.sample_latent(args.rows + 1, rng)  # (rows + 1, D)
-    walks = interpolation_path(anchors, args.steps, args.mode)  # (rows, steps, D)
-    z = walks.reshape(-1, walks.shape[-1])
-    labels = None
-    if run.config.model.conditional:  # one class per walk
-        labels = torch.arange(args.rows, device=z.device).repeat_interleave(args.steps)
-        labels %= run.config.model.num_classes
-    save_grid(run.model.generate(z, labels).cpu(), args.out, nrow=args.steps, scale=2)
+    images = run.interpolations(args.rows, args.steps, args.mode, args.seed)
+    save_grid(images.cpu(), args.out, nrow=args.steps, scale=2)
     print(f"wrote {args.rows} walks of {args.steps} images to {args.out}")
     return 0
 
@@ -592,12 +605,10 @@ def _add_latent(sub) -> None:
 
 
 def cmd_latent(args: argparse.Namespace) -> int:
-    import torch
-
     from gankit.data import load_dataset
     from gankit.models import Reconstructing
+    from gankit.report.figures import plot_codes
     from gankit.runs import load_run
-    from gankit.viz import plot_latent, plot_manifold
 
     run = load_run(args.run_dir, args.device)
     if not isinstance(run.model, Reconstructing):
@@ -608,26 +619,11 @@ def cmd_latent(args: argparse.Namespace) -> int:
     data = load_dataset(
         args.data or tc.data, "test", tc.data_dir or None, run.config.model.image_size
     )
-    data = data.subset(min(args.n, len(data)))
-    codes = []
-    with torch.inference_mode():
-        for i in range(0, len(data), 1000):
-            x = run.model.prepare(data.images[i : i + 1000].to(run.model.device))
-            codes.append(run.model.encode(x)[0].cpu())
-    labels = data.labels.numpy() if data.labels is not None else None
-    plot_latent(
-        torch.cat(codes).numpy(),
-        labels,
-        args.out,
-        data.classes,
-        title=f"{run.config.preset}: codes of {len(data)} {data.name} images",
-    )
-    print(f"wrote {args.out}")
-    if run.config.model.family == "vae" and run.config.model.latent.dim == 2:
-        out = Path(args.out)
-        manifold = out.with_name(out.stem + "-manifold.png")
-        plot_manifold(lambda z: run.model.generate(z.to(run.model.device)).cpu(), manifold)
-        print(f"wrote {manifold} (decoded 2-D latent grid)")
+    for path in plot_codes(run, data.subset(min(args.n, len(data))), args.out):
+        print(
+            f"wrote {path}"
+            + (" (decoded 2-D latent grid)" if path.stem.endswith("-manifold") else "")
+        )
     return 0
 
 
@@ -637,7 +633,9 @@ def _add_eval(sub) -> None:
         help="FID, KID, precision/recall, coverage … of a run or samples",
         description="Evaluate a trained run (or any .npz of samples) against the "
         "real test split, on the features of gankit's evaluator for the data. "
-        "Prints a table and writes eval.json.",
+        "Prints a table and writes eval.json, and eval-nearest.png beside it: the 8 "
+        "samples nearest the training set and 8 random ones, each followed by its 3 "
+        "nearest training images (a glance at memorisation).",
     )
     p.add_argument("run_dir", nargs="?", help="a run folder written by `gankit train`")
     p.add_argument(
@@ -660,7 +658,8 @@ def _add_eval(sub) -> None:
     p.add_argument(
         "--out",
         metavar="FILE.json",
-        help="where to write the report (default: RUN_DIR/eval.json, or beside the samples file)",
+        help="where to write the report (default: RUN_DIR/eval.json, or beside the samples "
+        "file); the nearest-neighbour grid goes beside it as STEM-nearest.png",
     )
     p.add_argument("--device", default="cpu")
 
@@ -688,8 +687,11 @@ def cmd_eval(args: argparse.Namespace) -> int:
             raise GankitError("--samples needs --data NAME: the real data to compare with")
         images, labels = load_samples(args.samples)  # a bad file is refused before any build
         evaluation = open_evaluation(args.data, args.data_dir, 28, args.device, args.evaluator)
-        report = evaluate_images(evaluation, images, labels, samples=args.samples, data=args.data)
         out = Path(args.out or Path(args.samples).with_suffix(".eval.json"))
+        nearest = out.with_name(f"{out.stem}-nearest.png")
+        report = evaluate_images(
+            evaluation, images, labels, nearest=nearest, samples=args.samples, data=args.data
+        )
     else:
         ckpt = None
         if args.checkpoint == "best":
@@ -711,9 +713,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
             args.device,
             args.evaluator or tc.evaluator or None,
         )
-        report = evaluate_run(run, evaluation, args.n, args.seed)
-        report["checkpoint"] = args.checkpoint
         out = Path(args.out or Path(args.run_dir) / "eval.json")
+        nearest = out.with_name(f"{out.stem}-nearest.png")
+        report = evaluate_run(run, evaluation, args.n, args.seed, nearest=nearest)
+        report["checkpoint"] = args.checkpoint
     if args.inception:
         fake = (
             load_samples(args.samples)[0] if args.samples else run.sample(args.n, None, args.seed)
@@ -725,6 +728,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     print(format_report(report))
     write_report(report, out)
     print(f"\nwrote {out} ({report['seconds']:.1f} s)")
+    if "nearest" in report:
+        print(f"wrote {nearest}: samples beside their nearest training images")
     return 0
 
 
@@ -941,6 +946,83 @@ def cmd_table(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_report(sub) -> None:
+    p = sub.add_parser(
+        "report",
+        help="one self-contained HTML page per run, or one comparing several runs",
+        description="Write a run's page (its report.html, refreshed by training too) or, for "
+        "several runs, one page comparing them. Pages open from disk with no network.",
+    )
+    p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
+    p.add_argument(
+        "--out",
+        metavar="FILE.html",
+        help="where to write (one run: RUN_DIR/report.html; several: compare.html here)",
+    )
+    p.add_argument(
+        "--no-figures",
+        action="store_true",
+        help="do not draw the interpolation strip and latent plot from the checkpoint",
+    )
+    p.add_argument("--device", default="cpu", help="for drawing the figures (default cpu)")
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    import time
+
+    from gankit.report import REPORT, write_comparison, write_run_report
+
+    for run_dir in map(Path, args.run_dirs):
+        if not run_dir.is_dir():
+            raise GankitError(f"{run_dir} is not a run folder (it does not exist)")
+        if not any((run_dir / name).exists() for name in ("config.toml", "metrics.jsonl")):
+            raise GankitError(
+                f"{run_dir} holds no config.toml or metrics.jsonl: not a gankit run folder"
+            )
+    started = time.perf_counter()
+    single = len(args.run_dirs) == 1
+    for run_dir in map(Path, args.run_dirs):
+        if not args.no_figures:
+            _draw_figures(run_dir, args.device)
+        if single or not (run_dir / REPORT).exists():
+            out = write_run_report(run_dir, args.out if single else None)
+    if not single:
+        out = write_comparison(args.run_dirs, args.out or "compare.html")
+    size = out.stat().st_size
+    seconds = time.perf_counter() - started
+    print(f"wrote {out} ({size / 2**20:.2f} MiB, {seconds:.1f} s); open it in a browser")
+    return 0
+
+
+def _draw_figures(run_dir: Path, device: str) -> None:
+    """The report's interpolation strip and latent plot, drawn from the newest checkpoint
+    unless they are newer than it; a run that cannot be loaded goes without them."""
+    from gankit.data import load_dataset
+    from gankit.models import Reconstructing
+    from gankit.notices import notice
+    from gankit.report.figures import write_figures
+    from gankit.runs import RUN_FIGURES, checkpoint, load_run
+
+    newest = checkpoint.latest_checkpoint(run_dir / "checkpoints")
+    drawn = run_dir / RUN_FIGURES / "interpolation.png"
+    if newest is None or (drawn.exists() and drawn.stat().st_mtime >= newest.stat().st_mtime):
+        return
+    try:
+        run = load_run(run_dir, device, newest)
+        data = None
+        if isinstance(run.model, Reconstructing):
+            tc = run.config.train
+            try:
+                data = load_dataset(
+                    tc.data, "test", tc.data_dir or None, run.config.model.image_size
+                )
+            except GankitError as err:
+                notice(f"{run_dir}: no latent plot ({err})")
+        write_figures(run, data)
+    except GankitError as err:
+        notice(f"{run_dir}: no figures from its checkpoint ({err})")
+
+
 COMMANDS = {
     "train": cmd_train,
     "sample": cmd_sample,
@@ -948,6 +1030,7 @@ COMMANDS = {
     "latent": cmd_latent,
     "eval": cmd_eval,
     "compare": cmd_compare,
+    "report": cmd_report,
     "evaluator": cmd_evaluator,
     "presets": cmd_presets,
     "bench": cmd_bench,
@@ -970,6 +1053,7 @@ def build_parser() -> argparse.ArgumentParser:
         _add_latent,
         _add_eval,
         _add_compare,
+        _add_report,
         _add_evaluator,
         _add_presets,
         _add_bench,

@@ -212,6 +212,7 @@ class TrainConfig:
     on_divergence: Literal["stop", "rollback"] = "stop"  # NaN/inf: stop, or reload & lower lr
     rollback_lr_factor: float = 0.5  # learning rates × this at each rollback
     max_rollbacks: int = 3  # then stop
+    report: bool = True  # keep report.html in the run folder (at each evaluation and the end)
 
     def __post_init__(self) -> None:
         _check(self.batch_size >= 1, "train.batch_size", self.batch_size, "an integer >= 1")
@@ -263,6 +264,7 @@ RESUMABLE: tuple[str, ...] = (
     "keep_checkpoints",
     "eval_every",
     "on_divergence",
+    "report",
 )
 
 

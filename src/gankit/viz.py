@@ -101,7 +101,7 @@ def make_grid(
     return _hwc(grid)
 
 
-def _save_png(array: np.ndarray, path: PathLike) -> Path:
+def save_png(array: np.ndarray, path: PathLike) -> Path:
     """Write a uint8 (H, W) or (H, W, 3) array as a PNG, atomically."""
     from PIL import Image
 
@@ -111,16 +111,24 @@ def _save_png(array: np.ndarray, path: PathLike) -> Path:
     return Path(path)
 
 
-def save_grid(
-    images: torch.Tensor, path: PathLike, nrow: int | None = None, padding: int = 2, scale: int = 1
-) -> Path:
-    """Save uint8 (B, C, H, W) images as one grid PNG, upsampled `scale` times (nearest)."""
+def grid_array(
+    images: torch.Tensor, nrow: int | None = None, padding: int = 2, scale: int = 1
+) -> np.ndarray:
+    """The pixels `save_grid` writes: `make_grid` upsampled `scale` times (nearest), a uint8
+    (H', W') or (H', W', 3) array. Save it with `save_png` to keep the very array in hand."""
     if not isinstance(scale, int) or scale < 1:
         raise GankitError(f"scale must be an integer >= 1, got {scale!r}")
     grid = make_grid(images, nrow=nrow, padding=padding)  # (H', W') or (H', W', 3)
     if scale > 1:
         grid = grid.repeat(scale, axis=0).repeat(scale, axis=1)  # nearest-neighbour upsampling
-    return _save_png(grid, path)
+    return grid
+
+
+def save_grid(
+    images: torch.Tensor, path: PathLike, nrow: int | None = None, padding: int = 2, scale: int = 1
+) -> Path:
+    """Save uint8 (B, C, H, W) images as one grid PNG, upsampled `scale` times (nearest)."""
+    return save_png(grid_array(images, nrow=nrow, padding=padding, scale=scale), path)
 
 
 def save_images(
@@ -139,7 +147,7 @@ def save_images(
         name = f"{prefix}{i:06d}.png"
         if labels is not None:
             name = f"{prefix}{i:06d}_label{int(labels[i])}.png"
-        paths.append(_save_png(_hwc(array[i]), folder / name))
+        paths.append(save_png(_hwc(array[i]), folder / name))
     return paths
 
 

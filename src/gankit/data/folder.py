@@ -37,9 +37,8 @@ def _read_image(path: Path, size: int) -> np.ndarray:
     return np.asarray(gray, dtype=np.uint8)  # (size, size)
 
 
-def _load_folder(spec: str, split: str, image_size: int) -> Dataset:
-    """Images in a folder: loose files (no labels) or one sub-folder per class. If the
-    folder has `train/` and `test/` sub-folders the split picks one, else it is ignored."""
+def _split_root(spec: str, split: str) -> Path:
+    """The folder holding a split's images: ``spec``, or its ``train/``/``test/`` one."""
     if not spec:
         raise DataError("folder: needs a path, e.g. folder:./my_images")
     root = Path(spec).expanduser()
@@ -49,9 +48,29 @@ def _load_folder(spec: str, split: str, image_size: int) -> Dataset:
         if split not in ("train", "test"):
             raise DataError(f"{root} has train/ and test/ sub-folders; split must be one of them")
         root = root / split
-    loose = _image_files(root)
+    return root
+
+
+def _class_dirs(root: Path) -> list[Path]:
+    """The class sub-folders of ``root`` that hold images, in label order."""
     class_dirs = [d for d in sorted(root.iterdir()) if d.is_dir() and not d.name.startswith(".")]
-    class_dirs = [d for d in class_dirs if _image_files(d)]
+    return [d for d in class_dirs if _image_files(d)]
+
+
+def folder_classes(spec: str) -> list[str] | None:
+    """The class names (sub-folders) of ``folder:spec``'s training images, or None."""
+    try:
+        return [d.name for d in _class_dirs(_split_root(spec, "train"))] or None
+    except (DataError, OSError):
+        return None
+
+
+def _load_folder(spec: str, split: str, image_size: int) -> Dataset:
+    """Images in a folder: loose files (no labels) or one sub-folder per class. If the
+    folder has `train/` and `test/` sub-folders the split picks one, else it is ignored."""
+    root = _split_root(spec, split)
+    loose = _image_files(root)
+    class_dirs = _class_dirs(root)
     if loose and class_dirs:
         raise DataError(
             f"{root}: holds images directly and in class sub-folders "

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from gankit.data.dataset import Dataset
-from gankit.data.folder import _load_folder
+from gankit.data.folder import _load_folder, folder_classes
 from gankit.data.mnist5k import _load_mnist_5k
 from gankit.data.named import _FORMS, DATASETS, _load_idx_set
 from gankit.data.npz import _load_npz
@@ -55,3 +55,16 @@ def load_dataset(
         raise DataError(f"unknown data set {name!r}; valid: {', '.join(_FORMS)}.{hint}")
     data.images = _resize(data.images, image_size)
     return data
+
+
+def class_names(name: str) -> list[str] | None:
+    """The class names of a data set by its name, without loading it: the named sets' own,
+    a folder's class sub-folders; None when unknown (an ``npz:`` file, a flat folder)."""
+    key = name.strip().lower()
+    if key in DATASETS:
+        return list(DATASETS[key].classes)
+    if key == "mnist-5k":
+        return [str(d) for d in range(10)]
+    if name.startswith("folder:"):
+        return folder_classes(name.removeprefix("folder:"))
+    return None

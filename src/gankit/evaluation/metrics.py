@@ -152,14 +152,21 @@ def knn_radii(features: Tensor, k: int) -> Tensor:
     return _gathered_norm(features, features, torch.cat(idx))
 
 
-def nearest_distances(query: Tensor, reference: Tensor, exclude_self: bool = False) -> Tensor:
-    """(Nq,) distance from each query row to its nearest reference row.
+def nearest_neighbours(
+    query: Tensor, reference: Tensor, k: int = 1, exclude_self: bool = False
+) -> tuple[Tensor, Tensor]:
+    """(Nq, k) distances and (Nq, k) indices of each query row's k nearest reference rows,
+    nearest first.
 
-    With ``exclude_self``, query and reference are the same set: row i is not matched to
-    reference row i (other rows equal to it still count).
+    Candidates come from the blockwise expanded-form distances; their distances are then
+    recomputed by direct subtraction (exact 0 for copies) and the k re-sorted by them. With
+    ``exclude_self``, query and reference are the same set: row i is not matched to reference
+    row i (other rows equal to it still count).
     """
     _features(query, "query")
-    _features(reference, "reference", 2 if exclude_self else 1)
+    _features(reference, "reference", k + 1 if exclude_self else k)
+    if k < 1:
+        raise GankitError(f"nearest neighbours need k >= 1; got k={k}")
     if exclude_self and query.shape != reference.shape:
         raise GankitError(
             "exclude_self needs query and reference to be the same set; got "
@@ -170,8 +177,22 @@ def nearest_distances(query: Tensor, reference: Tensor, exclude_self: bool = Fal
         if exclude_self:
             rows = torch.arange(len(d), device=d.device)
             d[rows, i + rows] = math.inf
-        idx.append(d.argmin(dim=1))
-    return _gathered_norm(query, reference, torch.cat(idx))
+        # argmin is much faster than topk for the single nearest row (the common case)
+        idx.append(d.argmin(1, keepdim=True) if k == 1 else d.topk(k, 1, largest=False).indices)
+    idx = torch.cat(idx)  # (Nq, k)
+    dist = torch.stack([_gathered_norm(query, reference, idx[:, j]) for j in range(k)], 1)
+    dist, order = dist.sort(dim=1, stable=True)
+    return dist, idx.to(order.device).gather(1, order)
+
+
+def nearest_distances(query: Tensor, reference: Tensor, exclude_self: bool = False) -> Tensor:
+    """(Nq,) distance from each query row to its nearest reference row (`nearest_neighbours`
+    with k = 1).
+
+    With ``exclude_self``, query and reference are the same set: row i is not matched to
+    reference row i (other rows equal to it still count).
+    """
+    return nearest_neighbours(query, reference, 1, exclude_self)[0][:, 0]
 
 
 def _ball_counts(query: Tensor, reference: Tensor, radii: Tensor) -> Tensor:
@@ -278,7 +299,8 @@ def mode_coverage(
     requested: Tensor | None = None,
     min_share: float = 0.1,
 ) -> dict:
-    """Class histogram of generated images, classes covered, KL(p_gen ‖ p_real) in nats.
+    """Class histogram of generated images, classes covered, KL(p_gen ‖ p_real) in nats,
+    and the real histogram (``reference_class_histogram``) when ``real_labels`` are given.
 
     A class is covered when its count is ≥ 1 and ≥ min_share × N·p_real(c); p_real is the
     histogram of ``real_labels`` (uniform when None). ``label_accuracy`` (predicted ==
@@ -295,8 +317,8 @@ def mode_coverage(
         p_real = torch.full((num_classes,), 1.0 / num_classes, dtype=torch.float64)
     else:
         labels = real_labels.flatten().long().cpu()
-        p_real = torch.bincount(labels, minlength=num_classes)[:num_classes].double()
-        p_real = p_real / p_real.sum()
+        real_counts = torch.bincount(labels, minlength=num_classes)[:num_classes]
+        p_real = real_counts.double() / real_counts.sum()
     covered = (hist >= 1) & (hist >= min_share * len(pred) * p_real)
     p_gen = hist.double() / len(pred)  # (C,)
     if ((p_gen > 0) & (p_real == 0)).any():
@@ -304,6 +326,8 @@ def mode_coverage(
     else:
         kl = float((torch.xlogy(p_gen, p_gen) - torch.xlogy(p_gen, p_real)).sum())
     out = {"class_histogram": hist.tolist(), "classes_covered": int(covered.sum()), "class_kl": kl}
+    if real_labels is not None:  # the real data's histogram, to show beside the samples'
+        out["reference_class_histogram"] = real_counts.tolist()
     if requested is not None:
         req = requested.flatten().long().cpu()
         if req.shape != pred.shape:

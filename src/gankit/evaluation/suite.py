@@ -4,8 +4,9 @@ samples, and during training.
 
 An :class:`Evaluation` holds what does not change between calls: the evaluator, the real
 reference features (the held-out test split) with their Gaussian statistics and k-NN radii,
-and the training-set features used by the memorisation check. Real features are cached on
-disk beside the evaluator, so a second evaluation of the same data takes seconds.
+and the training-set features used by the memorisation check and the nearest-neighbour grid.
+Real features are cached on disk beside the evaluator, so a second evaluation of the same data
+takes seconds.
 """
 
 from __future__ import annotations
@@ -30,11 +31,16 @@ from gankit.evaluation.evaluator import (
 )
 from gankit.models import Reconstructing
 from gankit.version import __version__
+from gankit.viz import save_grid
 
 PR_K, DC_K = 3, 5  # neighbours for precision/recall and density/coverage (the papers' values)
 # A class counts as covered when it holds at least this share of its expected count: the
 # evaluator's own confusions (shirt vs T-shirt) put up to ~15% of a class's samples elsewhere.
 COVERED_SHARE = 0.25
+# The nearest-neighbour grid: this many samples nearest the training set (the likeliest
+# copies), then this many random ones (what a typical sample's neighbours look like), each
+# beside its NEAREST_K nearest training images.
+NEAREST_CLOSEST, NEAREST_RANDOM, NEAREST_K = 8, 8, 3
 
 # How each metric reads; the order of rows in a report.
 METRICS: dict[str, str] = {
@@ -104,25 +110,36 @@ class Evaluation:
             )
         return self._manifolds[n]
 
-    def _memorisation(self, features: Tensor) -> dict:
+    def _train_reference(self) -> Tensor:
+        """The training-set features, with the test images' distances to them (once)."""
+        if self.train is None:
+            raise GankitError(
+                "this evaluation has no training set: the memorisation check and the "
+                "nearest training images need one"
+            )
         if self._test_to_train is None:
             self._train_features = real_features(self.evaluator, self.train, self.cache).features
             self._test_to_train = metrics.nearest_distances(
                 self.reference.features, self._train_features
             )
-        return metrics.memorisation(
-            metrics.nearest_distances(features, self._train_features), self._test_to_train
-        )
+        return self._train_features
 
-    def __call__(
+    def nearest_training(self, features: Tensor, k: int = 1) -> tuple[Tensor, Tensor]:
+        """(N, k) distances and (N, k) training-set indices of the k training images nearest
+        each of N evaluator feature rows (N, F), nearest first; a copy of a training image
+        is at distance 0."""
+        return metrics.nearest_neighbours(features, self._train_reference(), k)
+
+    def measure(
         self,
         images: Tensor,
         requested: Tensor | None = None,
         memorisation: bool = True,
         kid_subsets: int = 100,
-    ) -> dict:
-        """Every metric of uint8 images (N, C, H, W); ``requested``: labels a conditional
-        generator was asked for (adds ``label_accuracy``)."""
+    ) -> tuple[dict, Tensor, Tensor | None]:
+        """Every metric of uint8 images (N, C, H, W), as `__call__`, with the images'
+        evaluator features (N, F) and each image's distance to its nearest training image
+        (N,) (None when the memorisation check did not run)."""
         if len(images) < 2 * DC_K:
             raise GankitError(
                 f"{len(images)} samples are too few to evaluate: use at least "
@@ -137,9 +154,55 @@ class Evaluation:
         out |= metrics.mode_coverage(
             probs.argmax(1), self.evaluator.num_classes, self.real_classes, requested, COVERED_SHARE
         )
+        to_train = None
         if memorisation and self.train is not None:
-            out |= self._memorisation(features)
-        return out
+            to_train = self.nearest_training(features)[0][:, 0]  # (N,)
+            out |= metrics.memorisation(to_train, self._test_to_train)
+        return out, features, to_train
+
+    def __call__(
+        self,
+        images: Tensor,
+        requested: Tensor | None = None,
+        memorisation: bool = True,
+        kid_subsets: int = 100,
+    ) -> dict:
+        """Every metric of uint8 images (N, C, H, W); ``requested``: labels a conditional
+        generator was asked for (adds ``label_accuracy``)."""
+        return self.measure(images, requested, memorisation, kid_subsets)[0]
+
+    def write_nearest(
+        self,
+        images: Tensor,
+        features: Tensor,
+        to_train: Tensor,
+        path: str | Path,
+        k: int = NEAREST_K,
+    ) -> dict:
+        """Write the nearest-neighbour grid of `choose_nearest_samples`'s samples to ``path``
+        (a PNG, atomically): one row per sample, the uint8 sample (from ``images`` (N, C, H, W),
+        with ``features`` (N, F) and ``to_train`` (N,) from `measure`) then its k nearest
+        training images in evaluator features, nearest first. Return the report's "nearest"
+        entry: the file's name, the samples shown and their neighbours' indices and distances,
+        and the test images' median distance to the training set for scale."""
+        chosen = choose_nearest_samples(to_train)  # (R,)
+        dist, idx = self.nearest_training(features[chosen.to(features.device)], k)  # (R, k)
+        idx = idx.cpu()
+        train = self.train.images[idx.flatten()].view(*idx.shape, *images.shape[1:])
+        rows = torch.cat([images[chosen.to(images.device)].cpu().unsqueeze(1), train], 1)
+        path = Path(path)
+        save_grid(rows.flatten(0, 1), path, nrow=k + 1, scale=2)  # R rows of 1 + k tiles
+        closest = min(NEAREST_CLOSEST, len(chosen))
+        return {
+            "file": path.name,
+            "k": k,
+            "closest": closest,
+            "random": len(chosen) - closest,
+            "samples": chosen.tolist(),
+            "train": idx.tolist(),
+            "distance": [[float(f"{v:.4g}") for v in row] for row in dist.cpu().tolist()],
+            "nn_test_median": float(torch.quantile(self._test_to_train.double(), 0.5)),
+        }
 
     def describe(self) -> dict:
         """Evaluator and reference facts for a report."""
@@ -170,28 +233,60 @@ def open_evaluation(
     return Evaluation(net, test, train)
 
 
+def choose_nearest_samples(
+    to_train: Tensor, closest: int = NEAREST_CLOSEST, random: int = NEAREST_RANDOM, seed: int = 0
+) -> Tensor:
+    """Indices of the samples to show beside their nearest training images, from each
+    sample's distance to its nearest training image (N,): the ``closest`` samples nearest the
+    training set, nearest first (the likeliest copies: if any sample copies a training image,
+    it is here), then ``random`` of the others drawn with a generator seeded with ``seed``, in
+    order of distance (typical samples, for scale). Fewer when N is smaller."""
+    d = to_train.flatten().cpu()  # (N,)
+    order = d.argsort(stable=True)  # nearest first; ties by sample index
+    first, rest = order[:closest], order[closest:]
+    gen = torch.Generator().manual_seed(seed)
+    drawn = rest[torch.randperm(len(rest), generator=gen)[:random]]
+    drawn = drawn[d[drawn].argsort(stable=True)]
+    return torch.cat([first, drawn])
+
+
 def evaluate_images(
-    evaluation: Evaluation, images: Tensor, labels: Tensor | None = None, **facts
+    evaluation: Evaluation,
+    images: Tensor,
+    labels: Tensor | None = None,
+    *,
+    nearest: str | Path | None = None,
+    **facts,
 ) -> dict:
-    """A report (JSON-ready) of uint8 images (N, C, H, W) from any source."""
+    """A report (JSON-ready) of uint8 images (N, C, H, W) from any source. With ``nearest``
+    (a PNG path) and a training set, also `Evaluation.write_nearest`'s grid there and its
+    entry, "nearest"."""
     started = time.perf_counter()
-    values = evaluation(images, labels)
-    return {
+    values, features, to_train = evaluation.measure(images, labels)
+    report = {
         "gankit": __version__,
         **facts,
         "n": len(images),
         **evaluation.describe(),
         "metrics": values,
-        "seconds": round(time.perf_counter() - started, 2),
     }
+    if nearest is not None and to_train is not None:
+        report["nearest"] = evaluation.write_nearest(images, features, to_train, nearest)
+    return report | {"seconds": round(time.perf_counter() - started, 2)}
 
 
 def evaluate_run(
-    run, evaluation: Evaluation, n: int = 10_000, seed: int = 0, test: Dataset | None = None
+    run,
+    evaluation: Evaluation,
+    n: int = 10_000,
+    seed: int = 0,
+    test: Dataset | None = None,
+    *,
+    nearest: str | Path | None = None,
 ) -> dict:
     """Sample ``n`` images from a loaded :class:`gankit.runs.Run` (seeded) and evaluate them;
     models with an encoder also report reconstruction error on ``test`` (default: the
-    evaluation's reference split)."""
+    evaluation's reference split). ``nearest``: as in `evaluate_images`."""
     started = time.perf_counter()
     model, config = run.model, run.config
     labels = None
@@ -202,6 +297,7 @@ def evaluate_run(
         evaluation,
         images,
         labels,
+        nearest=nearest,
         run=str(run.path),
         model=config.preset,
         family=config.model.family,

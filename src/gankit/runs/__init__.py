@@ -3,10 +3,11 @@ checkpoints, and loading a finished (or stopped) run to use it.
 
 A run folder holds ``config.toml``, ``metrics.jsonl``, ``tensorboard/``, ``real.png``,
 ``samples/step-N.png`` (from one fixed noise batch), ``reconstructions/`` for models with
-an encoder, and ``checkpoints/step-N.safetensors``.
+an encoder, ``checkpoints/step-N.safetensors``, ``status.json`` and ``report.html``.
 """
 
 from gankit.runs.folder import (
+    RUN_FIGURES,
     RUN_LOCK,
     Run,
     check_writable,
@@ -21,8 +22,10 @@ from gankit.runs.folder import (
     take_claim,
 )
 from gankit.runs.metrics_log import MetricsLog, read_metrics
+from gankit.runs.status import read_status, write_status
 
 __all__ = [
+    "RUN_FIGURES",
     "RUN_LOCK",
     "MetricsLog",
     "Run",
@@ -36,5 +39,7 @@ __all__ = [
     "new_run_dir",
     "prepare_run_dir",
     "read_metrics",
+    "read_status",
     "take_claim",
+    "write_status",
 ]

@@ -21,6 +21,7 @@ from gankit.models import GenerativeModel, build_model
 from gankit.runs import checkpoint
 
 RUN_LOCK = ".gankit-lock"  # in a run folder: held by the process training there
+RUN_FIGURES = "figures"  # in a run folder: the report's interpolation strip and latent plot
 _PROBE = ".gankit-write-probe"
 
 # run folders this process has claimed (locked) and not yet handed to a Trainer:
@@ -181,6 +182,32 @@ class Run:
         """n uint8 images (n, C, H, W); the same seed gives the same images."""
         rng = torch.Generator(self.model.device).manual_seed(seed)
         return self.model.sample(n, labels, rng)
+
+    def interpolations(
+        self, rows: int = 8, steps: int = 10, mode: str = "slerp", seed: int = 0
+    ) -> torch.Tensor:
+        """uint8 images (rows × steps, C, H, W): ``rows`` walks through the latent space,
+        each between two seeded random codes (a conditional model: one class per walk)."""
+        from gankit.viz import interpolation_path
+
+        rng = torch.Generator(self.model.device).manual_seed(seed)
+        anchors = self.model.sample_latent(rows + 1, rng)  # (rows + 1, D)
+        z = interpolation_path(anchors, steps, mode).reshape(rows * steps, -1)
+        labels = None
+        if self.config.model.conditional:
+            labels = torch.arange(rows, device=z.device).repeat_interleave(steps)
+            labels %= self.config.model.num_classes
+        return self.model.generate(z, labels)
+
+    def codes(self, images: torch.Tensor, batch: int = 1000) -> torch.Tensor:
+        """The codes (an encoder's means) of uint8 images (N, C, H, W), as (N, D) on the CPU;
+        for models with an encoder (AE, VAE, BiGAN)."""
+        codes = []
+        with torch.inference_mode():
+            for i in range(0, len(images), batch):
+                x = self.model.prepare(images[i : i + batch].to(self.model.device))
+                codes.append(self.model.encode(x)[0].cpu())
+        return torch.cat(codes)
 
 
 def load_run(

@@ -929,3 +929,88 @@ def _mean_std(config: dict) -> str:
         return "-"
     std = config["std"]
     return f"{config['fid']:.4g} ± {std:.3g}" if std is not None else f"{config['fid']:.4g}"
+
+
+def write_sweep_html(report: SweepReport, out: str | Path) -> Path:
+    """The sweep as one self-contained page (``gankit sweep report --html``): its summary
+    and best configuration, the trials with a link to each trial's own page, FID by
+    configuration, the parameter importances and the sensitivity plot."""
+    from gankit.evaluation import format_value
+    from gankit.files import write_text
+    from gankit.report.html import esc, figure, number, page, scrub_paths, sections, table
+
+    out = Path(out)
+    names = [parse_param(t).name for t in report.record["params"]]
+    summary = format_sweep_report(report).split("\n\n")[0].splitlines()
+
+    def link(run: str) -> str:
+        target = Path(run) / "report.html"
+        if not run or not target.exists():
+            return f"<code>{esc(run or '–')}</code>"
+        href = Path(os.path.relpath(target.resolve(), out.parent.resolve())).as_posix()
+        return f'<a href="{esc(href)}"><code>{esc(run)}</code></a>'
+
+    trials = [
+        [number(t["trial"]), esc(t["state"].lower()), number(t["config"]), number(t["seed"])]
+        + [esc(format_value(t[n])) for n in names]
+        + [number(t["fid"]), number(t["steps"]), link(t["run"]), esc(t["note"])]
+        for t in report.trials
+    ]
+    best = report.configs[0]["config"] if report.configs else None
+    configs = [
+        [f'<td class="num best">{c["config"]}</td>' if c["config"] == best else number(c["config"])]
+        + [esc(format_value(c[n])) for n in names]
+        + [esc(_mean_std(c)), f"{c['seeds']}/{c['runs']}"]
+        for c in report.configs
+    ]
+    importances = [[esc(n), f"{v:.3f}"] for n, v in report.importances.items()]
+    note = f'<p class="note">{esc(report.importance_note)}</p>' if report.importance_note else ""
+    parts = [
+        ("summary", "Summary", "".join(f"<p>{esc(line)}</p>" for line in summary)),
+        (
+            "sensitivity",
+            "Sensitivity",
+            figure(
+                report.plot,
+                "FID by parameter: one point per configuration, its seeds' "
+                "spread as bars (lower is better).",
+            )
+            if report.plot and Path(report.plot).exists()
+            else "<p>No completed trial yet.</p>",
+        ),
+        (
+            "configurations",
+            "FID by configuration (mean ± std over seeds, best first)",
+            table(["config", *map(esc, names), "FID", "seeds"], configs, numeric={0}),
+        ),
+        (
+            "trials",
+            "Trials",
+            table(
+                [
+                    "trial",
+                    "state",
+                    "config",
+                    "seed",
+                    *map(esc, names),
+                    "FID",
+                    "steps",
+                    "run",
+                    "note",
+                ],
+                trials,
+                numeric={0, 2, 3, len(names) + 4, len(names) + 5},
+            )
+            + '<p class="note">Each run links to its own page (its <code>report.html</code>).</p>',
+        ),
+        (
+            "importances",
+            "Parameter importances (PED-ANOVA)",
+            (table(["parameter", "importance"], importances, numeric={1}) if importances else "")
+            + note,
+        ),
+    ]
+    title = f"sweep {report.study}"
+    body = f"<header><h1>{esc(title)}</h1></header>" + sections(parts)
+    html = page(f"{title} — gankit report", body, {"kind": "sweep", "study": report.study})
+    return write_text(out, scrub_paths(html, out.parent))

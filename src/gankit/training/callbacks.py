@@ -1,7 +1,8 @@
 """Callbacks: everything a run does besides its updates.
 
-A :class:`Callback` has four hooks — the start of :meth:`~gankit.training.Trainer.fit`, the
-end of each step, each logged row, the end of ``fit`` — and may keep state in checkpoints.
+A :class:`Callback` has five hooks — the start of :meth:`~gankit.training.Trainer.fit`, the
+end of each step, each logged row, the end of ``fit``, and an error that stops the run —
+and may keep state in checkpoints.
 The loop's own jobs are callbacks of this same kind (logging and progress, sample grids,
 checkpoints, CPU threads, and evaluation in :mod:`gankit.evaluation.during_training`), so a
 user's callback can do anything a built-in one does.
@@ -12,14 +13,19 @@ collective work); :meth:`Callback.on_row` runs on process 0 alone, which speaks 
 
 from __future__ import annotations
 
+import platform
 import sys
 import time
 from collections.abc import Callable, Iterable
+from datetime import datetime, timezone
 from typing import TYPE_CHECKING
 
 import torch
 
+from gankit.runs import write_status
 from gankit.training.cpu import ThreadGovernor
+from gankit.training.guards import TrainingDiverged
+from gankit.version import __version__
 
 if TYPE_CHECKING:
     from gankit.training.loop import Trainer
@@ -39,6 +45,10 @@ class Callback:
 
     def on_fit_end(self, trainer: Trainer) -> None:
         """After the last step of this call to ``fit`` (the end, a time budget or a signal)."""
+
+    def on_exception(self, trainer: Trainer, error: BaseException) -> None:
+        """The run stops on an error (a divergence, a full disk, a second Ctrl-C): record
+        what you must, on this process alone. An error raised here is ignored."""
 
     def state(self) -> dict:
         """JSON-ready state for the checkpoint's metadata (keys shared by all callbacks)."""
@@ -214,3 +224,64 @@ class FollowLoad(Callback):
                 f"{governor.max_threads} threads while they do (spinning threads on "
                 "a taken core would slow every step; --set threads=N fixes the count)"
             )
+
+
+class RunStatus(Callback):
+    """``status.json`` (process 0): where the run stands — running, finished, stopped (and
+    why), diverged or failed — at which step, on what device and threads, for how long."""
+
+    def __init__(self):
+        self.started = ""
+
+    def on_fit_start(self, trainer: Trainer) -> None:
+        self.started = self.started or _now()
+        self.write(trainer, "running")
+
+    def on_fit_end(self, trainer: Trainer) -> None:
+        stop, tc = trainer.stop, trainer.config.train
+        if trainer.step >= trainer.total_steps:
+            self.write(trainer, "finished")
+        elif stop.interrupted:
+            self.write(trainer, "stopped", "a signal (Ctrl-C or SIGTERM)")
+        else:
+            self.write(trainer, "stopped", f"the time budget of {tc.max_seconds:g} s was spent")
+
+    def on_exception(self, trainer: Trainer, error: BaseException) -> None:
+        if isinstance(error, TrainingDiverged):
+            self.write(trainer, "diverged", error.cause)
+        elif isinstance(error, KeyboardInterrupt):
+            self.write(trainer, "stopped", "a second signal stopped it at once")
+        else:
+            self.write(trainer, "failed", f"{type(error).__name__}: {error}".split(". ")[0])
+
+    def write(self, trainer: Trainer, state: str, reason: str = "") -> None:
+        if not trainer.world.main:
+            return
+        write_status(
+            trainer.run_dir,
+            {
+                "state": state,
+                "reason": reason,
+                "step": trainer.step,
+                "total_steps": trainer.total_steps,
+                "train_seconds": round(trainer.clock.elapsed, 2),
+                "device": str(trainer.device),
+                "threads": torch.get_num_threads(),
+                "processes": trainer.world.size,
+                "gankit": __version__,
+                "torch": torch.__version__,
+                "python": platform.python_version(),
+                "started": self.started,
+                "updated": _now(),
+            },
+        )
+
+    def state(self) -> dict:
+        return {"started": self.started}
+
+    def load_state(self, meta: dict) -> None:
+        self.started = meta.get("started", "")
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")

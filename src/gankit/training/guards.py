@@ -117,14 +117,15 @@ class Clock:
         now = time.perf_counter()
         self._lap, self._lap_step = now, step
         self._session, self._excluded = now, 0.0
+        self._banked = 0.0  # seconds counted in elapsed at a stop, not yet in a lap's rate
 
     def lap(self, step: int) -> float:
         """Steps per second since the last lap; adds the lap to ``elapsed``."""
         now = time.perf_counter()
         seconds = now - self._lap
         self.elapsed += seconds
-        rate = (step - self._lap_step) / max(seconds, 1e-9)
-        self._lap, self._lap_step = now, step
+        rate = (step - self._lap_step) / max(seconds + self._banked, 1e-9)
+        self._lap, self._lap_step, self._banked = now, step, 0.0
         return rate
 
     def exclude(self, seconds: float) -> None:
@@ -140,6 +141,7 @@ class Clock:
         """The end of a session: count the time since the last lap."""
         now = time.perf_counter()
         self.elapsed += now - self._lap
+        self._banked += now - self._lap  # a last row logged after the stop still has its rate
         self._lap = now
 
 

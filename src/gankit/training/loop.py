@@ -34,6 +34,7 @@ from gankit.training.callbacks import (
     Evaluating,
     FollowLoad,
     LogRows,
+    RunStatus,
     SampleGrids,
     as_callbacks,
 )
@@ -56,7 +57,7 @@ from gankit.training.guards import (
 )
 from gankit.training.optim import build_optimizers, match_memory_format
 from gankit.version import __version__
-from gankit.viz import pair_grid, save_grid
+from gankit.viz import grid_array, pair_grid, save_grid, save_png
 
 C = TypeVar("C", bound=Callback)
 
@@ -193,6 +194,7 @@ class Trainer:
             self.logger,
             SampleGrids(),
             self.checkpoints,
+            RunStatus(),
             *([FollowLoad(threads)] if follow else []),
             *as_callbacks(callbacks),
         ]
@@ -276,7 +278,8 @@ class Trainer:
         if self.world.main and not self._lock.held:  # a second fit() of this trainer
             self._lock = runs.lock_run(self.run_dir)
         try:
-            with self.stop, distributed.guarded("training"):  # a lost peer: no hang
+            # a lost peer: no hang; the callbacks hear of any error that ends the run
+            with self.stop, distributed.guarded("training"), self._telling_callbacks():
                 yield
         except distributed.ProcessLost as err:
             raise distributed.ProcessLost(
@@ -297,6 +300,16 @@ class Trainer:
             self.log.close()
             if self._lock is not None:
                 self._lock.release()
+
+    @contextlib.contextmanager
+    def _telling_callbacks(self) -> Iterator[None]:
+        try:
+            yield
+        except BaseException as err:
+            for callback in self.callbacks:
+                with contextlib.suppress(Exception):
+                    callback.on_exception(self, err)
+            raise
 
     # -- what callbacks use -----------------------------------------------------------------
     def has_stats(self) -> bool:
@@ -369,22 +382,23 @@ class Trainer:
         self.clock.restart(self.step)
 
     def save_grids(self) -> None:
-        """Sample grid from the fixed noise (and reconstructions of fixed real images)."""
+        """Sample grid from the fixed noise (and reconstructions of fixed real images), each
+        a PNG and the same pixels in TensorBoard's Images tab ("samples", "reconstructions")."""
         if not self.world.main:
             return
         self.fit_prior()
         name = f"step-{self.step:08d}.png"
         images = self.model.generate(self._grid_latent(), self.fixed_y)
         nrow = 10 if self.config.model.conditional else None
-        save_grid(images.cpu(), self.run_dir / "samples" / name, nrow=nrow, scale=2)
+        grid = grid_array(images.cpu(), nrow=nrow, scale=2)
+        save_png(grid, self.run_dir / "samples" / name)
+        self.log.add_image("samples", grid, self.step)
         if isinstance(self.model, Reconstructing):
             recon = self.model.reconstruct(self.fixed_real)
-            save_grid(
-                pair_grid(self.fixed_real.cpu(), recon.cpu(), nrow=8),
-                self.run_dir / "reconstructions" / name,
-                nrow=8,
-                scale=2,
-            )
+            pairs = pair_grid(self.fixed_real.cpu(), recon.cpu(), nrow=8)
+            grid = grid_array(pairs, nrow=8, scale=2)
+            save_png(grid, self.run_dir / "reconstructions" / name)
+            self.log.add_image("reconstructions", grid, self.step)
 
     def fit_prior(self) -> None:
         """Refit the model's prior to the current codes, once per step it is needed at."""
