@@ -14,7 +14,7 @@ import pytest
 
 import gankit
 from gankit.api import launch
-from gankit.report import REPORT, RefreshReport, read_run, write_comparison
+from gankit.report import REPORT, RefreshReport, read_run, write_comparison, write_run_report
 
 pytestmark = pytest.mark.slow  # every test here reads runs trained for it
 
@@ -167,3 +167,14 @@ def test_report_can_be_turned_off(fashion, tmp_path):
     trainer = launch(config, out=tmp_path / "r", data=fashion.subset(500), progress=False)
     trainer.fit()
     assert trainer.callback(RefreshReport) is None and not (tmp_path / "r" / REPORT).exists()
+
+
+def test_a_run_of_an_older_gankit_gets_its_page(tmp_path):
+    """A v0.1 run folder has no status.json, grids or report: its page says so and still
+    draws its curves from metrics.jsonl."""
+    old = tmp_path / "old"
+    shutil.copytree(Path(__file__).parent / "fixtures" / "v0.1-gan", old)
+    page = write_run_report(old).read_text()
+    html5lib.HTMLParser(strict=True).parse(page)
+    assert 'class="state unknown"' in page and "no status.json" in page
+    assert 'id="train-losses"' in page and "samples/ holds no grids" in page

@@ -64,8 +64,8 @@ def chart_id(key: str, prefix: str) -> str:
     return prefix + "-" + re.sub(r"[^a-z0-9]+", "-", key.lower()).strip("-")
 
 
-def marks(view: RunView) -> list[dict]:
-    """Steps to mark on the curves: warnings, rollbacks, the best evaluation, a divergence."""
+def events(view: RunView) -> list[dict]:
+    """What happened to the run, at its step: warnings, rollbacks, a divergence or failure."""
     out = [
         {"x": r["step"], "kind": "warning", "text": r["warning"]}
         for r in view.rows
@@ -75,23 +75,27 @@ def marks(view: RunView) -> list[dict]:
         {
             "x": r["step"],
             "kind": "rollback",
-            "text": f"rolled back (diverged at {r.get('diverged_at')})",
+            "text": f"diverged at step {r.get('diverged_at')}: rolled back to step "
+            f"{r['step']:,}, learning rates × {r.get('lr_scale')}",
         }
         for r in view.rows
         if "rollback" in r
     ]
-    best = best_eval(view)
-    if best is not None:
-        out.append({"x": best["step"], "kind": "best", "text": "best FID: best.safetensors"})
-    if view.status and view.status.get("state") == "diverged":
+    status = view.status or {}
+    if status.get("state") in ("diverged", "failed"):
         out.append(
-            {
-                "x": view.status.get("step", 0),
-                "kind": "diverged",
-                "text": view.status.get("reason", ""),
-            }
+            {"x": status.get("step", 0), "kind": status["state"], "text": status.get("reason", "")}
         )
     return out
+
+
+def marks(view: RunView) -> list[dict]:
+    """Steps to mark on the curves: every event, and the best evaluation."""
+    best = best_eval(view)
+    found = (
+        [{"x": best["step"], "kind": "best", "text": "best FID: best.safetensors"}] if best else []
+    )
+    return events(view) + found
 
 
 def best_eval(view: RunView) -> dict | None:
@@ -231,20 +235,7 @@ def header(view: RunView) -> str:
 
 
 def warnings_section(view: RunView) -> str:
-    items = [(r["step"], "warning", r["warning"]) for r in view.rows if "warning" in r] + [
-        (
-            r["step"],
-            "rollback",
-            f"diverged at step {r.get('diverged_at')}: rolled back to step "
-            f"{r['step']:,}, learning rates × {r.get('lr_scale')}",
-        )
-        for r in view.rows
-        if "rollback" in r
-    ]
-    if view.status and view.status.get("state") in ("diverged", "failed"):
-        items.append(
-            (view.status.get("step", 0), view.status["state"], view.status.get("reason", ""))
-        )
+    items = [(e["x"], e["kind"], e["text"]) for e in events(view)]
     if not items:
         return "<p>None: the run raised no warning, rollback or divergence.</p>"
     lis = "".join(

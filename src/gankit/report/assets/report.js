@@ -6,7 +6,7 @@
   var COLOURS = ["#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b",
                  "#e377c2", "#17becf", "#7f7f7f", "#bcbd22"];
   var MARK_COLOURS = {warning: "#d62728", rollback: "#ff7f0e", best: "#2ca02c",
-                      diverged: "#000000"};
+                      diverged: "#000000", failed: "#000000"};
   var charts = {};
   window.gankitReport = {data: data, charts: charts};
 
