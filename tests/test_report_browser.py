@@ -163,3 +163,14 @@ def test_the_comparison_page_lists_runs_and_switches_to_training_time(report_run
     v.page.select_option("#x-axis", "seconds")
     seconds = v.page.evaluate(fid_x)
     assert steps[-1] == 30 and seconds != steps and v.errors == []
+
+
+def test_a_divergence_after_the_last_row_is_marked_on_the_curves(report_runs, visit):
+    v = visit(report_runs["diverged"] / REPORT)
+    status = json.loads((report_runs["diverged"] / "status.json").read_text())
+    rows = [
+        json.loads(x) for x in (report_runs["diverged"] / "metrics.jsonl").read_text().splitlines()
+    ]
+    assert status["state"] == "diverged" and status["step"] > rows[-1]["step"]
+    reach = v.page.evaluate("window.gankitReport.charts['train-losses'].plot.scales.x.max")
+    assert reach >= status["step"]  # the axis reaches the divergence's dashed line

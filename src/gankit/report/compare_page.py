@@ -25,7 +25,15 @@ COLUMNS: dict[str, str | None] = {
     "recon_mse": "min",
     "nn_ratio": None,
 }
-EVAL_KEYS = ["fid", "kid", "precision", "recall", "coverage", "classes_covered"]
+# evaluation curves overlaid: key -> title
+EVAL_KEYS = {
+    "fid": "FID (lower is better; log scale)",
+    "kid": "KID (lower is better)",
+    "precision": "Precision (fidelity)",
+    "recall": "Recall (diversity)",
+    "coverage": "Coverage",
+    "classes_covered": "Classes covered",
+}
 
 
 def final_metrics(view: RunView) -> tuple[dict, str]:
@@ -87,6 +95,7 @@ def overlay(views: list[RunView], key: str, title: str, prefix: str, smooth: flo
             for i, view in enumerate(views)
         ],
         "marks": [],
+        "log": key == "eval/fid",
     }
 
 
@@ -96,8 +105,8 @@ def comparison_charts(views: list[RunView]) -> tuple[list[dict], list[dict]]:
         keys += [k for _, ks in training_groups(view.train_rows) for k in ks if k not in keys]
     training = [overlay(views, k, k, "train", 0.6) for k in keys if k != "images_per_s"]
     evaluation = [
-        overlay(views, f"eval/{k}", f"{k} during training", "eval", None)
-        for k in EVAL_KEYS
+        overlay(views, f"eval/{k}", title, "eval", None)
+        for k, title in EVAL_KEYS.items()
         if any(f"eval/{k}" in r for v in views for r in v.eval_rows)
     ]
     return training, evaluation

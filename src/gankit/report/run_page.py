@@ -18,7 +18,7 @@ SMOOTHING = 0.6  # weight of the curves' moving average (TensorBoard's default)
 _BOOKKEEPING = {"step", "epoch", "elapsed_s", "threads", "images_per_s"}
 # evaluation curves: (title, keys); a chart appears when its keys were logged
 EVAL_CHARTS = [
-    ("FID (lower is better)", ["eval/fid"]),
+    ("FID (lower is better; log scale)", ["eval/fid"]),
     ("KID (lower is better)", ["eval/kid"]),
     ("Precision and recall", ["eval/precision", "eval/recall"]),
     ("Density and coverage", ["eval/density", "eval/coverage"]),
@@ -139,6 +139,7 @@ def run_charts(view: RunView) -> tuple[list[dict], list[dict]]:
                 for k in keys
             ],
             "marks": run_marks,
+            "log": keys == ["eval/fid"],  # from ~1,000 untrained to tens: a log scale shows both
         }
         for title, keys in EVAL_CHARTS
         if any(_is_number(r.get(k)) for r in evals for k in keys)
@@ -194,6 +195,12 @@ def slider(name: str, frames: list, caption: str, data: dict) -> str:
 # --------------------------------------------------------------------------- sections
 
 
+def _seconds(seconds) -> str:
+    if not _is_number(seconds):
+        return "–"
+    return f"{seconds:,.1f} s" if seconds < 10 else f"{seconds:,.0f} s"
+
+
 def header(view: RunView) -> str:
     state, said = view.state()
     status, cfg = view.status or {}, view.get
@@ -210,7 +217,7 @@ def header(view: RunView) -> str:
         ("what it is", esc(cfg("description") or "–")),
         ("data", f"<code>{esc(cfg('train.data', '?'))}</code>"),
         ("steps", f"{view.step:,} of {number(total)}, batch {number(cfg('train.batch_size'))}"),
-        ("training time", f"{seconds:,.0f} s" if _is_number(seconds) else "–"),
+        ("training time", _seconds(seconds)),
         ("images/s", f"{rate:,.0f} (median of the logged windows)" if rate else "–"),
         (
             "device",
@@ -409,9 +416,17 @@ def run_body(view: RunView, data: dict) -> str:
         if key in view.images:
             looks.append(figure(view.images[key], caption))
     if looks:
-        sections.append(
-            ("latent", "Reconstructions, interpolations and the latent space", "".join(looks))
-        )
+        shown = [
+            name
+            for name, present in (
+                ("reconstructions", view.reconstructions),
+                ("interpolations", "interpolation" in view.images),
+                ("the latent space", "latent" in view.images),
+            )
+            if present
+        ]
+        title = ", ".join(shown[:-1]) + (" and " if len(shown) > 1 else "") + shown[-1]
+        sections.append(("latent", title[0].upper() + title[1:], "".join(looks)))
     if view.missing:
         sections.append(("missing", "What this page could not show", missing_list(view.missing)))
     sections.append(

@@ -69,12 +69,15 @@
       }
     });
     var marks = (xname === "step" ? spec.marks || [] : []);
+    // the x axis reaches every mark (a divergence after the last logged row)
+    var reach = marks.reduce(function (hi, mark) { return Math.max(hi, mark.x); }, -Infinity);
     var options = {
       title: spec.title,
       width: Math.max(280, holder.clientWidth || 600),
       height: spec.height || 240,
       series: series,
-      scales: {x: {time: false}, y: spec.log ? {distr: 3} : {}},
+      scales: {x: {time: false, range: function (u, lo, hi) { return [lo, Math.max(hi, reach)]; }},
+               y: spec.log ? {distr: 3} : {}},
       axes: [{label: spec.xlabels ? spec.xlabels[xname] : "step"}, {}],
       legend: {live: true},
       cursor: {drag: {x: true, y: false}},
