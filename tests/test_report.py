@@ -141,6 +141,10 @@ def test_gankit_report_on_the_command_line(report_runs, tmp_path, capsys):
         == 0
     )
     assert "2 runs compared" in (tmp_path / "x.html").read_text()
+    assert main(["report", str(copy), "--out", str(tmp_path)]) == 0  # a folder: into it
+    assert (tmp_path / REPORT).exists()
+    assert main(["report", str(copy), str(copy)]) == 2
+    assert "given twice" in capsys.readouterr().err
     assert main(["report", str(tmp_path / "nowhere")]) == 2
     assert "is not a run folder" in capsys.readouterr().err
     (tmp_path / "empty").mkdir()

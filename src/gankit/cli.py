@@ -957,7 +957,7 @@ def _add_report(sub) -> None:
     p.add_argument(
         "--out",
         metavar="FILE.html",
-        help="where to write (one run: RUN_DIR/report.html; several: compare.html here)",
+        help="the page's file or folder (one run: RUN_DIR/report.html; several: compare.html here)",
     )
     p.add_argument(
         "--no-figures",
@@ -979,18 +979,25 @@ def cmd_report(args: argparse.Namespace) -> int:
             raise GankitError(
                 f"{run_dir} holds no config.toml or metrics.jsonl: not a gankit run folder"
             )
+    folders = [Path(d).resolve() for d in args.run_dirs]
+    twice = {str(d) for d in args.run_dirs if folders.count(Path(d).resolve()) > 1}
+    if twice:
+        raise GankitError(f"{', '.join(sorted(twice))}: given twice; compare each run once")
     started = time.perf_counter()
     single = len(args.run_dirs) == 1
+    out = Path(args.out) if args.out else None
+    if out is not None and out.is_dir():  # a folder: the page goes in it
+        out = out / (REPORT if single else "compare.html")
     for run_dir in map(Path, args.run_dirs):
         if not args.no_figures:
             _draw_figures(run_dir, args.device)
         if single or not (run_dir / REPORT).exists():
-            out = write_run_report(run_dir, args.out if single else None)
+            written = write_run_report(run_dir, out if single else None)
     if not single:
-        out = write_comparison(args.run_dirs, args.out or "compare.html")
-    size = out.stat().st_size
+        written = write_comparison(args.run_dirs, out or "compare.html")
+    size = written.stat().st_size
     seconds = time.perf_counter() - started
-    print(f"wrote {out} ({size / 2**20:.2f} MiB, {seconds:.1f} s); open it in a browser")
+    print(f"wrote {written} ({size / 2**20:.2f} MiB, {seconds:.1f} s); open it in a browser")
     return 0
 
 
