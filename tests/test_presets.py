@@ -169,6 +169,19 @@ def test_the_bigan_default_has_an_encoder_a_generator_and_a_joint_critic(tiny_da
     assert not torch.equal(logits, model.critic(x, torch.zeros_like(z)))  # it reads z too
 
 
+def test_the_cgan_default_conditions_both_networks_on_the_label():
+    model = gankit.build("cgan").eval()
+    assert model.config.conditional and model.config.num_classes == 10
+    gen = torch.Generator().manual_seed(0)
+    z = model.sample_latent(8, gen)
+    shirts, boots = torch.full((8,), 6), torch.full((8,), 9)
+    with torch.no_grad():
+        assert not torch.equal(model.generate(z, shirts), model.generate(z, boots))
+        x = model.prepare(model.generate(z, shirts))
+        # the projection discriminator scores an image against the label it is shown with
+        assert not torch.equal(model.critic(x, shirts), model.critic(x, boots))
+
+
 def test_the_gan_default_is_made_of_fully_connected_layers_only():
     model = gankit.build("gan")
     for name in ("generator", "discriminator"):

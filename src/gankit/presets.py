@@ -504,13 +504,26 @@ def _defaults() -> list[dict]:
         _default_gan(
             "cgan",
             "Class-conditional DCGAN: one-hot label beside z in G, projection "
-            "discriminator (Miyato & Koyama 2018) on the DCGAN trunk; non-saturating loss.",
+            "discriminator (Miyato & Koyama 2018) on the DCGAN trunk; non-saturating loss, EMA "
+            "of G. Tuned as the DCGAN for quality per wall-clock minute on a CPU: batch 16, "
+            "Adam 1e-3 β1 0.5, G's update reusing D's noise and G(z) (after 150 s on two cores "
+            "FID 66 → 30, label accuracy 0.77 → 0.89, against batch 64 and 2e-4); 7,000 steps, "
+            "about 5 minutes on two cores.",
             {
                 "conditional": True,
                 "generator": {"layers": tanh_out},
                 "discriminator": {"layers": CONV_D_BN + ["fc 128", "lrelu 0.2"]},
+                "opt_g": ADAM_GAN | {"lr": 1e-3},
+                "opt_d": ADAM_GAN | {"lr": 1e-3},
+                "reuse_noise": True,
             },
-            {"steps": 2000, "grid_size": 100},
+            {
+                "steps": 7000,
+                "batch_size": 16,
+                "grid_size": 100,
+                "sample_every": 1000,
+                "checkpoint_every": 2000,
+            },
         ),
         _run(
             "bigan",
