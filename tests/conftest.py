@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 import pytest
 import torch
+
+from gankit.training import Callback
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -97,10 +100,6 @@ def trained(tmp_path_factory, data_dir):
 # --------------------------------------------------------------------------- report runs
 # Short real runs of every kind a report page must show (tests/test_report*.py).
 
-import shutil  # noqa: E402
-
-from gankit.training import Callback as _Callback  # noqa: E402
-
 
 def _train(root: Path, name: str, model: str, fashion, evaluation, callbacks=(), **overrides):
     import gankit
@@ -121,21 +120,23 @@ def _train(root: Path, name: str, model: str, fashion, evaluation, callbacks=(),
     return trainer
 
 
-class _Poison(_Callback):
-    """Fills one weight of D with NaN when the row of ``at`` is logged: the run diverges."""
+class Poison(Callback):
+    """Fills one weight of ``net`` (a network's name, or "ema") with NaN when the training
+    row of step ``at`` is logged, at most ``times`` times: the run diverges there."""
 
-    def __init__(self, at: int):
-        self.at = at
+    def __init__(self, at: int, net: str = "discriminator", times: int = 1):
+        self.at, self.net, self.left = at, net, times
 
     def on_row(self, trainer, row):
-        if row["step"] == self.at and "loss/D" in row:
-            import torch
-
+        if row["step"] == self.at and "loss/D" in row and self.left > 0:
+            self.left -= 1
+            model = trainer.model
+            module = model.ema if self.net == "ema" else model.nets[self.net]
             with torch.no_grad():
-                next(trainer.model.nets["discriminator"].parameters()).fill_(float("nan"))
+                next(module.parameters()).fill_(float("nan"))
 
 
-class _PageAtEachEvaluation(_Callback):
+class _PageAtEachEvaluation(Callback):
     """What report.html says right after each evaluation row (it runs after RefreshReport)."""
 
     def __init__(self):
@@ -165,7 +166,7 @@ def report_runs(tmp_path_factory, fashion, evaluation):
     runs["stopped"] = _fit(
         _train(root, "stopped", "gan-002", fashion, evaluation, steps=5000, max_seconds=0.05)
     )
-    diverging = _train(root, "diverged", "gan-002", fashion, evaluation, [_Poison(15)], steps=40)
+    diverging = _train(root, "diverged", "gan-002", fashion, evaluation, [Poison(15)], steps=40)
     with pytest.raises(TrainingDiverged):
         diverging.fit()
     runs["diverged"] = diverging.run_dir

@@ -10,6 +10,7 @@ import signal
 import numpy as np
 import pytest
 import torch
+from conftest import Poison
 from PIL import Image
 
 import gankit
@@ -185,29 +186,13 @@ def test_ctrl_c_finishes_the_step_with_a_checkpoint_and_twice_stops_at_once(
     )
 
 
-def _poisoner(at_step: int, net: str, times: int = 1):
-    """A callback that fills one weight of ``net`` with NaN when row ``at_step`` is logged."""
-    state = {"left": times, "trainer": None}
-
-    def poison(row):
-        if row["step"] == at_step and "loss/D" in row and state["left"] > 0:
-            state["left"] -= 1
-            model = state["trainer"].model
-            module = model.ema if net == "ema" else model.nets[net]
-            with torch.no_grad():
-                next(module.parameters()).fill_(float("nan"))
-
-    return poison, state
-
-
 def test_non_finite_loss_stops_the_run_naming_step_network_and_checkpoint(fashion, tmp_path):
     config = gankit.configure("gan-002", steps=40, batch_size=32, log_every=5, checkpoint_every=10)
-    poison, state = _poisoner(15, "discriminator")
-    trainer = state["trainer"] = Trainer(
+    trainer = Trainer(
         config,
         tmp_path,
         data=fashion.subset(2000),
-        callbacks=[poison],
+        callbacks=[Poison(15, "discriminator")],
         progress=False,
         tensorboard=False,
     )
@@ -229,12 +214,11 @@ def test_non_finite_weights_stop_the_run_before_a_checkpoint_is_written(fashion,
     config = gankit.configure(
         "dcgan", steps=30, batch_size=32, log_every=10, checkpoint_every=5, sample_every=100
     )
-    poison, state = _poisoner(10, "ema")
-    trainer = state["trainer"] = Trainer(
+    trainer = Trainer(
         config,
         tmp_path,
         data=fashion.subset(2000),
-        callbacks=[poison],
+        callbacks=[Poison(10, "ema")],
         progress=False,
         tensorboard=False,
     )
@@ -259,12 +243,11 @@ def test_rollback_reloads_the_last_good_checkpoint_and_lowers_learning_rates(fas
         checkpoint_every=10,
         on_divergence="rollback",
     )
-    poison, state = _poisoner(15, "discriminator")
-    trainer = state["trainer"] = Trainer(
+    trainer = Trainer(
         config,
         tmp_path,
         data=fashion.subset(2000),
-        callbacks=[poison],
+        callbacks=[Poison(15, "discriminator")],
         progress=False,
         tensorboard=False,
     )
@@ -292,12 +275,11 @@ def test_rollbacks_are_bounded(fashion, tmp_path):
         on_divergence="rollback",
         max_rollbacks=2,
     )
-    poison, state = _poisoner(15, "discriminator", times=10)
-    trainer = state["trainer"] = Trainer(
+    trainer = Trainer(
         config,
         tmp_path,
         data=fashion.subset(2000),
-        callbacks=[poison],
+        callbacks=[Poison(15, "discriminator", times=10)],
         progress=False,
         tensorboard=False,
     )

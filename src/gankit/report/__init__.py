@@ -15,9 +15,11 @@ from pathlib import Path
 from gankit.files import write_text
 from gankit.notices import warn
 from gankit.report.compare_page import comparison_page
+from gankit.report.figures import write_figures
 from gankit.report.folder import RunView, read_run
 from gankit.report.html import scrub_paths
 from gankit.report.run_page import run_page
+from gankit.runs import Run
 from gankit.training import Callback, Trainer
 
 REPORT = "report.html"
@@ -74,9 +76,6 @@ class RefreshReport(Callback):
         started = time.perf_counter()
         try:
             if figures:
-                from gankit.report.figures import write_figures
-                from gankit.runs import Run
-
                 model = trainer.model
                 was_training = model.training
                 model.eval()

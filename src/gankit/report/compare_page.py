@@ -5,8 +5,8 @@ side by side, and the config keys that differ between them."""
 from __future__ import annotations
 
 from gankit.evaluation.suite import METRICS
-from gankit.report.folder import RunView
-from gankit.report.html import esc, image, missing_list, number, page, table
+from gankit.report.folder import RunView, eval_values
+from gankit.report.html import esc, image, is_number, missing_list, number, page, table
 from gankit.report.html import sections as html_sections
 from gankit.report.run_page import chart_id, charts_html, training_groups
 
@@ -46,7 +46,7 @@ def final_metrics(view: RunView) -> tuple[dict, str]:
         ], f"gankit eval, step {number(ev.get('step'))}, {number(ev.get('n'))} samples"
     if view.eval_rows:
         row = view.eval_rows[-1]
-        values = {k.removeprefix("eval/"): v for k, v in row.items() if k.startswith("eval/")}
+        values = eval_values(row)
         return values, f"training, step {row['step']:,}, {number(row.get('eval/n'))} samples"
     return {}, ""
 
@@ -69,7 +69,7 @@ def overlay(views: list[RunView], key: str, title: str, prefix: str, smooth: flo
     """A chart of ``key`` with one line per run, by step and by training seconds."""
     by_step, by_time = [], []
     for view in views:
-        rows = [r for r in view.rows if isinstance(r.get(key), (int, float))]
+        rows = [r for r in view.rows if is_number(r.get(key))]
         by_step.append([(r["step"], r[key]) for r in rows])
         by_time.append(
             [(round(t, 2), r[key]) for r in rows if (t := view.seconds_at(r["step"])) is not None]
@@ -126,7 +126,7 @@ def runs_table(views: list[RunView], hrefs: dict[str, str]) -> str:
                 f"<code>{esc(view.get('preset') or 'custom')}</code>",
                 f"<code>{esc(view.get('train.data', '?'))}</code>",
                 f"{view.step:,}",
-                f"{seconds:,.0f}" if isinstance(seconds, (int, float)) else "–",
+                f"{seconds:,.0f}" if is_number(seconds) else "–",
                 f"{rate:,.0f}" if rate else "–",
                 f'<span class="state {esc(state)}">{esc(state)}</span> {esc(said)}',
             ]
@@ -148,7 +148,7 @@ def metrics_table(views: list[RunView]) -> str:
         )
     best = {}
     for c in columns:
-        values = [v[c] for v, _ in finals if isinstance(v.get(c), (int, float))]
+        values = [v[c] for v, _ in finals if is_number(v.get(c))]
         if COLUMNS[c] and len(values) > 1:
             best[c] = (min if COLUMNS[c] == "min" else max)(values)
     rows = []

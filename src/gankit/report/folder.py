@@ -107,6 +107,11 @@ class RunView:
         return state, said
 
 
+def eval_values(row: dict) -> dict:
+    """An evaluation row's metrics by their plain names (``eval/fid`` -> ``fid``)."""
+    return {k.removeprefix("eval/"): v for k, v in row.items() if k.startswith("eval/")}
+
+
 def read_run(path: str | Path) -> RunView:
     """Everything a report shows of the run in ``path`` (see :class:`RunView`)."""
     view = RunView(Path(path))

@@ -113,9 +113,13 @@ def table(header: list[str], rows: list[list[str]], numeric: set[int] = frozense
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
+def is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
 def number(value) -> str:
     """A metric as table text: 4 significant digits, thousands grouped for large ones."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
+    if not is_number(value):
         return esc(value if value is not None else "–")
     if isinstance(value, int):
         return f"{value:,}"

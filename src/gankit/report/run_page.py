@@ -8,8 +8,18 @@ import re
 
 from gankit.data import class_names
 from gankit.evaluation.suite import METRICS
-from gankit.report.folder import RunView
-from gankit.report.html import data_uri, esc, figure, image, missing_list, number, page, table
+from gankit.report.folder import RunView, eval_values
+from gankit.report.html import (
+    data_uri,
+    esc,
+    figure,
+    image,
+    is_number,
+    missing_list,
+    number,
+    page,
+    table,
+)
 from gankit.report.html import sections as html_sections
 
 MAX_FRAMES = 24  # frames per slider: a long run's grids are thinned to this many
@@ -39,7 +49,7 @@ def training_groups(rows: list[dict]) -> list[tuple[str, list[str]]]:
     keys: list[str] = []
     for row in rows:
         for k, v in row.items():
-            if k not in keys and k not in _BOOKKEEPING and _is_number(v):
+            if k not in keys and k not in _BOOKKEEPING and is_number(v):
                 keys.append(k)
     losses = [k for k in keys if k.startswith("loss/")]
     outputs = [k for k in keys if k.startswith("D(")]
@@ -50,12 +60,8 @@ def training_groups(rows: list[dict]) -> list[tuple[str, list[str]]]:
     return [(title, ks) for title, ks in groups if ks and any(k in r for r in rows for k in ks)]
 
 
-def _is_number(value) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
 def _column(rows: list[dict], key: str) -> list:
-    return [row.get(key) if _is_number(row.get(key)) else None for row in rows]
+    return [row.get(key) if is_number(row.get(key)) else None for row in rows]
 
 
 def chart_id(key: str, prefix: str) -> str:
@@ -99,7 +105,7 @@ def marks(view: RunView) -> list[dict]:
 
 
 def best_eval(view: RunView) -> dict | None:
-    rows = [r for r in view.eval_rows if _is_number(r.get("eval/fid"))]
+    rows = [r for r in view.eval_rows if is_number(r.get("eval/fid"))]
     return min(rows, key=lambda r: r["eval/fid"]) if rows else None
 
 
@@ -142,7 +148,7 @@ def run_charts(view: RunView) -> tuple[list[dict], list[dict]]:
             "log": keys == ["eval/fid"],  # from ~1,000 untrained to tens: a log scale shows both
         }
         for title, keys in EVAL_CHARTS
-        if any(_is_number(r.get(k)) for r in evals for k in keys)
+        if any(is_number(r.get(k)) for r in evals for k in keys)
     ]
     return training, evaluation
 
@@ -196,7 +202,7 @@ def slider(name: str, frames: list, caption: str, data: dict) -> str:
 
 
 def _seconds(seconds) -> str:
-    if not _is_number(seconds):
+    if not is_number(seconds):
         return "–"
     return f"{seconds:,.1f} s" if seconds < 10 else f"{seconds:,.0f} s"
 
@@ -270,7 +276,7 @@ def eval_section(view: RunView, names: list[str] | None) -> str:
         parts.append(head + metrics_table(ev.get("metrics", {})))
     latest = view.eval_rows[-1] if view.eval_rows else None
     if latest:
-        values = {k.removeprefix("eval/"): v for k, v in latest.items() if k.startswith("eval/")}
+        values = eval_values(latest)
         best = best_eval(view)
         parts.append(
             f"<h3>Latest evaluation during training (step {latest['step']:,}, "
@@ -305,7 +311,7 @@ def class_section(view: RunView, names: list[str] | None) -> str:
         values, source = view.evaluation["metrics"], "gankit eval"
     elif view.eval_rows and "eval/class_histogram" in view.eval_rows[-1]:
         row = view.eval_rows[-1]
-        values = {k.removeprefix("eval/"): v for k, v in row.items()}
+        values = eval_values(row)
         source = f"the evaluation at step {row['step']:,}"
     hist = values.get("class_histogram")
     if not hist:
