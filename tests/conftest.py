@@ -183,3 +183,51 @@ def report_runs(tmp_path_factory, fashion, evaluation):
 def _fit(trainer) -> Path:
     trainer.fit()
     return trainer.run_dir
+
+
+# --------------------------------------------------------------------------- colour data
+# Real colour images are not on this machine: Fashion-MNIST garments, each tinted with its
+# class's colour on a background of another class-dependent colour, padded to 32×32. The
+# labels are known and the colour carries class information, as in a real colour set.
+
+GARMENT_RGB = torch.tensor(
+    [[230, 25, 75], [60, 180, 75], [255, 225, 25], [0, 130, 200], [245, 130, 48],
+     [145, 30, 180], [70, 240, 240], [240, 50, 230], [210, 245, 60], [250, 190, 212]],
+    dtype=torch.float32,
+)  # fmt: skip
+BACKGROUND_RGB = torch.tensor(
+    [[20, 20, 60], [60, 20, 20], [20, 60, 20], [50, 50, 50], [10, 40, 70],
+     [70, 40, 10], [40, 10, 70], [10, 70, 40], [30, 30, 10], [0, 0, 0]],
+    dtype=torch.float32,
+)  # fmt: skip
+
+
+def tint(images: torch.Tensor, labels: torch.Tensor, size: int = 32, seed: int = 0):
+    """uint8 (N, 1, 28, 28) garments → uint8 (N, 3, size, size): the garment's intensity
+    blends a background colour (by label, shifted) into its class colour, each jittered a
+    little per image (seeded), centred on a canvas of ``size`` (>= 28)."""
+    gen = torch.Generator().manual_seed(seed)
+    n = len(images)
+    pad = (size - 28) // 2
+    mask = torch.zeros(n, 1, size, size)
+    mask[:, :, pad : pad + 28, pad : pad + 28] = images.float() / 255.0
+    jitter = 1.0 + 0.15 * (torch.rand(n, 1, generator=gen) - 0.5)  # brightness ± 7.5%
+    fg = (GARMENT_RGB[labels] * jitter).clamp(0, 255)[:, :, None, None]  # (N, 3, 1, 1)
+    bg = BACKGROUND_RGB[(labels + 3) % 10][:, :, None, None]
+    rgb = bg * (1 - mask) + fg * mask
+    return rgb.round().clamp(0, 255).to(torch.uint8)
+
+
+def tinted_dataset(source, n: int, size: int = 32, seed: int = 0, name: str = "tinted"):
+    """The first ``n`` items of a Fashion-MNIST Dataset, tinted (see :func:`tint`)."""
+    from gankit.data import Dataset
+
+    part = source.subset(n)
+    images = tint(part.images, part.labels, size, seed)
+    return Dataset(images, part.labels, name, list(source.classes or []) or None)
+
+
+@pytest.fixture(scope="session")
+def tinted(fashion):
+    """6,000 tinted Fashion-MNIST training garments, (N, 3, 32, 32) uint8, with labels."""
+    return tinted_dataset(fashion, 6000)

@@ -7,7 +7,7 @@ labels; scaling to [0, 1] or [-1, 1] is the model's business, not the loader's.
 
 from gankit.data.dataset import Dataset
 from gankit.data.idx import read_idx
-from gankit.data.load import class_names, load_dataset
+from gankit.data.load import class_names, data_shape, load_dataset
 from gankit.data.named import (
     DATASETS,
     SYSTEM_DATA_DIRS,
@@ -24,6 +24,7 @@ __all__ = [
     "IdxSet",
     "cache_dir",
     "class_names",
+    "data_shape",
     "dataset_search_dirs",
     "download_file",
     "load_dataset",

@@ -57,6 +57,18 @@ def load_dataset(
     return data
 
 
+def data_shape(name: str, data_dir: str | os.PathLike | None = None) -> tuple[int, int]:
+    """(channels, size) of a data set as stored, without loading its images: 1 or 3
+    channels, and the side of its square images (a folder: the shortest side among its
+    images, which are centre-cropped to squares). Models are built for this shape unless
+    the config sets ``model.channels``/``model.image_size``."""
+    key = name.strip().lower()
+    if key in DATASETS or key == "mnist-5k":
+        return (1, 28)
+    # TODO(data helper): npz: from the header; folder: from the image headers
+    return (1, 28)
+
+
 def class_names(name: str) -> list[str] | None:
     """The class names of a data set by its name, without loading it: the named sets' own,
     a folder's class sub-folders; None when unknown (an ``npz:`` file, a flat folder)."""
