@@ -452,7 +452,7 @@ def test_nothing_found_lists_every_place(tmp_path: Path) -> None:
 def test_unknown_names_and_splits() -> None:
     with pytest.raises(
         DataError,
-        match=r"valid: mnist, fashion-mnist, mnist-5k, folder:PATH, "
+        match=r"valid: mnist, fashion-mnist, mnist-5k, cifar10, folder:PATH, "
         r"npz:PATH\. Did you mean 'fashion-mnist'\?",
     ):
         load_dataset("fashon-mnist")
@@ -622,13 +622,21 @@ def test_folder_with_class_subfolders(tmp_path: Path) -> None:
     _png(tmp_path / "a_cat" / "x.png", (0, 255, 0), (64, 64))
     Image.new("RGB", (10, 10), (255, 255, 255)).save(tmp_path / "a_cat" / "y.jpg", quality=95)
     (tmp_path / "a_cat" / "notes.txt").write_text("not an image")
-    ds = load_dataset(f"folder:{tmp_path}", image_size=28)
-    assert ds.images.shape == (4, 1, 28, 28) and ds.images.dtype == torch.uint8
+    ds = load_dataset(f"folder:{tmp_path}", image_size=28)  # colour files: a colour folder
+    assert ds.images.shape == (4, 3, 28, 28) and ds.images.dtype == torch.uint8
     assert ds.classes == ["a_cat", "b_dog"] and ds.num_classes == 2
     assert ds.labels is not None and ds.labels.tolist() == [0, 0, 1, 1]
+    assert ds.images[:, :, 5, 5].tolist() == [
+        [0, 255, 0],
+        [255, 255, 255],
+        [0, 0, 255],
+        [255, 0, 0],
+    ]
+    grey = load_dataset(f"folder:{tmp_path}", image_size=28, channels=1)
+    assert grey.images.shape == (4, 1, 28, 28)
     # Files sorted by name; grayscale by ITU-R 601 luma: L = 0.299 R + 0.587 G + 0.114 B.
     expected = [round(0.587 * 255), 255, round(0.114 * 255), round(0.299 * 255)]
-    assert [int(img.float().mean().round()) for img in ds.images] == expected
+    assert [int(img.float().mean().round()) for img in grey.images] == expected
     assert ds.name == f"folder:{tmp_path.resolve()}"
 
 
@@ -784,7 +792,7 @@ def test_npz_claiming_gigabytes_is_refused_at_once(tmp_path: Path) -> None:
     [
         ({"images": np.zeros((50, 784), np.uint8)}, r"shape \(50, 784\); expected \(N, H, W\)"),
         ({"images": np.zeros((50, 32, 32), np.uint8)}, r"\(50, 32, 32\) but images of 28x28"),
-        ({"images": np.zeros((5, 28, 28, 3), np.uint8)}, r"\(5, 28, 28, 3\); expected"),
+        ({"images": np.zeros((5, 28, 28, 2), np.uint8)}, r"\(5, 28, 28, 2\); expected"),
         ({"images": np.zeros((5, 28, 28), np.int16)}, "dtype int16; expected uint8"),
         (
             {"images": np.zeros((5, 28, 28), np.uint8), "labels": np.zeros((5, 2), int)},

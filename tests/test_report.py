@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import re
+from html import unescape
 import shutil
 from pathlib import Path
 
@@ -108,6 +109,22 @@ def test_the_class_histogram_shows_samples_against_the_real_data(report_runs):
     section = page[page.index('id="classes"') : page.index('id="latent"')]
     assert section.count('class="fill sample"') == 10 and section.count('class="fill real"') == 10
     assert "Trouser" in section
+
+
+def test_the_page_says_which_evaluator_scored_the_run(report_runs, tmp_path):
+    run = report_runs["dcgan"]
+    facts = json.loads((run / "evaluator.json").read_text())  # written as training began
+    assert facts["kind"] == "classifier" and facts["key"] == "f8d28dfb91bf381f"
+    assert "a classifier trained on the data's labels (key f8d28dfb91bf381f" in unescape(_page(run))
+    # a run scored by a self-supervised evaluator: its classes are the evaluator's clusters
+    copy = shutil.copytree(run, tmp_path / "clusters")
+    clusters = [f"cluster {i}" for i in range(10)]
+    facts |= {"kind": "self-supervised (rotation)", "classes": clusters}
+    (copy / "evaluator.json").write_text(json.dumps(facts))
+    page = unescape(write_run_report(copy).read_text())
+    assert "a self-supervised (rotation) network trained on the data without labels" in page
+    section = page[page.index('id="classes"') : page.index('id="latent"')]
+    assert "cluster 3" in section and "Trouser" not in section
 
 
 def test_the_comparison_lists_runs_best_values_and_differing_keys(report_runs, tmp_path):

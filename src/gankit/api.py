@@ -25,7 +25,7 @@ from gankit.config import (
 )
 from gankit.data import Dataset
 from gankit.errors import CheckpointError, ConfigError
-from gankit.evaluation import Evaluation, evaluate_run, open_evaluation
+from gankit.evaluation import Evaluation, evaluate_run, open_run_evaluation
 from gankit.evaluation.during_training import PeriodicEvaluation
 from gankit.models import GenerativeModel, build_model
 from gankit.presets import get_preset
@@ -42,7 +42,17 @@ def configure(
     Overrides take any config key by its full dotted path with ``__`` for dots
     (``model__opt_d__lr=1e-4``) or by a unique leaf name (``steps=500``, ``n_critic=5``).
     ``steps`` must be >= 1 and ``epochs`` > 0; ``epochs`` alone replaces the preset's steps.
+    The preset is built for the images it will train on: ``model.channels`` and
+    ``model.image_size`` where set, else the data's stored shape (a folder of images larger
+    than 64 or of a size the designs miss: the largest they reach up to min(its size, 64)).
     """
+    # imported here, not at the top, to keep this change inside configure; data_shape is
+    # looked up on each call, so tests can stand in for it (monkeypatch gankit.data)
+    from gankit.config import explicit_shape, user_settings
+    from gankit.data import data_shape
+    from gankit.presets import folder_image_size
+
+    sets = list(sets)
     nested: dict = {}
     for key, value in overrides.items():
         nested = merge(nested, nest(resolve_key(key.replace("__", ".")), value))
@@ -61,7 +71,27 @@ def configure(
         )
     if epochs is not None and steps is None:
         train["steps"] = 0  # epochs replace the preset's step count
-    return build_config(get_preset(model), config_file, list(sets), nested)
+    user = user_settings(config_file, sets, nested)
+    shape = explicit_shape(user)  # what the user set: it wins over the data
+    shape_from = "model.channels and model.image_size as set"
+    if len(shape) < 2:  # the rest from the data as stored (its headers, not its images)
+        given = user.get("train") if isinstance(user.get("train"), dict) else {}
+        data = get_preset(model)["train"] | given
+        name, data_dir = data.get("data"), data.get("data_dir") or None
+        if not isinstance(name, str) or not isinstance(data_dir, (str, type(None))):
+            name, data_dir = "fashion-mnist", None  # a wrong type: refused by build_config
+        channels, size = data_shape(name, data_dir)
+        shape_from = f"the images of {name}"
+        for key, value in shape.items():  # one of the two was set
+            taken = "size" if key == "channels" else "channels"
+            shape_from = f"model.{key} = {value} as set, {taken} from {shape_from}"
+        if name.startswith("folder:") and "image_size" not in shape:
+            if folder_image_size(size) != size:
+                shape_from += f", {size}×{size} as stored: resized by default"
+            size = folder_image_size(size)
+        shape = {"channels": channels, "image_size": size} | shape
+    base = get_preset(model, shape["channels"], shape["image_size"], shape_from)
+    return build_config(base, config_file, sets, nested)
 
 
 def build(model: str | RunConfig, **networks: nn.Module) -> GenerativeModel:
@@ -196,11 +226,8 @@ def _open_evaluation(config: RunConfig, world, progress: bool) -> Evaluation | N
     """The evaluation of the run's data, on process 0 (the others score nothing)."""
     if not world.main:
         return None
-    tc, mc = config.train, config.model
-    device = distributed.device_for(world, resolve_device(tc.device))
-    return open_evaluation(
-        tc.data, tc.data_dir or None, mc.image_size, device, tc.evaluator or None, progress=progress
-    )
+    device = distributed.device_for(world, resolve_device(config.train.device))
+    return open_run_evaluation(config, device, progress=progress)
 
 
 def train(
@@ -266,14 +293,8 @@ def evaluate(
     """The metrics report of a run (what ``gankit eval`` prints): FID, KID, precision/recall,
     density/coverage, classifier score, mode coverage, memorisation, reconstruction."""
     run = run if isinstance(run, Run) else load_run(run)
-    tc = run.config.train
-    evaluation = open_evaluation(
-        data or tc.data,
-        tc.data_dir or None,
-        run.config.model.image_size,
-        run.model.device,
-        evaluator or tc.evaluator or None,
-        progress,
+    evaluation = open_run_evaluation(
+        run.config, run.model.device, data=data, evaluator=evaluator, progress=progress
     )
     return evaluate_run(run, evaluation, n, seed)
 

@@ -84,7 +84,11 @@ def _epochs_arg(text: str) -> float:
 
 def _add_run_options(p: argparse.ArgumentParser) -> None:
     """The options that shape a training run: `gankit train` and every run of `gankit sweep`."""
-    p.add_argument("--data", help="fashion-mnist, mnist, mnist-5k, folder:PATH or npz:PATH")
+    p.add_argument(
+        "--data",
+        help="fashion-mnist, mnist, mnist-5k, cifar10, folder:PATH or npz:PATH (colour is kept "
+        "and the default models are sized from the data)",
+    )
     p.add_argument(
         "--data-dir",
         help="folder holding the data files (else $GANKIT_DATA, the "
@@ -605,7 +609,6 @@ def _add_latent(sub) -> None:
 
 
 def cmd_latent(args: argparse.Namespace) -> int:
-    from gankit.data import load_dataset
     from gankit.models import Reconstructing
     from gankit.report.figures import plot_codes
     from gankit.runs import load_run
@@ -615,16 +618,23 @@ def cmd_latent(args: argparse.Namespace) -> int:
         raise GankitError(
             f"{run.config.preset} has no encoder: `gankit latent` is for AE, VAE and BiGAN runs"
         )
-    tc = run.config.train
-    data = load_dataset(
-        args.data or tc.data, "test", tc.data_dir or None, run.config.model.image_size
-    )
+    data = _test_split(run, args.data)
     for path in plot_codes(run, data.subset(min(args.n, len(data))), args.out):
         print(
             f"wrote {path}"
             + (" (decoded 2-D latent grid)" if path.stem.endswith("-manifold") else "")
         )
     return 0
+
+
+def _test_split(run, data: str | None = None):
+    """The test split of ``data`` (default: the run's data) in the shape its model makes."""
+    from gankit.data import load_dataset
+
+    tc, mc = run.config.train, run.config.model
+    return load_dataset(
+        data or tc.data, "test", tc.data_dir or None, mc.image_size, channels=mc.channels
+    )
 
 
 def _add_eval(sub) -> None:
@@ -642,7 +652,7 @@ def _add_eval(sub) -> None:
         "--samples",
         metavar="FILE.npz",
         help="evaluate these images instead: a "
-        "uint8 'images' array (N, H, W) [and 'labels' that were requested]",
+        "uint8 'images' array (N, H, W) or (N, H, W, 3) [and 'labels' that were requested]",
     )
     p.add_argument("--data", help="the real data to compare with (default: the run's)")
     p.add_argument("--data-dir")
@@ -672,6 +682,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         inception_fid,
         load_samples,
         open_evaluation,
+        open_run_evaluation,
         write_report,
     )
     from gankit.runs import load_run
@@ -686,7 +697,14 @@ def cmd_eval(args: argparse.Namespace) -> int:
         if not args.data:
             raise GankitError("--samples needs --data NAME: the real data to compare with")
         images, labels = load_samples(args.samples)  # a bad file is refused before any build
-        evaluation = open_evaluation(args.data, args.data_dir, 28, args.device, args.evaluator)
+        evaluation = open_evaluation(  # the real images in the samples' shape
+            args.data,
+            args.data_dir,
+            images.shape[-1],
+            args.device,
+            args.evaluator,
+            channels=images.shape[1],
+        )
         out = Path(args.out or Path(args.samples).with_suffix(".eval.json"))
         nearest = out.with_name(f"{out.stem}-nearest.png")
         report = evaluate_images(
@@ -704,14 +722,12 @@ def cmd_eval(args: argparse.Namespace) -> int:
         elif args.checkpoint != "latest":
             ckpt = Path(args.checkpoint)
         run = load_run(args.run_dir, args.device, ckpt)
-        tc = run.config.train
-        data = args.data or tc.data
-        evaluation = open_evaluation(
-            data,
-            args.data_dir or tc.data_dir or None,
-            run.config.model.image_size,
+        evaluation = open_run_evaluation(
+            run.config,
             args.device,
-            args.evaluator or tc.evaluator or None,
+            data=args.data,
+            data_dir=args.data_dir,
+            evaluator=args.evaluator,
         )
         out = Path(args.out or Path(args.run_dir) / "eval.json")
         nearest = out.with_name(f"{out.stem}-nearest.png")
@@ -1004,7 +1020,6 @@ def cmd_report(args: argparse.Namespace) -> int:
 def _draw_figures(run_dir: Path, device: str) -> None:
     """The report's interpolation strip and latent plot, drawn from the newest checkpoint
     unless they are newer than it; a run that cannot be loaded goes without them."""
-    from gankit.data import load_dataset
     from gankit.models import Reconstructing
     from gankit.notices import notice
     from gankit.report.figures import write_figures
@@ -1018,11 +1033,8 @@ def _draw_figures(run_dir: Path, device: str) -> None:
         run = load_run(run_dir, device, newest)
         data = None
         if isinstance(run.model, Reconstructing):
-            tc = run.config.train
             try:
-                data = load_dataset(
-                    tc.data, "test", tc.data_dir or None, run.config.model.image_size
-                )
+                data = _test_split(run)
             except GankitError as err:
                 notice(f"{run_dir}: no latent plot ({err})")
         write_figures(run, data)

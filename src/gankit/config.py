@@ -14,6 +14,7 @@ import math
 import sys
 import types
 import typing
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Union, get_args, get_origin
@@ -33,6 +34,8 @@ GanLoss = Literal["nonsaturating", "minimax", "wasserstein", "hinge", "least-squ
 
 
 INT_RANGE = (-(2**63), 2**63 - 1)  # TOML's integers: what a config file can hold
+CHANNELS = (1, 3)  # grayscale or RGB
+MIN_IMAGE_SIZE = 4
 
 
 def _show(value: Any, limit: int = 100) -> str:
@@ -141,8 +144,8 @@ class ModelConfig:
 
     family: Family = "gan"
     conditional: bool = False  # class-conditional GAN (needs labelled data)
-    image_size: int = 28
-    channels: int = 1
+    image_size: int = 28  # the networks' images (C, S, S): configure() takes the data's
+    channels: int = 1  # shape unless these are set
     data_range: Literal["tanh", "unit"] = "tanh"  # pixels scaled to [-1, 1] or [0, 1]
     latent: LatentConfig = field(default_factory=LatentConfig)
     generator: NetConfig = field(default_factory=NetConfig)  # AE/VAE: the decoder
@@ -159,8 +162,13 @@ class ModelConfig:
     ema: float = 0.0  # decay of an exponential moving average of G's weights (0 = off)
 
     def __post_init__(self) -> None:
-        _check(self.image_size >= 4, "model.image_size", self.image_size, "an integer >= 4")
-        _check(self.channels in (1, 3), "model.channels", self.channels, "1 or 3")
+        _check(
+            self.image_size >= MIN_IMAGE_SIZE,
+            "model.image_size",
+            self.image_size,
+            f"an integer >= {MIN_IMAGE_SIZE}",
+        )
+        _check(self.channels in CHANNELS, "model.channels", self.channels, "1 or 3")
         _check(self.n_critic >= 1, "model.n_critic", self.n_critic, "an integer >= 1")
         _check(self.g_steps >= 1, "model.g_steps", self.g_steps, "an integer >= 1")
         _check(0 <= self.ema < 1, "model.ema", self.ema, "a decay in [0, 1)")
@@ -492,18 +500,53 @@ def parse_assignment(item: str) -> tuple[str, Any]:
     return path, value
 
 
+def _user_layers(
+    config_file: str | Path | None, sets: Iterable[str], overrides: dict | None
+) -> Iterator[dict]:
+    """What the user puts over a preset, in order: the TOML file, each ``--set``, overrides."""
+    if config_file:
+        yield load_toml(config_file)
+    for item in sets:
+        yield parse_set(item)
+    if overrides:
+        yield overrides
+
+
+def user_settings(
+    config_file: str | Path | None = None, sets: Iterable[str] = (), overrides: dict | None = None
+) -> dict:
+    """What the user sets (TOML file ← ``--set`` items ← overrides) as nested dicts, without
+    the preset they go over: e.g. to see whether they fix ``model.image_size``."""
+    data: dict = {}
+    for layer in _user_layers(config_file, sets, overrides):
+        data = merge(data, layer)
+    return data
+
+
+def explicit_shape(settings: dict) -> dict[str, int]:
+    """The valid ``model.channels`` / ``model.image_size`` among ``settings`` (what
+    :func:`user_settings` returns); a value of the wrong type or out of range is left out,
+    for :func:`from_dict` to refuse by name."""
+    model = settings.get("model")
+    if not isinstance(model, dict):
+        return {}
+    shape = {}
+    channels, size = model.get("channels"), model.get("image_size")
+    if type(channels) is int and channels in CHANNELS:
+        shape["channels"] = channels
+    if type(size) is int and MIN_IMAGE_SIZE <= size <= INT_RANGE[1]:
+        shape["image_size"] = size
+    return shape
+
+
 def build_config(
     base: dict,
     config_file: str | Path | None = None,
-    sets: list[str] = (),
+    sets: Iterable[str] = (),
     overrides: dict | None = None,
 ) -> RunConfig:
     """Resolve a run config: preset dict ← TOML file ← ``--set`` items ← explicit overrides."""
     data = base
-    if config_file:
-        data = merge(data, load_toml(config_file))
-    for item in sets:
-        data = merge(data, parse_set(item))
-    if overrides:
-        data = merge(data, overrides)
+    for layer in _user_layers(config_file, sets, overrides):
+        data = merge(data, layer)
     return from_dict(RunConfig, data)

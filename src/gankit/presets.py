@@ -2,8 +2,10 @@
 
 A preset is plain data (nested dicts shaped like :class:`gankit.config.RunConfig`). The
 reference presets (``gan-000`` …) restate the tutorial designs layer by layer; where a
-tutorial leaves a number open, the preset's ``description`` says what was chosen. gankit's
-own defaults (``gan``, ``dcgan`` …) are modern, well-behaved configurations for 28×28 images.
+tutorial leaves a number open, the preset's ``description`` says what was chosen; they take
+the 28×28 grayscale images they were written for. gankit's own defaults (``gan``, ``dcgan`` …)
+are modern, well-behaved configurations built for the images' shape (C, S, S): tuned at
+1×28×28, and grown to colour and to 32×32, 64×64 … by the rule beside :func:`conv_plan`.
 """
 
 from __future__ import annotations
@@ -314,40 +316,18 @@ def _bigan_004() -> dict:
 
 
 # =========================================================================== gankit defaults
-
-# 28×28 conv stacks shared by the defaults (channels kept small: these train on laptop CPUs).
+# The defaults are built for the shape of the images they train on, (C, S, S). Their conv
+# stacks start from b×b and double n ≥ 2 times, 4 ≤ b ≤ 7, so they reach S = b·2^n: 16, 20,
+# 24, 28 (7·2²), 32 (4·2³), 40, 48, 56, 64 (4·2⁴), 80 … At 1×28×28 they are the designs that
+# were tuned (tests/fixtures/default_presets_1x28.json pins them).
+# Widths, small because these train on laptop CPUs: G's last transposed conv has 32 channels
+# and each one before it twice as many, so its b×b start has 32·2^n (28: 128 → 64 → 32; 32:
+# 256 → 128 → 64 → 32; 64: 512 → 256 → 128 → 64 → 32); D's stride-2 convs 64, 128, 256,
+# 512; E's 32, 64, 128, 256; no width above 512 (128×128 and up repeat 512).
 # No bias before batch norm: the norm removes it (its gradient is zero up to rounding).
-CONV_G = [
-    "fc 6272 nobias",
-    "bn",
-    "relu",
-    "reshape 128 7 7",
-    "convT 64 k4 s2 p1 nobias",
-    "bn",
-    "relu",  # (64, 14, 14)
-    "convT 32 k4 s2 p1 nobias",
-    "bn",
-    "relu",  # (32, 28, 28)
-    "conv 1 k3 p1",
-    "tanh",
-    IMG,
-]
-CONV_D = [
-    "conv 64 k4 s2 p1",
-    "lrelu 0.2",  # (64, 14, 14)
-    "conv 128 k4 s2 p1",
-    "lrelu 0.2",  # (128, 7, 7)
-    "flatten",
-]
-CONV_D_BN = [
-    "conv 64 k4 s2 p1",
-    "lrelu 0.2",  # Radford et al. 2016: BN in D too
-    "conv 128 k4 s2 p1 nobias",
-    "bn",
-    "lrelu 0.2",
-    "flatten",
-]
-CONV_E = ["conv 32 k4 s2 p1", "lrelu 0.2", "conv 64 k4 s2 p1 nobias", "bn", "lrelu 0.2", "flatten"]
+
+MAX_WIDTH = 512
+MAX_FOLDER_SIZE = 64  # folders of bigger images train at 64×64 unless image_size is set
 DEFAULT_TRAIN = {
     "data": "fashion-mnist",
     "batch_size": 64,
@@ -356,6 +336,72 @@ DEFAULT_TRAIN = {
     "checkpoint_every": 1000,
 }
 ADAM_GAN = {"name": "adam", "lr": 2e-4, "betas": [0.5, 0.999]}
+_WORDS = {2: "two", 3: "three", 4: "four", 5: "five", 6: "six", 7: "seven", 8: "eight"}
+
+
+def conv_plan(size: int) -> tuple[int, int] | None:
+    """(b, n) with ``size`` = b·2^n, 4 ≤ b ≤ 7 and n ≥ 2; None when no conv design reaches it."""
+    for n in range(2, size.bit_length()):
+        b, rest = divmod(size, 2**n)
+        if rest == 0 and 4 <= b <= 7:
+            return b, n
+    return None
+
+
+def reachable_sizes(limit: int) -> list[int]:
+    """Every image size up to ``limit`` that the default models are built for, ascending."""
+    return sorted(
+        b * 2**n
+        for n in range(2, max(limit.bit_length(), 2))
+        for b in range(4, 8)
+        if b * 2**n <= limit
+    )
+
+
+def nearest_sizes(size: int) -> list[int]:
+    """The reachable sizes next to ``size``: the largest below it (if any), the smallest above."""
+    below = [s for s in reachable_sizes(size) if s < size]
+    above = [s for s in reachable_sizes(2 * size + 16) if s > size]
+    return below[-1:] + above[:1]
+
+
+def folder_image_size(stored: int) -> int:
+    """The size a folder of ``stored``×``stored`` images trains at by default: its own when
+    the designs reach it and it is at most 64, else the largest reachable size ≤ min(stored,
+    64); ``stored`` itself when none is that small (refused when the model is built)."""
+    fitting = reachable_sizes(min(stored, MAX_FOLDER_SIZE))
+    return fitting[-1] if fitting else stored
+
+
+def _widths(first: int, count: int) -> list[int]:
+    """``count`` widths doubling from ``first``, none above MAX_WIDTH."""
+    return [min(first * 2**i, MAX_WIDTH) for i in range(count)]
+
+
+def _conv_g(channels: int, size: int, plan: tuple[int, int], tanh: bool = True) -> list[str]:
+    """G: fc to (32·2^n, b, b), n 4×4 stride-2 transposed convs halving the width down to 32,
+    a 3×3 conv to the image's channels: z (B, latent) → (B, C, S, S)."""
+    b, n = plan
+    start = min(32 * 2**n, MAX_WIDTH)
+    layers = [f"fc {start * b * b} nobias", "bn", "relu", f"reshape {start} {b} {b}"]
+    for width in reversed(_widths(32, n)):  # each doubles H and W: b·2 … b·2^n = S
+        layers += [f"convT {width} k4 s2 p1 nobias", "bn", "relu"]
+    return (
+        layers
+        + [f"conv {channels} k3 p1"]
+        + ["tanh"] * tanh
+        + [f"reshape {channels} {size} {size}"]
+    )
+
+
+def _conv_down(first: int, n: int, bn: bool) -> list[str]:
+    """D/E trunk: n 4×4 stride-2 convs from ``first`` channels, doubling (S → S / 2^n = b),
+    batch norm on all but the first when ``bn``; then flatten."""
+    layers = []
+    for i, width in enumerate(_widths(first, n)):
+        norm = bn and i > 0
+        layers += [f"conv {width} k4 s2 p1" + " nobias" * norm] + ["bn"] * norm + ["lrelu 0.2"]
+    return layers + ["flatten"]
 
 
 def _default_gan(name: str, description: str, model: dict, train: dict) -> dict:
@@ -370,21 +416,37 @@ def _default_gan(name: str, description: str, model: dict, train: dict) -> dict:
     return _run(name, description, base | model, DEFAULT_TRAIN | train)
 
 
-def _defaults() -> list[dict]:
-    tanh_out = CONV_G
-    unit_out = CONV_G[:-2] + [IMG]  # logits: the autoencoders' BCE applies the sigmoid
-    return [
+def _defaults(channels: int, size: int, plan: tuple[int, int]) -> list[dict]:
+    """gankit's eight defaults built for (channels, size, size) images; ``plan`` = (b, n)."""
+    b, n = plan
+    pixels = channels * size * size  # the MLP nets' image width (784 at 1×28×28)
+    img = f"reshape {channels} {size} {size}"
+    tanh_out = _conv_g(channels, size, plan)
+    unit_out = _conv_g(channels, size, plan, tanh=False)  # logits: the AEs' BCE applies sigmoid
+    conv_d, conv_d_bn = _conv_down(64, n, bn=False), _conv_down(64, n, bn=True)
+    conv_e = _conv_down(32, n, bn=True)
+    twice = _WORDS.get(n, str(n))
+    g_up = ", ".join(map(str, reversed(_widths(32, n))))
+    d_down = ", ".join(map(str, _widths(64, n)))
+    bn_where = "the second" if n == 2 else "all but the first"
+    sized = (
+        ""
+        if (channels, size) == (1, 28)
+        else f" Built here for {channels}×{size}×{size} images; the numbers above were measured "
+        "at 1×28×28 (Fashion-MNIST)."
+    )
+    presets = [
         _run(
             "ae",
-            "Convolutional autoencoder with a 16-D code: two stride-2 conv layers down, "
-            "two transposed up; Bernoulli (BCE) reconstruction loss; Adam 1e-3. Samples come "
+            f"Convolutional autoencoder with a 16-D code: {twice} stride-2 conv layers down, "
+            f"{twice} transposed up; Bernoulli (BCE) reconstruction loss; Adam 1e-3. Samples come "
             "from a 10-component Gaussian mixture fitted to the codes of 10,000 training "
             "images (Ghosh et al. 2020): from N(0, I) a plain AE's samples are noise.",
             {
                 "family": "ae",
                 "data_range": "unit",
                 "latent": {"dim": 16, "prior": "fitted", "components": 10},
-                "encoder": {"layers": CONV_E},
+                "encoder": {"layers": conv_e},
                 "generator": {"layers": unit_out},
                 "loss": {"recon": "bce-sum"},
                 "opt_g": {"name": "adam", "lr": 1e-3, "betas": [0.9, 0.999]},
@@ -393,7 +455,7 @@ def _defaults() -> list[dict]:
         ),
         _run(
             "vae",
-            "MLP VAE with an 8-D Gaussian code: 784→512→256 LeakyReLU encoder, the "
+            f"MLP VAE with an 8-D Gaussian code: {pixels}→512→256 LeakyReLU encoder, the "
             "mirror decoder; BCE reconstruction summed over pixels + KL (the negative ELBO); "
             "Adam 1e-3, batch 128. At equal CPU time it beat a conv VAE with a 16-D code: "
             "more updates, and a smaller code leaves fewer holes in the prior.",
@@ -403,7 +465,7 @@ def _defaults() -> list[dict]:
                 "latent": {"dim": 8},
                 "encoder": {"layers": ["flatten", "fc 512", "lrelu 0.2", "fc 256", "lrelu 0.2"]},
                 "generator": {
-                    "layers": ["fc 256", "lrelu 0.2", "fc 512", "lrelu 0.2", "fc 784", IMG]
+                    "layers": ["fc 256", "lrelu 0.2", "fc 512", "lrelu 0.2", f"fc {pixels}", img]
                 },
                 "loss": {"recon": "bce-sum"},
                 "opt_g": {"name": "adam", "lr": 1e-3, "betas": [0.9, 0.999]},
@@ -431,9 +493,9 @@ def _defaults() -> list[dict]:
                         "fc 1024 nobias",
                         "bn",
                         "lrelu 0.2",
-                        "fc 784",
+                        f"fc {pixels}",
                         "tanh",
-                        IMG,
+                        img,
                     ]
                 },
                 "discriminator": {
@@ -447,15 +509,16 @@ def _defaults() -> list[dict]:
         ),
         _default_gan(
             "dcgan",
-            "DCGAN for 28×28: G fc 7·7·128 → two 4×4 stride-2 transposed convs "
-            "(64, 32) → 3×3 conv, batch norm; D two 4×4 stride-2 convs (64, 128), batch norm "
-            "on the second; non-saturating loss, EMA of G (0.999). Tuned for quality per "
-            "wall-clock minute on a CPU: batch 16 and Adam 1e-3 β1 0.5 (more, faster updates "
-            "beat bigger batches: FID 52 after 150 s on two cores, against 145 with batch 64 "
-            "and 2e-4), G's update reusing D's noise and G(z); about 5 minutes on two cores.",
+            f"DCGAN for {size}×{size}: G fc {b}·{b}·{min(32 * 2**n, MAX_WIDTH)} → {twice} 4×4 "
+            f"stride-2 transposed convs ({g_up}) → 3×3 conv, batch norm; D {twice} 4×4 stride-2 "
+            f"convs ({d_down}), batch norm on {bn_where}; non-saturating loss, EMA of G (0.999). "
+            "Tuned for quality per wall-clock minute on a CPU: batch 16 and Adam 1e-3 β1 0.5 "
+            "(more, faster updates beat bigger batches: FID 52 after 150 s on two cores, against "
+            "145 with batch 64 and 2e-4), G's update reusing D's noise and G(z); about 5 minutes "
+            "on two cores.",
             {
                 "generator": {"layers": tanh_out},
-                "discriminator": {"layers": CONV_D_BN + ["fc 1"]},
+                "discriminator": {"layers": conv_d_bn + ["fc 1"]},
                 "opt_g": ADAM_GAN | {"lr": 1e-3},
                 "opt_d": ADAM_GAN | {"lr": 1e-3},
                 "reuse_noise": True,
@@ -472,7 +535,7 @@ def _defaults() -> list[dict]:
             "against 319 and 0.01 for the former RMSprop 5e-5, 5 critic updates and batch 64.",
             {
                 "generator": {"layers": tanh_out},
-                "discriminator": {"layers": CONV_D_BN + ["fc 1"]},
+                "discriminator": {"layers": conv_d_bn + ["fc 1"]},
                 "loss": {"gan": "wasserstein", "clip": 0.01},
                 "opt_g": {"name": "rmsprop", "lr": 2e-4},
                 "opt_d": {"name": "rmsprop", "lr": 2e-4},
@@ -492,7 +555,7 @@ def _defaults() -> list[dict]:
             "pays for the penalty's double backward.",
             {
                 "generator": {"layers": tanh_out},
-                "discriminator": {"layers": CONV_D + ["fc 1"]},
+                "discriminator": {"layers": conv_d + ["fc 1"]},
                 "loss": {"gan": "wasserstein", "gp_weight": 10.0},
                 "opt_g": {"name": "adam", "lr": 1e-3, "betas": [0.5, 0.9]},
                 "opt_d": {"name": "adam", "lr": 1e-3, "betas": [0.5, 0.9]},
@@ -512,7 +575,7 @@ def _defaults() -> list[dict]:
             {
                 "conditional": True,
                 "generator": {"layers": tanh_out},
-                "discriminator": {"layers": CONV_D_BN + ["fc 128", "lrelu 0.2"]},
+                "discriminator": {"layers": conv_d_bn + ["fc 128", "lrelu 0.2"]},
                 "opt_g": ADAM_GAN | {"lr": 1e-3},
                 "opt_d": ADAM_GAN | {"lr": 1e-3},
                 "reuse_noise": True,
@@ -536,11 +599,11 @@ def _defaults() -> list[dict]:
                 "family": "bigan",
                 "data_range": "tanh",
                 "latent": {"dim": 64},
-                "encoder": {"layers": CONV_E},
+                "encoder": {"layers": conv_e},
                 "generator": {"layers": tanh_out},
                 "discriminator": {
                     "layers": ["fc 512", "lrelu 0.2", "dropout 0.2", "fc 1"],
-                    "x_layers": CONV_D,
+                    "x_layers": conv_d,
                     "z_layers": ["fc 256", "lrelu 0.2"],
                     "spectral_norm": True,
                 },
@@ -551,21 +614,25 @@ def _defaults() -> list[dict]:
             DEFAULT_TRAIN | {"steps": 2600, "batch_size": 16},
         ),
     ]
+    for preset in presets:  # the saved config states the shape it was built for
+        preset["description"] += sized
+        preset["model"] |= {"image_size": size, "channels": channels}
+    return presets
 
 
-def _table() -> dict[str, dict]:
-    presets = _defaults() + [
-        _ae_000(False),
-        _ae_000(True),
-        _gan_000(False),
-        _gan_000(True),
-        _gan_001(),
-        _dcgan_001(),
-        _wgan_001(),
-        _gan_002(),
-        _bigan_004(),
+def _references() -> list[tuple[dict, str]]:
+    """The reference presets, each with the default to use on images of another shape."""
+    return [
+        (_ae_000(False), "ae"),
+        (_ae_000(True), "vae"),
+        (_gan_000(False), "gan"),
+        (_gan_000(True), "dcgan"),
+        (_gan_001(), "gan"),
+        (_dcgan_001(), "dcgan"),
+        (_wgan_001(), "wgan"),
+        (_gan_002(), "gan"),
+        (_bigan_004(), "bigan"),
     ]
-    return {p["preset"]: p for p in presets}
 
 
 DEFAULT_NAMES = ("ae", "vae", "gan", "dcgan", "wgan", "wgan-gp", "cgan", "bigan")
@@ -573,14 +640,40 @@ DEFAULT_NAMES = ("ae", "vae", "gan", "dcgan", "wgan", "wgan-gp", "cgan", "bigan"
 
 def preset_names() -> list[str]:
     """Every preset name: gankit's defaults first, then the reference presets."""
-    return list(_table())
+    return list(DEFAULT_NAMES) + [p["preset"] for p, _ in _references()]
 
 
-def get_preset(name: str) -> dict:
-    """The preset's config as nested dicts (a fresh copy: safe to modify)."""
-    table = _table()
-    if name not in table:
-        close = difflib.get_close_matches(name, table, n=3)
+def get_preset(name: str, channels: int = 1, image_size: int = 28, shape_from: str = "") -> dict:
+    """The preset's config as nested dicts (a fresh copy: safe to modify), for images of
+    (channels, image_size, image_size): a default is built for them, a reference preset
+    only takes the 1×28×28 images it was designed for. ``shape_from`` says where the shape
+    came from (e.g. "the images of cifar10"), for the error messages."""
+    where = f" ({shape_from})" if shape_from else ""
+    if name in DEFAULT_NAMES:
+        plan = conv_plan(image_size)
+        if plan is None:
+            near = nearest_sizes(image_size)
+            raise ConfigError(
+                f"the default {name!r} cannot be built for {image_size}×{image_size} images"
+                f"{where}: its conv stacks double a b×b start (4 ≤ b ≤ 7) at least twice, "
+                f"which reaches {', '.join(map(str, reachable_sizes(128)))} …; the nearest are "
+                f"{' and '.join(map(str, near))}. Train at one of them with "
+                + " or ".join(f"--set image_size={s}" for s in near)
+                + " (the images are resized to it)"
+            )
+        table = {p["preset"]: p for p in _defaults(channels, image_size, plan)}
+        return copy.deepcopy(table[name])
+    references = {p["preset"]: (p, default) for p, default in _references()}
+    if name not in references:
+        names = preset_names()
+        close = difflib.get_close_matches(name, names, n=3)
         hint = f" Did you mean {' or '.join(close)}?" if close else ""
-        raise ConfigError(f"unknown model or preset {name!r}.{hint} Known: {', '.join(table)}")
-    return copy.deepcopy(table[name])
+        raise ConfigError(f"unknown model or preset {name!r}.{hint} Known: {', '.join(names)}")
+    preset, default = references[name]
+    if (channels, image_size) != (1, 28):
+        raise ConfigError(
+            f"{name} is a faithful 28×28 grayscale design and is not built for "
+            f"{channels}×{image_size}×{image_size} images{where}: use `{default}` instead, "
+            "gankit's default of its family, which is built for the data's shape"
+        )
+    return copy.deepcopy(preset)

@@ -1,5 +1,5 @@
-"""The named IDX sets (MNIST, Fashion-MNIST): their files and hashes, where they are looked
-for, and verified downloads into the cache.
+"""The named IDX sets (MNIST, Fashion-MNIST): their files and hashes, where they and the other
+named sets (cifar10, read by cifar.py) are looked for, and verified downloads into the cache.
 """
 
 from __future__ import annotations
@@ -127,13 +127,21 @@ DATASETS: dict[str, IdxSet] = {
     ),
 }
 
-# System-wide copies (Debian's dataset-* packages); a module-level table so tests can replace it.
+# Named sets that are not IDX files, each with the folder names tried under a data dir besides
+# its own name (as IdxSet.subdirs): the official archive unpacks into cifar-10-batches-bin/.
+OTHER_SUBDIRS: dict[str, tuple[str, ...]] = {
+    "cifar10": ("cifar-10-batches-bin", "cifar10/cifar-10-batches-bin"),
+}
+
+# System-wide copies (Debian's dataset-* packages; cifar10 by the same convention); a
+# module-level table so tests can replace it.
 SYSTEM_DATA_DIRS: dict[str, tuple[Path, ...]] = {
     "mnist": (Path("/usr/share/datasets/mnist"),),
     "fashion-mnist": (Path("/usr/share/datasets/fashion-mnist"),),
+    "cifar10": (Path("/usr/share/datasets/cifar10"),),
 }
 
-_FORMS = ("mnist", "fashion-mnist", "mnist-5k", "folder:PATH", "npz:PATH")
+_FORMS = ("mnist", "fashion-mnist", "mnist-5k", "cifar10", "folder:PATH", "npz:PATH")
 _TRUTHY = {"1", "true", "yes", "on"}
 
 
@@ -148,22 +156,27 @@ def cache_dir(name: str) -> Path:
     return base / "gankit" / name
 
 
-def _named_set(name: str) -> IdxSet:
-    """The DATASETS entry of `name`, or a DataError listing the valid names."""
-    if name not in DATASETS:
-        raise DataError(f"{name!r} is not a downloadable named set (valid: {', '.join(DATASETS)})")
-    return DATASETS[name]
+def _search_subdirs(name: str) -> tuple[str, ...]:
+    """The sub-folders tried under a data dir for the named set `name` (besides `name`), or a
+    DataError listing the valid names."""
+    if name in DATASETS:
+        return DATASETS[name].subdirs
+    if name in OTHER_SUBDIRS:
+        return OTHER_SUBDIRS[name]
+    valid = ", ".join([*DATASETS, *OTHER_SUBDIRS])
+    raise DataError(f"{name!r} is not a downloadable named set (valid: {valid})")
 
 
 def dataset_search_dirs(name: str, data_dir: str | os.PathLike | None = None) -> list[Path]:
     """Folders searched for a named set's files, in order: data dir (argument, else
-    $GANKIT_DATA), the user cache, then system copies."""
-    info = _named_set(name)
+    $GANKIT_DATA: its sub-folders for the set, then itself), the user cache, then system
+    copies."""
+    subdirs = _search_subdirs(name)
     dirs: list[Path] = []
     given = data_dir if data_dir is not None else os.environ.get("GANKIT_DATA") or None
     if given is not None:
         base = Path(given).expanduser()
-        dirs += [base / name, *(base / sub for sub in info.subdirs), base]
+        dirs += [base / name, *(base / sub for sub in subdirs), base]
     dirs.append(cache_dir(name))
     dirs += SYSTEM_DATA_DIRS.get(name, ())
     unique: list[Path] = []

@@ -1,5 +1,15 @@
 """``npz:PATH``: an ``images`` array (and optional ``labels``) in a NumPy archive, read with
 bounds checked before any allocation.
+
+``images`` is uint8 (0..255) or float in [0, 1], in one of three layouts, C being 1 or 3:
+(N, H, W) grey, (N, C, H, W) channels first (PyTorch's and gankit's own) or (N, H, W, C)
+channels last (NumPy's and Pillow's). Images must be square, H == W; they are not resized.
+
+A 4-D shape whose second and last dimensions are both 1 or 3, such as (N, 3, 32, 3), fits
+both layouts. It is read channels last only when that reading gives square images and the
+channels-first one does not; otherwise channels first. So (N, 3, 3, 1) holds 3x3 grey images
+(channels last), (N, 3, 3, 3) 3x3 RGB images stored channels first, and (N, 3, 32, 3) is read
+channels first as 32x3 images, which are refused as not square.
 """
 
 from __future__ import annotations
@@ -65,25 +75,39 @@ def _npz_header(
     return shape, dtype, npz.zip.getinfo(member).file_size
 
 
+def _images_layout(shape: tuple[int, ...], path: Path) -> tuple[str, int, int, int]:
+    """The layout of an `images` array from its shape (see the module docstring): ("NHW",
+    "NCHW" or "NHWC", channels, height, width); a shape that fits none is a DataError."""
+    if len(shape) == 3 and shape[0] >= 1:
+        return "NHW", 1, shape[1], shape[2]
+    if len(shape) == 4 and shape[0] >= 1:
+        first, last = shape[1] in (1, 3), shape[3] in (1, 3)  # C where each layout has it
+        first_square, last_square = shape[2] == shape[3], shape[1] == shape[2]
+        if last and (not first or (last_square and not first_square)):
+            return "NHWC", shape[3], shape[1], shape[2]
+        if first:
+            return "NCHW", shape[1], shape[2], shape[3]
+    raise DataError(
+        f"{path}: 'images' has shape {shape}; expected (N, H, W), (N, C, H, W) or "
+        "(N, H, W, C) with C = 1 or 3 and N >= 1"
+    )
+
+
+_LAYOUT_TEXT = {"NHW": "(N, H, W)", "NCHW": "(N, C, H, W)", "NHWC": "(N, H, W, C)"}
+
+
 def _check_images_header(
     shape: tuple[int, ...], dtype: np.dtype, path: Path, image_size: int, max_bytes: int
 ) -> None:
     """Refuse, from the header, an `images` array of the wrong per-image shape or dtype, or
     larger than NPZ_MAX_IMAGES images or `max_bytes` bytes."""
-    layout_ok = len(shape) == 3 or (len(shape) == 4 and 1 in (shape[1], shape[3]))
-    if not layout_ok or shape[0] == 0:
-        raise DataError(
-            f"{path}: 'images' has shape {shape}; expected (N, H, W), (N, 1, H, W) or "
-            "(N, H, W, 1) with N >= 1"
-        )
-    if len(shape) == 3 or shape[1] != 1:
-        per_image = shape[1:3]  # (N, H, W) or (N, H, W, 1)
-    else:
-        per_image = shape[2:]  # (N, 1, H, W)
-    if per_image != (image_size, image_size):
+    layout, channels, height, width = _images_layout(shape, path)
+    if (height, width) != (image_size, image_size):
         raise DataError(
             f"{path}: 'images' has shape {shape} but images of {image_size}x{image_size} are "
-            f"expected (image_size={image_size}); npz arrays are not resized"
+            f"expected (image_size={image_size}); npz arrays are not resized (read as "
+            f"{_LAYOUT_TEXT[layout]}, it holds {height}x{width} images with {channels} "
+            f"channel{'s' if channels > 1 else ''})"
         )
     if dtype != np.uint8 and not np.issubdtype(dtype, np.floating):
         raise DataError(
@@ -124,21 +148,23 @@ def _npz_read(
 
 
 def _npz_images(images: np.ndarray, path: Path) -> np.ndarray:
-    """Convert an `images` array whose header was checked to uint8 (N, 1, H, W)."""
-    if images.ndim == 4:
-        images = images[:, 0] if images.shape[1] == 1 else images[..., 0]  # (N, H, W)
+    """Convert an `images` array whose header was checked to uint8 (N, C, H, W)."""
+    layout = _images_layout(images.shape, path)[0]
+    if layout == "NHW":
+        images = images[:, None]
+    elif layout == "NHWC":
+        images = images.transpose(0, 3, 1, 2)
     if images.dtype == np.uint8:
         out = images
     else:  # floating, as the header said
         if not np.isfinite(images).all() or images.min() < 0 or images.max() > 1:
             raise DataError(f"{path}: float 'images' must be finite and within [0, 1]")
         out = np.rint(images.astype(np.float64) * 255).astype(np.uint8)
-    return np.ascontiguousarray(out)[:, None]  # (N, 1, H, W)
+    return np.ascontiguousarray(out)  # (N, C, H, W)
 
 
-def _load_npz(spec: str, image_size: int, max_bytes: int = 1 << 31) -> Dataset:
-    """An .npz archive with an `images` array and an optional `labels` array; both are checked
-    from their headers (shape, dtype, size: see NPZ_MAX_IMAGES) before either is read."""
+def _archive_path(spec: str) -> Path:
+    """The path of ``npz:spec``, refused unless it starts like a zip archive."""
     if not spec:
         raise DataError("npz: needs a path, e.g. npz:./images.npz")
     path = Path(spec).expanduser()
@@ -151,6 +177,39 @@ def _load_npz(spec: str, image_size: int, max_bytes: int = 1 << 31) -> Dataset:
         raise DataError(f"{path}: a .npy file (one array), not an .npz archive with 'images'")
     if not magic.startswith(b"PK"):
         raise DataError(f"{path}: not an .npz archive (zip magic bytes missing)")
+    return path
+
+
+def npz_shape(spec: str, max_bytes: int = 1 << 31) -> tuple[int, int]:
+    """(channels, size) of ``npz:spec``'s images from the .npy header alone (nothing is
+    decompressed); the header checks of loading apply, at the size the images have."""
+    path = _archive_path(spec)
+    try:
+        with open(path, "rb") as f, np.load(f, allow_pickle=False) as npz:
+            head = _npz_header(npz, "images", path)
+            keys = ", ".join(npz.files) or "none"
+    except DataError:
+        raise
+    except _NPZ_ERRORS as exc:
+        raise DataError(f"{path}: cannot read the .npz archive: {exc!s:.200}") from exc
+    if head is None:
+        raise DataError(f"{path}: no 'images' array (keys: {keys})")
+    shape, dtype, _ = head
+    layout, channels, height, width = _images_layout(shape, path)
+    if height != width:
+        raise DataError(
+            f"{path}: 'images' has shape {shape}, read as {_LAYOUT_TEXT[layout]}: {height}x"
+            f"{width} images, which are not square; save square images (npz arrays are not "
+            "resized or cropped)"
+        )
+    _check_images_header(shape, dtype, path, height, max_bytes)
+    return channels, height
+
+
+def _load_npz(spec: str, image_size: int, max_bytes: int = 1 << 31) -> Dataset:
+    """An .npz archive with an `images` array and an optional `labels` array; both are checked
+    from their headers (shape, dtype, size: see NPZ_MAX_IMAGES) before either is read."""
+    path = _archive_path(spec)
     try:
         # Our own file object: np.load leaks the handles it opens when the zip is corrupt.
         with open(path, "rb") as f, np.load(f, allow_pickle=False) as npz:

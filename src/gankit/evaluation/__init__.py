@@ -18,6 +18,7 @@ from gankit.evaluation.suite import (
     evaluate_images,
     evaluate_run,
     open_evaluation,
+    open_run_evaluation,
 )
 
 __all__ = [
@@ -32,6 +33,7 @@ __all__ = [
     "inception_fid",
     "load_samples",
     "open_evaluation",
+    "open_run_evaluation",
     "rows_to_csv",
     "rows_to_markdown",
     "write_report",

@@ -3,6 +3,7 @@ steps and keeps the best checkpoint."""
 
 from __future__ import annotations
 
+import json
 import math
 import time
 
@@ -10,8 +11,11 @@ import torch
 
 from gankit.config import RunConfig
 from gankit.errors import ConfigError
+from gankit.evaluation.evaluator import describe
 from gankit.evaluation.suite import Evaluation
+from gankit.files import write_text
 from gankit.models import Reconstructing
+from gankit.runs import RUN_EVALUATOR
 from gankit.training import Trainer, derive_seed, distributed
 from gankit.training.callbacks import Evaluating, due
 
@@ -42,6 +46,9 @@ class PeriodicEvaluation(Evaluating):
         self.seconds = 0.0  # spent evaluating in this process's calls to fit
 
     def on_fit_start(self, trainer: Trainer) -> None:
+        if self.evaluation is not None:  # which evaluator the numbers come from, for reports
+            facts = describe(self.evaluation.evaluator)
+            write_text(trainer.run_dir / RUN_EVALUATOR, json.dumps(facts, indent=2) + "\n")
         if trainer.step == 0:
             self.evaluate(trainer)  # the untrained model's numbers: where the curves start
 

@@ -10,6 +10,15 @@ training recipe: the same data always gives the same evaluator, changed data a n
 build runs on the recipe's thread count whatever the caller's, since float rounding follows
 it. The Fashion-MNIST evaluator ships inside the package (``evaluators/``, checked by
 SHA-256), so every installation measures with the same weights.
+
+The recipe follows the images' shape (`recipe_for`): RECIPE for 28×28 grayscale, the same
+recipe with one more stride-2 block per halving the side needs (32×32: three blocks, 64×64:
+four; 128 features always) and the shape written into it for anything else. Data without
+labels gets a self-supervised feature network instead (:mod:`self_supervised`): a pretext
+task trains the same body, k-means on its features makes pseudo-classes ("cluster 0", …),
+and a linear head on the frozen features predicts them, so the file holds body + head as
+ever and the class metrics count clusters. ``info["kind"]`` says which ("classifier" when
+absent, as in the shipped file).
 """
 
 from __future__ import annotations
@@ -31,6 +40,15 @@ from torch import Tensor, nn
 
 from gankit.data import Dataset, cache_dir, load_dataset
 from gankit.errors import CheckpointError, DataError, StorageError
+from gankit.evaluation.self_supervised import (
+    PRETEXTS,
+    fit_head,
+    kmeans,
+    nearest_centre,
+    train_pretext,
+    whiten,
+    whitening,
+)
 from gankit.files import FolderBusy, FolderLock, describe_holder, remove_temporaries, storage_error
 from gankit.nets import build_body
 from gankit.notices import notice, warn
@@ -62,6 +80,64 @@ RECIPE: dict = {
     # while another program used one of two cores; 1 thread takes ~50 s whatever the load).
     "threads": 1,
 }
+
+# How gankit trains a self-supervised evaluator for data without labels (`recipe_for` adds
+# the body for the image size). Timed on 6,000 tinted 3×32×32 garments, one thread: see
+# self_supervised.py for the comparison that chose the pretext task.
+SELF_SUPERVISED: dict = {
+    "version": 1,
+    "pretext": "rotation",
+    "steps": 400,
+    # images per step at 32×32 (×4 turns for rotation, ×2 views for contrastive); larger
+    # images get fewer, for the same pixels per step (at least 16): 64×64 takes 16
+    "batch_size": 64,
+    "max_lr": 3e-3,  # one-cycle schedule (Adam)
+    "clusters": 10,  # k-means pseudo-classes, k-means++ starts
+    "cluster_dims": 32,  # k-means on the top principal components, whitened
+    "kmeans_restarts": 4,
+    "head_steps": 300,  # full-batch Adam steps of the cluster head on frozen features
+    "seed": 0,
+    "threads": 1,  # as RECIPE's: rounding follows the thread count
+}
+# What each pretext task adds to the recipe.
+PRETEXT_SETTINGS: dict[str, dict] = {
+    "rotation": {},
+    "contrastive": {"temperature": 0.2, "projection": 64, "jitter": 0.4},
+}
+
+
+def body_layers(size: int) -> list[str]:
+    """The evaluator body for square images of side ``size``: RECIPE's two stride-2 blocks
+    (28 → 14 → 7), one more 128-channel block for each halving still needed to bring the
+    side to at most 7 (32: one, 64: two), then the same 128 features."""
+    layers = ["conv 32 k5 s2 p2", "bn", "relu", "conv 64 k3 s2 p1", "bn", "relu"]
+    side = math.ceil(math.ceil(size / 2) / 2)
+    while side > 7:
+        layers += ["conv 128 k3 s2 p1", "bn", "relu"]
+        side = math.ceil(side / 2)
+    return layers + ["flatten", "fc 128", "relu"]
+
+
+def recipe_for(shape: tuple[int, ...], labelled: bool = True, pretext: str | None = None) -> dict:
+    """The recipe of the evaluator for images of ``shape`` (C, S, S): RECIPE itself for
+    labelled 1×28×28 images (the shipped key), else the classifier recipe with the body for
+    S and the shape in it (so in the key); without labels, SELF_SUPERVISED with ``pretext``
+    (default its own) and the body for S."""
+    c, h, w = (int(d) for d in shape)
+    if h != w:
+        raise DataError(f"evaluators take square images; got {h}×{w}")
+    if labelled and (c, h, w) == (1, 28, 28):
+        return RECIPE
+    sized = {"layers": body_layers(h), "image_shape": [c, h, w]}
+    if labelled:
+        return RECIPE | sized
+    pretext = pretext or SELF_SUPERVISED["pretext"]
+    if pretext not in PRETEXTS:
+        raise DataError(f"unknown pretext task {pretext!r}; known: {', '.join(PRETEXTS)}")
+    base = SELF_SUPERVISED["batch_size"]  # at 32×32: the same pixels per step at any size
+    sized["batch_size"] = min(base, max(16, base * 32 * 32 // (h * h)))
+    return SELF_SUPERVISED | PRETEXT_SETTINGS[pretext] | {"pretext": pretext} | sized
+
 
 # Evaluators shipped in the package, by key: (file in SHIPPED_DIR, SHA-256 of its bytes).
 # Made by `gankit evaluator build fashion-mnist --rebuild --out FILE` with this RECIPE.
@@ -105,10 +181,17 @@ class Evaluator(nn.Module):
         return self.head.in_features
 
     @property
+    def kind(self) -> str:
+        """What the evaluator is: "classifier" (of the data's labels) or "self-supervised
+        (PRETEXT)" (its classes are k-means clusters of its features)."""
+        return self.info.get("kind", "classifier")
+
+    @property
     def name(self) -> str:
-        """A short identifier for reports: data set, key, origin and test accuracy."""
+        """A short identifier for reports: data set, key, origin, kind and test accuracy."""
         acc = self.info.get("test_accuracy")
         facts = [self.info.get("origin", "built here")]
+        facts += [self.kind] if self.kind != "classifier" else []
         facts += [f"test accuracy {acc:.2%}"] if acc is not None else []
         return (
             f"{self.info.get('data', 'custom')} evaluator {self.info.get('key', '?')} "
@@ -172,16 +255,17 @@ def has_test_split(name: str) -> bool:
 
 
 def load_splits(
-    name: str, data_dir: str | None = None, image_size: int = 28
+    name: str, data_dir: str | None = None, image_size: int = 28, channels: int = 0
 ) -> tuple[Dataset, Dataset]:
-    """(train, test) of a data set. A set without a test split (``npz:``, a plain folder) is
-    split deterministically: every tenth image is held out as the test part."""
+    """(train, test) of a data set at ``image_size`` (``channels``: 0 as stored, or 1 or 3).
+    A set without a test split (``npz:``, a plain folder) is split deterministically: every
+    tenth image is held out as the test part."""
     if has_test_split(name):
         return (
-            load_dataset(name, "train", data_dir, image_size),
-            load_dataset(name, "test", data_dir, image_size),
+            load_dataset(name, "train", data_dir, image_size, channels=channels),
+            load_dataset(name, "test", data_dir, image_size, channels=channels),
         )
-    data = load_dataset(name, "train", data_dir, image_size)
+    data = load_dataset(name, "train", data_dir, image_size, channels=channels)
     held = torch.arange(len(data)) % 10 == 9
     if held.sum() == 0:
         raise DataError(
@@ -228,31 +312,47 @@ def build_evaluator(
     progress: bool = True,
     data: str | None = None,
 ) -> Evaluator:
-    """Train an evaluator on ``train`` and measure its accuracy on ``test`` (seeded, on the
-    recipe's thread count whatever the caller's, which it gets back afterwards)."""
-    if train.labels is None or test.labels is None:
+    """Train the evaluator ``recipe`` describes on ``train`` and measure it on ``test``: a
+    classifier of the labels, or for a recipe with a "pretext" (`recipe_for` of data without
+    labels) a self-supervised feature network with k-means pseudo-classes. Seeded, on the
+    recipe's thread count whatever the caller's, which it gets back afterwards."""
+    self_supervised = "pretext" in recipe
+    if not self_supervised and (train.labels is None or test.labels is None):
         raise DataError(
-            f"{train.name} has no labels, so gankit cannot train an evaluator on it: "
-            "pass --evaluator FILE, an evaluator built on labelled images of the same "
-            "kind (e.g. `gankit evaluator build fashion-mnist --out FILE`)"
+            f"{train.name} has no labels, so gankit cannot train a classifier evaluator on "
+            "it: build a self-supervised one (get_evaluator and open_evaluation do for data "
+            "without labels; here: recipe_for(shape, labelled=False)), or pass --evaluator "
+            "FILE, an evaluator built on images of the same kind"
         )
-    num_classes = max(train.num_classes or 0, test.num_classes or 0)
-    if num_classes < 2:
-        raise DataError(f"{train.name}: an evaluator needs at least 2 classes, found {num_classes}")
-    with _held_threads(recipe["threads"]) as hold:
-        net, accuracy = _train(train, test, recipe, num_classes, device, progress, hold)
+    if self_supervised:
+        if len(train) < recipe["clusters"]:
+            raise DataError(
+                f"{train.name}: {len(train)} images are too few for {recipe['clusters']} "
+                "pseudo-classes; use more images"
+            )
+        with _held_threads(recipe["threads"]) as hold:
+            net, facts = _train_self_supervised(train, test, recipe, device, progress, hold)
+    else:
+        num_classes = max(train.num_classes or 0, test.num_classes or 0)
+        if num_classes < 2:
+            raise DataError(
+                f"{train.name}: an evaluator needs at least 2 classes, found {num_classes}"
+            )
+        with _held_threads(recipe["threads"]) as hold:
+            net, accuracy = _train(train, test, recipe, num_classes, device, progress, hold)
+        facts = {"test_accuracy": accuracy, "classes": train.classes}
     prints = (fingerprint(train), fingerprint(test))
     # no timings or paths: the same data and recipe give the same file contents
     net.info = {
         "data": data or train.source,
         "key": evaluator_key(train, test, recipe, prints),
         "recipe": recipe,
-        "test_accuracy": accuracy,
+        **{k: v for k, v in facts.items() if k != "classes"},
         "train": train.name,
         "test": test.name,
         "n_train": len(train),
         "n_test": len(test),
-        "classes": train.classes,
+        "classes": facts["classes"],
         "train_fingerprint": prints[0],
         "test_fingerprint": prints[1],
     }
@@ -322,6 +422,62 @@ def _train(
                 f"{accuracy:.2%} ({time.perf_counter() - started:.0f} s)"
             )
     return net.eval(), accuracy
+
+
+def _train_self_supervised(
+    train: Dataset,
+    test: Dataset,
+    recipe: dict,
+    device: str,
+    progress: bool,
+    hold: Callable[[], None],
+) -> tuple[Evaluator, dict]:
+    """The self-supervised recipe: the pretext task trains the body, k-means of the
+    training features makes the pseudo-classes, a linear head on the frozen features learns
+    them. (network in eval mode, facts for its info)."""
+    torch.manual_seed(recipe["seed"])
+    mean, std = _moments(train.images)
+    k = recipe["clusters"]
+    net = Evaluator(recipe["layers"], tuple(train.images.shape[1:]), k, mean, std).to(device)
+    pretext = PRETEXTS[recipe["pretext"]](net.feature_dim, recipe).to(device)
+    done = train_pretext(net.body, pretext, train.images, net.normalise, recipe, hold, progress)
+    hold()
+    features = net.embed(train.images)[0].clone()  # (N, F), out of inference mode
+    white = whitening(features, recipe["cluster_dims"])  # (F,), (d, F)
+    centres, clusters = kmeans(
+        whiten(features, *white), k, recipe["seed"], recipe["kmeans_restarts"]
+    )
+    hold()
+    fit = fit_head(net.head, features, clusters, *white, steps=recipe["head_steps"])
+    test_features, probs = net.embed(test.images)
+    agree = probs.argmax(1).cpu() == nearest_centre(whiten(test_features, *white), centres).cpu()
+    if progress:
+        notice(
+            f"evaluator: {recipe['pretext']} pretext trained in {done['seconds']:.0f} s, "
+            f"{k} clusters, the head agrees with them on {agree.float().mean():.1%} of the "
+            "test images"
+        )
+    return net.eval(), {
+        "kind": f"self-supervised ({recipe['pretext']})",
+        "pretext_loss": done["pretext_loss"],
+        "head_agreement": agree.float().mean().item(),  # on the test split
+        "head_train_agreement": fit,
+        "cluster_sizes": torch.bincount(clusters, minlength=k).tolist(),
+        "classes": [f"cluster {i}" for i in range(k)],
+    }
+
+
+def _moments(images: Tensor, chunk: int = 4096) -> tuple[float, float]:
+    """Mean and std of uint8 images scaled to [0, 1], over every pixel (in float64
+    chunks, so no float copy of the whole set is made)."""
+    total = squares = 0.0
+    for i in range(0, len(images), chunk):
+        x = images[i : i + chunk].double().div_(255.0)
+        total += float(x.sum())
+        squares += float(x.square().sum())
+    n = images.numel()
+    mean = total / n
+    return mean, math.sqrt(max(squares / n - mean * mean, 0.0) * n / max(n - 1, 1))
 
 
 def _accuracy(net: Evaluator, data: Dataset) -> float:
@@ -434,16 +590,22 @@ def get_evaluator(
     rebuild: bool = False,
     progress: bool = True,
     splits: tuple[Dataset, Dataset] | None = None,
-    recipe: dict = RECIPE,
+    recipe: dict | None = None,
+    channels: int = 0,
 ) -> Evaluator:
     """The evaluator of a data set: the one gankit ships when data and recipe are those it
     was built from, else the cached one, trained first if there is none (or ``rebuild``).
-    Processes that need the same evaluator take turns: the second loads the first's file."""
-    train, test = splits or load_splits(data, data_dir, image_size)
+    ``recipe`` defaults to `recipe_for` the images: a classifier sized for their shape, or a
+    self-supervised network when the data has no labels. Processes that need the same
+    evaluator take turns: the second loads the first's file."""
+    train, test = splits or load_splits(data, data_dir, image_size, channels)
+    if recipe is None:
+        labelled = train.labels is not None and test.labels is not None
+        recipe = recipe_for(tuple(train.images.shape[1:]), labelled)
     key = evaluator_key(train, test, recipe)
     if key in SHIPPED and not rebuild:
         return shipped_evaluator(key, device)
-    path = evaluator_path(data, key, image_size)
+    path = evaluator_path(data, key, int(train.images.shape[-1]))
     net = _load_cached(path, device) if not rebuild else None
     if net is not None:
         return net
@@ -452,9 +614,10 @@ def get_evaluator(
         if net is not None:
             return net
         if progress:
+            kind = f"self-supervised ({recipe['pretext']}) " if "pretext" in recipe else ""
             notice(
-                f"building the {data} evaluator on {len(train)} training images (once; "
-                f"cached as {path})"
+                f"building the {data} {kind}evaluator on {len(train)} training images "
+                f"(once; cached as {path})"
             )
         net = build_evaluator(train, test, recipe, str(device), progress, data)
         net.info["origin"] = "built here"
@@ -476,7 +639,8 @@ def _load_cached(path: Path, device: str | torch.device) -> Evaluator | None:
 
 def describe(net: Evaluator) -> dict:
     """The facts that make a metric reproducible: which evaluator (shipped or built here,
-    which file), its accuracy and data."""
+    which file), its kind ("classifier" or "self-supervised (PRETEXT)"), its accuracy (or
+    its cluster head's agreement with the clusters), data and class names."""
     keep = (
         "data",
         "key",
@@ -484,12 +648,15 @@ def describe(net: Evaluator) -> dict:
         "file",
         "sha256",
         "test_accuracy",
+        "head_agreement",
         "train",
         "test",
         "n_train",
         "n_test",
+        "classes",
     )
-    return {k: net.info[k] for k in keep if k in net.info} | {"feature_dim": net.feature_dim}
+    facts = {k: net.info[k] for k in keep if k in net.info}
+    return {"kind": net.kind} | facts | {"feature_dim": net.feature_dim}
 
 
 # --------------------------------------------------------------------------- the cache

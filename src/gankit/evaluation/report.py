@@ -34,6 +34,7 @@ def format_report(report: dict) -> str:
         + f": {report['n']} samples (seed {report.get('seed', '-')}) against "
         f"{report['reference']} ({report['n_reference']} images)",
         f"evaluator {ev.get('data', 'custom')} {ev.get('key', '')} ({origin})"
+        + (f", {ev['kind']}" if ev.get("kind", "classifier") != "classifier" else "")
         + (f", test accuracy {acc:.2%}" if acc is not None else "")
         + f", {ev['feature_dim']} features",
         "",
@@ -67,10 +68,13 @@ def _finite(value):
     return value
 
 
-def load_samples(path: str | Path, image_size: int = 28) -> tuple[Tensor, Tensor | None]:
-    """uint8 images (N, 1, H, W) and optional labels from an ``.npz`` of samples."""
-    from gankit.data import load_dataset
+def load_samples(path: str | Path, image_size: int | None = None) -> tuple[Tensor, Tensor | None]:
+    """uint8 images (N, C, H, W) and optional labels from an ``.npz`` of samples, of
+    ``image_size`` (None: whatever square size the file holds)."""
+    from gankit.data import data_shape, load_dataset
 
+    if image_size is None:
+        image_size = data_shape(f"npz:{path}")[1]
     data = load_dataset(f"npz:{path}", image_size=image_size)
     return data.images, data.labels
 

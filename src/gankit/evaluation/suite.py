@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from gankit.config import RunConfig
 from gankit.data import Dataset
 from gankit.errors import GankitError
 from gankit.evaluation import metrics
@@ -86,10 +87,17 @@ class Evaluation:
         self._test_to_train: Tensor | None = None
 
     @property
+    def classifies_labels(self) -> bool:
+        """Whether the evaluator's classes are the data's labels (a classifier), not the
+        clusters of a self-supervised one."""
+        return self.evaluator.kind == "classifier"
+
+    @property
     def real_classes(self) -> Tensor:
-        """The real class of each reference image (its label, else the evaluator's guess)."""
+        """The real class of each reference image: its label for a classifier, else (no
+        labels, or clusters for classes) the evaluator's own assignment."""
         ref = self.reference
-        return ref.labels if ref.labels is not None else ref.predicted
+        return ref.labels if ref.labels is not None and self.classifies_labels else ref.predicted
 
     def _manifold(self, n: int) -> tuple[Tensor, Tensor, Tensor]:
         """n reference rows (a fixed random subset) with their k-NN radii, computed once.
@@ -151,6 +159,8 @@ class Evaluation:
         out |= metrics.kid(self.reference.features, features, subsets=kid_subsets)
         out |= metrics.manifold_metrics(real, features, PR_K, DC_K, radii_pr, radii_dc)
         out |= metrics.classifier_score(probs)
+        if not self.classifies_labels:
+            requested = None  # a generator's labels are not the evaluator's clusters
         out |= metrics.mode_coverage(
             probs.argmax(1), self.evaluator.num_classes, self.real_classes, requested, COVERED_SHARE
         )
@@ -168,7 +178,7 @@ class Evaluation:
         kid_subsets: int = 100,
     ) -> dict:
         """Every metric of uint8 images (N, C, H, W); ``requested``: labels a conditional
-        generator was asked for (adds ``label_accuracy``)."""
+        generator was asked for (adds ``label_accuracy`` under a classifier evaluator)."""
         return self.measure(images, requested, memorisation, kid_subsets)[0]
 
     def write_nearest(
@@ -220,10 +230,14 @@ def open_evaluation(
     device: str | torch.device = "cpu",
     evaluator: str | Path | None = None,
     progress: bool = True,
+    channels: int = 0,
 ) -> Evaluation:
-    """The evaluation of samples against ``data``'s test split, on the evaluator gankit ships
-    for it, else one built and cached the first time, unless an evaluator file is given."""
-    train, test = load_splits(data, data_dir, image_size)
+    """The evaluation of samples against ``data``'s test split at ``image_size`` (and
+    ``channels``: 0 as stored, else 1 or 3, as the model makes them), on the evaluator gankit
+    ships for it, else one built and cached the first time (a classifier sized for the
+    images, or a self-supervised network when the data has no labels), unless an evaluator
+    file is given."""
+    train, test = load_splits(data, data_dir, image_size, channels)
     if evaluator:
         net = load_evaluator(evaluator, device)
     else:
@@ -231,6 +245,29 @@ def open_evaluation(
             data, data_dir, image_size, device, progress=progress, splits=(train, test)
         )
     return Evaluation(net, test, train)
+
+
+def open_run_evaluation(
+    config: RunConfig,
+    device: str | torch.device = "cpu",
+    *,
+    data: str | None = None,
+    data_dir: str | None = None,
+    evaluator: str | Path | None = None,
+    progress: bool = True,
+) -> Evaluation:
+    """The evaluation a run of ``config`` is scored on: its data (or ``data``) in the shape
+    its model makes, on its evaluator (or ``evaluator``)."""
+    tc, mc = config.train, config.model
+    return open_evaluation(
+        data or tc.data,
+        data_dir or tc.data_dir or None,
+        mc.image_size,
+        device,
+        evaluator or tc.evaluator or None,
+        progress,
+        channels=mc.channels,
+    )
 
 
 def choose_nearest_samples(

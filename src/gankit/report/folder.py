@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from gankit.config import load_toml
-from gankit.runs import RUN_FIGURES, RUN_LOCK, read_status
+from gankit.runs import RUN_EVALUATOR, RUN_FIGURES, RUN_LOCK, read_status
 from gankit.runs.metrics_log import read_rows
 
 _STEP_FILE = re.compile(r"step-(\d+)\.png")
@@ -31,6 +31,7 @@ class RunView:
     status: dict | None = None
     rows: list[dict] = field(default_factory=list)
     evaluation: dict | None = None  # eval.json
+    evaluator: dict = field(default_factory=dict)  # which evaluator scored it (kind, key, …)
     samples: list[tuple[int, Path]] = field(default_factory=list)  # (step, PNG), by step
     reconstructions: list[tuple[int, Path]] = field(default_factory=list)
     images: dict[str, Path] = field(default_factory=dict)  # real, nearest, latent, …
@@ -141,6 +142,7 @@ def read_run(path: str | Path) -> RunView:
             view.evaluation = json.loads(eval_file.read_text())
         except (OSError, ValueError) as err:
             missing.append(f"eval.json could not be read ({_why(err)})")
+    view.evaluator = _evaluator(folder, view.evaluation)
     view.samples = _frames(folder / "samples")
     if not view.samples:
         missing.append("samples/ holds no grids")
@@ -154,6 +156,18 @@ def read_run(path: str | Path) -> RunView:
     }
     view.images = {key: p for key, p in candidates.items() if p.is_file()}
     return view
+
+
+def _evaluator(folder: Path, evaluation: dict | None) -> dict:
+    """Which evaluator scored the run: ``gankit eval``'s (in eval.json), else the one its
+    evaluations during training used (``evaluator.json``); {} when neither says."""
+    if evaluation and isinstance(evaluation.get("evaluator"), dict):
+        return evaluation["evaluator"]
+    try:
+        facts = json.loads((folder / RUN_EVALUATOR).read_text())
+    except (OSError, ValueError):
+        return {}
+    return facts if isinstance(facts, dict) else {}
 
 
 def _frames(folder: Path) -> list[tuple[int, Path]]:

@@ -262,16 +262,31 @@ def warnings_section(view: RunView) -> str:
     )
 
 
+def evaluator_line(facts: dict) -> str:
+    """Which feature network the numbers come from: its kind, key and origin."""
+    if not facts:
+        return ""
+    kind = facts.get("kind", "classifier")
+    what = (
+        "a classifier trained on the data's labels"
+        if kind == "classifier"
+        else f"a {kind} network trained on the data without labels; its classes are "
+        "clusters of the real images' features"
+    )
+    return (
+        f'<p class="note">Evaluator: {esc(what)} (key {esc(facts.get("key", "?"))}, '
+        f"{esc(facts.get('origin', 'built here'))}).</p>"
+    )
+
+
 def eval_section(view: RunView, names: list[str] | None) -> str:
     parts = []
     ev = view.evaluation
     if ev:
-        evaluator = ev.get("evaluator", {})
         head = (
             f"<p><code>gankit eval</code> at step {number(ev.get('step'))}: {number(ev.get('n'))} "
             f"samples (seed {esc(ev.get('seed', '–'))}) against {esc(ev.get('reference', '?'))} "
-            f"({number(ev.get('n_reference'))} images), evaluator {esc(evaluator.get('key', ''))} "
-            f"({esc(evaluator.get('origin', 'built here'))}).</p>"
+            f"({number(ev.get('n_reference'))} images).</p>"
         )
         parts.append(head + metrics_table(ev.get("metrics", {})))
     latest = view.eval_rows[-1] if view.eval_rows else None
@@ -294,7 +309,7 @@ def eval_section(view: RunView, names: list[str] | None) -> str:
             "<p>No evaluation yet: train with <code>--eval-every N</code> for curves, or run "
             f"<code>gankit eval {esc(view.name)}</code> for the full table.</p>"
         )
-    return "".join(parts)
+    return evaluator_line(view.evaluator) + "".join(parts)
 
 
 def metrics_table(values: dict) -> str:
@@ -352,6 +367,8 @@ def _bars(sample: float, real: float) -> str:
 
 def run_body(view: RunView, data: dict) -> str:
     names = class_names(view.get("train.data", ""))
+    if view.evaluator.get("kind", "classifier") != "classifier":  # mode coverage of clusters
+        names = view.evaluator.get("classes") or None
     training, evaluation = run_charts(view)
     data["charts"] = training + evaluation
     conditional = bool(view.get("model.conditional"))

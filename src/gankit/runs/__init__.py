@@ -7,6 +7,7 @@ an encoder, ``checkpoints/step-N.safetensors``, ``status.json`` and ``report.htm
 """
 
 from gankit.runs.folder import (
+    RUN_EVALUATOR,
     RUN_FIGURES,
     RUN_LOCK,
     Run,
@@ -25,6 +26,7 @@ from gankit.runs.metrics_log import MetricsLog, read_metrics
 from gankit.runs.status import read_status, write_status
 
 __all__ = [
+    "RUN_EVALUATOR",
     "RUN_FIGURES",
     "RUN_LOCK",
     "MetricsLog",

@@ -22,6 +22,7 @@ from gankit.runs import checkpoint
 
 RUN_LOCK = ".gankit-lock"  # in a run folder: held by the process training there
 RUN_FIGURES = "figures"  # in a run folder: the report's interpolation strip and latent plot
+RUN_EVALUATOR = "evaluator.json"  # which evaluator scored the run while it trained
 _PROBE = ".gankit-write-probe"
 
 # run folders this process has claimed (locked) and not yet handed to a Trainer:

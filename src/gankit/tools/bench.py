@@ -289,11 +289,29 @@ class UsualWay:
 # --------------------------------------------------------------------------- per model
 
 
-def preset_config(name: str, settings: Settings, data: str) -> RunConfig:
+# Rows beyond the presets: the default DCGAN built for colour images, as NAME:CxS.
+SHAPED_ROWS = ("dcgan:3x32", "dcgan:3x64")
+
+
+def parse_model(spec: str) -> tuple[str, tuple[int, int] | None]:
+    """``"dcgan"`` → ("dcgan", None); ``"dcgan:3x64"`` → ("dcgan", (3, 64)): the preset built
+    for images of 3 channels and 64×64 (the data is resized and given 3 channels to match)."""
+    name, _, shape = spec.partition(":")
+    if not shape:
+        return name, None
+    channels, _, size = shape.lower().partition("x")
+    if not (channels.isdigit() and size.isdigit()):
+        raise ConfigError(f"--models {spec}: a shape is written CxS, e.g. dcgan:3x32")
+    return name, (int(channels), int(size))
+
+
+def preset_config(
+    name: str, settings: Settings, data: str, shape: tuple[int, int] | None = None
+) -> RunConfig:
     from gankit.api import configure
 
-    config = configure(name)
-    config.train.data = data
+    sized = {} if shape is None else {"channels": shape[0], "image_size": shape[1]}
+    config = configure(name, data=data, **sized)
     config.train.log_every = 10**9  # no log rows inside the timing
     if settings.max_batch:
         config.train.batch_size = min(config.train.batch_size, settings.max_batch)
@@ -301,8 +319,10 @@ def preset_config(name: str, settings: Settings, data: str) -> RunConfig:
 
 
 def bench_model(name: str, data: Dataset, settings: Settings, peak: float) -> dict:
-    """One model's row of the table."""
-    config = preset_config(name, settings, data.source)
+    """One model's row of the table (``name``: a preset, or ``PRESET:CxS``, see
+    :func:`parse_model`; ``data`` already has the row's shape)."""
+    preset, shape = parse_model(name)
+    config = preset_config(preset, settings, data.source, shape)
     with PeakMemory() as memory, tempfile.TemporaryDirectory() as tmp:
         trainer = launch(
             config, out=Path(tmp) / "run", data=data, progress=False, tensorboard=False
@@ -329,7 +349,8 @@ def bench_model(name: str, data: Dataset, settings: Settings, peak: float) -> di
     gflops = flops / 1e9 / seconds["gankit"]
     return {
         "model": name,
-        "kind": "default" if name in DEFAULT_NAMES else "reference",
+        "kind": "default" if preset in DEFAULT_NAMES else "reference",
+        "image_shape": list(data.images.shape[1:]),
         "batch_size": config.train.batch_size,
         "ms_per_step": round(seconds["gankit"] * 1e3, 2),
         "images_per_s": round(ips, 1),
@@ -530,12 +551,13 @@ def _scores(values: dict) -> dict:
 
 
 def resolve_models(spec: str | None) -> list[str]:
-    """``--models a,b`` (or every default and reference preset), checked against the names."""
+    """``--models a,b`` (or every default and reference preset, then :data:`SHAPED_ROWS`),
+    checked against the names; ``NAME:CxS`` builds a preset for another image shape."""
     if not spec:
-        return preset_names()
+        return preset_names() + list(SHAPED_ROWS)
     names = [n.strip() for n in spec.split(",") if n.strip()]
     known = preset_names()
-    unknown = [n for n in names if n not in known]
+    unknown = [n for n in names if parse_model(n)[0] not in known]
     if unknown:
         raise ConfigError(f"--models: unknown {', '.join(unknown)}; known: {', '.join(known)}")
     return names
@@ -562,10 +584,14 @@ def run_bench(
         f"GEMM peak {peak:.0f} GFLOP/s on {report['machine']['cpu']}, "
         f"{report['machine']['threads']} threads"
     )
-    dataset = load_dataset(data, "train")
+    datasets: dict[tuple[int, int] | None, Dataset] = {}
     report["rows"] = []
     for name in models:
-        row = bench_model(name, dataset, settings, peak)
+        shape = parse_model(name)[1]
+        if shape not in datasets:  # the data in the row's shape: resized, 1 or 3 channels
+            sized = {} if shape is None else {"channels": shape[0], "image_size": shape[1]}
+            datasets[shape] = load_dataset(data, "train", **sized)
+        row = bench_model(name, datasets[shape], settings, peak)
         report["rows"].append(row)
         log(
             f"{name}: {row['images_per_s']:.0f} images/s ({row['speedup']:.1f}× the usual way)"

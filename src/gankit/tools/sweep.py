@@ -517,20 +517,14 @@ class _Reporter:
 
 def _evaluation(config: RunConfig, cache: dict, progress: bool):
     """The run's evaluation, opened once per worker (every trial of a sweep shares it)."""
-    from gankit.evaluation import open_evaluation
+    from gankit.evaluation import open_run_evaluation
     from gankit.training import resolve_device
 
     tc, mc = config.train, config.model
-    key = (tc.data, tc.data_dir, mc.image_size, tc.device, tc.evaluator)
+    key = (tc.data, tc.data_dir, mc.image_size, mc.channels, tc.device, tc.evaluator)
     if key not in cache:
-        cache[key] = open_evaluation(
-            tc.data,
-            tc.data_dir or None,
-            mc.image_size,
-            resolve_device(tc.device),
-            tc.evaluator or None,
-            progress,
-        )
+        device = resolve_device(tc.device)
+        cache[key] = open_run_evaluation(config, device, progress=progress)
     return cache[key]
 
 

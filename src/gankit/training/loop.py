@@ -123,7 +123,11 @@ class Trainer:
                 "and run it many times slower than fp32"
             )
         self.data = data = check_data(
-            data or load_dataset(tc.data, "train", tc.data_dir or None, mc.image_size), config
+            data
+            or load_dataset(
+                tc.data, "train", tc.data_dir or None, mc.image_size, channels=mc.channels
+            ),
+            config,
         )
 
         self.model = model or build_model(mc)
