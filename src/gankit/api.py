@@ -14,21 +14,24 @@ from typing import Any
 
 from torch import nn
 
+from gankit import data as datasets
 from gankit.config import (
     RunConfig,
     build_config,
+    explicit_shape,
     from_dict,
     merge,
     nest,
     resolve_key,
     resumed_config,
+    user_settings,
 )
 from gankit.data import Dataset
 from gankit.errors import CheckpointError, ConfigError
 from gankit.evaluation import Evaluation, evaluate_run, open_run_evaluation
 from gankit.evaluation.during_training import PeriodicEvaluation
 from gankit.models import GenerativeModel, build_model
-from gankit.presets import get_preset
+from gankit.presets import folder_image_size, get_preset
 from gankit.report import RefreshReport
 from gankit.runs import Run, checkpoint, claim_run_dir, discard_claim, load_run, new_run_dir
 from gankit.training import Callback, FitResult, Trainer, distributed, resolve_device
@@ -46,12 +49,6 @@ def configure(
     ``model.image_size`` where set, else the data's stored shape (a folder of images larger
     than 64 or of a size the designs miss: the largest they reach up to min(its size, 64)).
     """
-    # imported here, not at the top, to keep this change inside configure; data_shape is
-    # looked up on each call, so tests can stand in for it (monkeypatch gankit.data)
-    from gankit.config import explicit_shape, user_settings
-    from gankit.data import data_shape
-    from gankit.presets import folder_image_size
-
     sets = list(sets)
     nested: dict = {}
     for key, value in overrides.items():
@@ -71,27 +68,34 @@ def configure(
         )
     if epochs is not None and steps is None:
         train["steps"] = 0  # epochs replace the preset's step count
-    user = user_settings(config_file, sets, nested)
-    shape = explicit_shape(user)  # what the user set: it wins over the data
-    shape_from = "model.channels and model.image_size as set"
-    if len(shape) < 2:  # the rest from the data as stored (its headers, not its images)
-        given = user.get("train") if isinstance(user.get("train"), dict) else {}
-        data = get_preset(model)["train"] | given
-        name, data_dir = data.get("data"), data.get("data_dir") or None
-        if not isinstance(name, str) or not isinstance(data_dir, (str, type(None))):
-            name, data_dir = "fashion-mnist", None  # a wrong type: refused by build_config
-        channels, size = data_shape(name, data_dir)
-        shape_from = f"the images of {name}"
-        for key, value in shape.items():  # one of the two was set
-            taken = "size" if key == "channels" else "channels"
-            shape_from = f"model.{key} = {value} as set, {taken} from {shape_from}"
-        if name.startswith("folder:") and "image_size" not in shape:
-            if folder_image_size(size) != size:
-                shape_from += f", {size}×{size} as stored: resized by default"
-            size = folder_image_size(size)
-        shape = {"channels": channels, "image_size": size} | shape
-    base = get_preset(model, shape["channels"], shape["image_size"], shape_from)
+    channels, size, why = image_shape(model, user_settings(config_file, sets, nested))
+    base = get_preset(model, channels, size, why)
     return build_config(base, config_file, sets, nested)
+
+
+def image_shape(model: str, user: dict) -> tuple[int, int, str]:
+    """(channels, size, where they come from) of the images preset ``model`` will train on:
+    what the user set (``user``: their settings as nested dicts), the rest from the data as
+    stored (its headers, not its images); a folder at :func:`folder_image_size` of it."""
+    shape = explicit_shape(user)
+    if len(shape) == 2:
+        return shape["channels"], shape["image_size"], "model.channels and model.image_size as set"
+    given = user.get("train") if isinstance(user.get("train"), dict) else {}
+    train = get_preset(model)["train"] | given
+    name, data_dir = train.get("data"), train.get("data_dir") or None
+    if not isinstance(name, str) or not isinstance(data_dir, (str, type(None))):
+        name, data_dir = "fashion-mnist", None  # a wrong type: build_config refuses it by name
+    channels, size = datasets.data_shape(name, data_dir)  # looked up here: tests stand in for it
+    why = f"the images of {name}"
+    for key, value in shape.items():  # one of the two was set
+        taken = "size" if key == "channels" else "channels"
+        why = f"model.{key} = {value} as set, {taken} from {why}"
+    if name.startswith("folder:") and "image_size" not in shape:
+        if folder_image_size(size) != size:
+            why += f", {size}×{size} as stored: resized by default"
+        size = folder_image_size(size)
+    shape = {"channels": channels, "image_size": size} | shape
+    return shape["channels"], shape["image_size"], why
 
 
 def build(model: str | RunConfig, **networks: nn.Module) -> GenerativeModel:
