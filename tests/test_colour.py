@@ -106,3 +106,22 @@ def test_sample_writes_colour_as_n_h_w_3_and_grey_as_n_h_w(tinted, tiny_data, tm
         with Image.open(sorted(folder.iterdir())[0]) as image:
             assert image.mode == ("RGB" if channels == 3 else "L")
             assert image.size == (size, size)
+
+
+def test_gankit_evaluator_builds_at_the_size_the_defaults_train_at(monkeypatch, capsys):
+    import gankit.evaluation.evaluator as evaluator
+
+    asked = []
+
+    def stand_in(data, data_dir, size, device, rebuild=False, channels=0):
+        asked.append((data, size, channels))
+        return evaluator.shipped_evaluator("f8d28dfb91bf381f", "cpu")
+
+    monkeypatch.setattr(evaluator, "get_evaluator", stand_in)
+    for argv, expected in (
+        (["cifar10"], ("cifar10", 32, 0)),  # its stored shape: no files needed to know it
+        (["fashion-mnist", "--channels", "3"], ("fashion-mnist", 28, 3)),
+        (["cifar10", "--image-size", "64"], ("cifar10", 64, 0)),
+    ):
+        assert main(["evaluator", "info", *argv]) == 0
+        assert asked.pop() == expected

@@ -772,7 +772,19 @@ def _add_evaluator(sub) -> None:
     p.add_argument("action", choices=["build", "info"])
     p.add_argument("data", help="data set name (fashion-mnist, mnist, …) or, for info, a file")
     p.add_argument("--data-dir")
-    p.add_argument("--image-size", type=int, default=28)
+    p.add_argument(
+        "--image-size",
+        type=int,
+        help="the size of the images it scores (default: the size the default models train "
+        "at on this data, e.g. 28 for fashion-mnist, 32 for cifar10, up to 64 for a folder)",
+    )
+    p.add_argument(
+        "--channels",
+        type=int,
+        default=0,
+        choices=[0, 1, 3],
+        help="1 or 3 to convert the images (default 0: as stored)",
+    )
     p.add_argument("--rebuild", action="store_true", help="train anew even if cached")
     p.add_argument("--out", metavar="FILE", help="build: also save the evaluator here")
     p.add_argument("--device", default="cpu")
@@ -786,12 +798,19 @@ def cmd_evaluator(args: argparse.Namespace) -> int:
     if args.action == "info" and Path(args.data).is_file():
         net = load_evaluator(args.data)
     else:
+        size = args.image_size
+        if size is None:  # what the default models train at on this data
+            from gankit.api import image_shape
+
+            train = {"data": args.data} | ({"data_dir": args.data_dir} if args.data_dir else {})
+            size = image_shape("dcgan", {"train": train})[1]
         net = get_evaluator(
             args.data,
             args.data_dir,
-            args.image_size,
+            size,
             args.device,
             rebuild=args.action == "build" and args.rebuild,
+            channels=args.channels,
         )
     if args.action == "build" and args.out:
         save_evaluator(net, args.out)
