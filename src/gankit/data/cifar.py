@@ -29,11 +29,11 @@ import torch
 
 from gankit.data.dataset import Dataset
 from gankit.data.named import (
-    _TRUTHY,
     _remove_empty_folders,
     cache_dir,
     dataset_search_dirs,
     download_file,
+    download_refusal,
 )
 from gankit.errors import DataError, StorageError
 from gankit.files import atomic_write
@@ -277,11 +277,7 @@ def _load_cifar10(split: str, data_dir: str | os.PathLike | None, download: bool
                     "remove it, or replace it with a fresh download"
                 )
             return _unpack_and_load(archive, cache, split, folder == cache, created)
-    why_not = None
-    if not download:
-        why_not = "download=False"
-    elif os.environ.get("GANKIT_OFFLINE", "").strip().lower() in _TRUTHY:
-        why_not = "GANKIT_OFFLINE is set"
+    why_not = download_refusal(download)
     errors: list[str] = []
     if why_not is None:
         archive = _download(errors)

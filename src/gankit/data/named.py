@@ -186,6 +186,16 @@ def dataset_search_dirs(name: str, data_dir: str | os.PathLike | None = None) ->
     return unique
 
 
+def download_refusal(download: bool) -> str | None:
+    """Why a missing named set may not be downloaded now (``download`` False, or
+    GANKIT_OFFLINE set), or None when it may."""
+    if not download:
+        return "download=False"
+    if os.environ.get("GANKIT_OFFLINE", "").strip().lower() in _TRUTHY:
+        return "GANKIT_OFFLINE is set"
+    return None
+
+
 def _locate(folder: Path, gz_name: str) -> Path | None:
     """`folder/gz_name`, else the uncompressed `folder/<name without .gz>`, else None."""
     for candidate in (folder / gz_name, folder / gz_name.removesuffix(".gz")):
@@ -373,11 +383,7 @@ def _load_idx_set(
     for folder in dirs:
         if all(_locate(folder, f) is not None for f in files):
             return _load_idx_pair(name, split, folder)
-    why_not = None
-    if not download:
-        why_not = "download=False"
-    elif os.environ.get("GANKIT_OFFLINE", "").strip().lower() in _TRUTHY:
-        why_not = "GANKIT_OFFLINE is set"
+    why_not = download_refusal(download)
     errors: list[str] = []
     if why_not is None:
         folder = _download_split(name, files, errors)
