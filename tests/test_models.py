@@ -3,6 +3,7 @@ processes or of the training loop."""
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 import gankit
@@ -65,3 +66,30 @@ def test_a_loss_calls_the_networks_the_context_names():
     assert torch.isfinite(loss) and "gp" in stats
     assert len(seen) == 3  # real, fake and the penalty's interpolates
     assert isinstance(ctx, Context)
+
+
+def test_a_lazy_penalty_comes_every_kth_critic_update_at_k_times_the_weight():
+    every = gankit.configure("wgan-gp", gp_every=1)
+    lazy = gankit.configure("wgan-gp", gp_every=3)
+    torch.manual_seed(0)
+    model = gankit.build(every)
+    x = batch()
+
+    def critic_loss(config, index):
+        model.config = config.model
+        ctx = model.context(x, None, torch.Generator().manual_seed(3))
+        ctx.index = index
+        loss, stats = model.phases(reuse=False)[0].loss(ctx)
+        return float(loss.detach()), stats
+
+    full, stats = critic_loss(every, 0)
+    gp = float(stats["gp"])
+    assert gp > 0
+    for index in (0, 3, 6):  # the penalty's updates: weight 3λ
+        loss, stats = critic_loss(lazy, index)
+        assert float(stats["gp"]) == gp
+        assert loss == pytest.approx(full + 2 * 10.0 * gp, rel=1e-5)
+    for index in (1, 2, 4):  # the others: the Wasserstein loss alone, no double backward
+        loss, stats = critic_loss(lazy, index)
+        assert "gp" not in stats
+        assert loss == pytest.approx(full - 10.0 * gp, rel=1e-5, abs=1e-5)

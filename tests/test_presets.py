@@ -155,6 +155,21 @@ def test_the_wgan_gp_default_penalises_the_critics_gradient(tiny_data, tmp_path)
     assert rows and rows[-1]["gp"] > 0  # the penalty was computed and logged
 
 
+def test_a_lazy_penalty_is_computed_on_every_kth_critic_update_of_a_run(
+    tiny_data, tmp_path, monkeypatch
+):
+    from gankit import losses
+
+    calls = []
+    penalty = losses.gradient_penalty
+    monkeypatch.setattr(
+        losses, "gradient_penalty", lambda *a, **k: calls.append(1) or penalty(*a, **k)
+    )
+    config = gankit.configure("wgan-gp", steps=3, batch_size=16, n_critic=2, gp_every=4)
+    Trainer(config, tmp_path, data=tiny_data, progress=False, tensorboard=False).fit()
+    assert len(calls) == 2  # critic updates 0 and 4 of 0..5
+
+
 def test_the_bigan_default_has_an_encoder_a_generator_and_a_joint_critic(tiny_data, tmp_path):
     from gankit.nets import JointCritic
 

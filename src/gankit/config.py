@@ -122,6 +122,7 @@ class LossConfig:
     gan: GanLoss = "nonsaturating"
     label_smoothing: float = 0.0  # one-sided: D's real target is 1 - label_smoothing
     gp_weight: float = 0.0  # WGAN-GP gradient penalty λ (0 = off)
+    gp_every: int = 1  # the penalty on every k-th critic update only, weighted k·λ (lazy)
     clip: float = 0.0  # WGAN weight clipping to [-clip, clip] after each critic step (0 = off)
     recon: Literal["mse", "bce", "mse-sum", "bce-sum"] = "bce-sum"
     kl_weight: float = 1.0  # VAE: weight of the KL term (β)
@@ -134,6 +135,7 @@ class LossConfig:
             "a number in [0, 1)",
         )
         _check(self.gp_weight >= 0, "loss.gp_weight", self.gp_weight, "a number >= 0")
+        _check(self.gp_every >= 1, "loss.gp_every", self.gp_every, "an integer >= 1")
         _check(self.clip >= 0, "loss.clip", self.clip, "a number >= 0")
         _check(self.kl_weight >= 0, "loss.kl_weight", self.kl_weight, "a number >= 0")
 

@@ -47,6 +47,7 @@ class Context:
     draw: Draw = whole_draw  # (n, sample) -> this update's n rows of a global draw
     kept: dict[str, Tensor] = field(default_factory=dict)  # outputs, with their autograd
     # graphs, that one phase computed for the next to reuse (e.g. G(z) from D's update)
+    index: int = 0  # this update's number within its phase over the run: step × repeat + i
 
     def net(self, name: str) -> nn.Module:
         """The network ``name`` as this update calls it."""

@@ -64,14 +64,16 @@ class GAN(GenerativeModel):
         real_logits, fake_logits = critic(ctx.x, ctx.y), critic(fake, ctx.y)
         loss = self.adv.d(real_logits, fake_logits, 1.0 - cfg.label_smoothing)
         stats = {"loss/D": loss.detach()}
-        if cfg.gp_weight > 0:
+        # lazy regularisation (Karras et al. 2020): the penalty on every gp_every-th critic
+        # update, weighted gp_every·λ, costs 1/gp_every of its double backward
+        if cfg.gp_weight > 0 and ctx.index % cfg.gp_every == 0:
             kwargs = {"y": ctx.y} if self.config.conditional else {}
             x = ctx.x
             eps = ctx.draw(
                 len(x), lambda m: losses.mixing_weights(m, x.dim(), ctx.rng, x.device, x.dtype)
             )
             gp = losses.gradient_penalty(critic, ctx.x, fake, eps=eps, **kwargs)
-            loss = loss + cfg.gp_weight * gp
+            loss = loss + cfg.gp_every * cfg.gp_weight * gp
             stats["gp"] = gp.detach()
         return loss, stats | _output_stats(self.adv.probabilistic, real_logits, fake_logits)
 

@@ -259,6 +259,7 @@ class UsualWay:
         self.batches = iter(self.loader)
         self.rng = torch.Generator(device).manual_seed(seed)
         self.history: list[float] = []
+        self.steps = 0
 
     def _next(self):
         try:
@@ -271,11 +272,12 @@ class UsualWay:
     def train_step(self) -> None:
         ctx = None
         for phase in self.phases:
-            for _ in range(phase.repeat):
+            for i in range(phase.repeat):
                 if ctx is None or phase.draw == "batch":
                     ctx = self.model.context(*self._next(), self.rng)
                 elif phase.draw == "noise":
                     self.model.refresh_noise(ctx)
+                ctx.index = self.steps * phase.repeat + i
                 optimizer = self.optimizers[phase.optimizer]
                 optimizer.zero_grad()
                 loss, _ = phase.loss(ctx)
@@ -284,6 +286,7 @@ class UsualWay:
                 if phase.after_step is not None:
                     phase.after_step()
                 self.history.append(loss.item())
+        self.steps += 1
 
 
 # --------------------------------------------------------------------------- per model

@@ -236,12 +236,13 @@ class Trainer:
         """One step: every phase's updates in order (e.g. n_critic D updates, then G)."""
         ctx: Context | None = None
         for phase in self.phases:
-            for _ in range(phase.repeat):
-                ctx = self.update(phase, ctx)
+            for i in range(phase.repeat):
+                ctx = self.update(phase, ctx, self.step * phase.repeat + i)
         self.step += 1
 
-    def update(self, phase: Phase, ctx: Context | None) -> Context:
-        """One optimiser update of ``phase``; returns the context it used (for the next one)."""
+    def update(self, phase: Phase, ctx: Context | None, index: int = 0) -> Context:
+        """Update number ``index`` of ``phase`` (one optimiser step); returns the context it
+        used (for the next one)."""
         if phase is not self._trainable:  # gradients only for what it trains (or keeps)
             for name, net in self.model.nets.items():
                 net.requires_grad_(name in phase.nets or name in phase.keeps)
@@ -253,6 +254,7 @@ class Trainer:
         elif phase.draw == "noise":
             self.model.refresh_noise(ctx)
         ctx.nets = self._routes[phase.name]  # this update's networks (DDP: its wrappers)
+        ctx.index = index
         optimizer = self.optimizers[phase.optimizer]
         # spectral norm: one power iteration per update
         with parametrize.cached(), self._autocast():
