@@ -4,11 +4,15 @@ Each default and reference preset trains on one data set for ``minutes`` of trai
 (its own length does not count: the budget ends it), then 10,000 samples are scored on the
 data's evaluator. The table puts each default beside the reference presets of its family,
 so "does gankit's default beat the tutorial's design at equal time?" is read off one row.
-Run folders are kept; the same command on the same machine reproduces the table.
+Run folders are kept; the same command on the same machine reproduces the table. Each
+finished run leaves its scored row in ``NAME-sSEED/table-row.json``: the command run again
+into the same folder (after a kill, or with more ``--seeds``) reuses the rows made with the
+same settings and trains the rest, and the table names every CPU its rows came from.
 """
 
 from __future__ import annotations
 
+import json
 import math
 import statistics
 import time
@@ -19,6 +23,7 @@ from pathlib import Path
 import torch
 
 from gankit.api import configure, launch
+from gankit.config import to_dict
 from gankit.errors import ConfigError
 from gankit.evaluation import evaluate_run, open_evaluation
 from gankit.files import write_text
@@ -39,6 +44,8 @@ REFERENCES: dict[str, tuple[str, ...]] = {
     "bigan": ("bigan-004",),
 }
 METRICS = ("fid", "precision", "recall", "coverage", "classes_covered")
+EXTRAS = ("label_accuracy", "recon_mse")  # what some families add: the "other" column
+ROW_FILE = "table-row.json"  # a finished run's scored row, beside its run folder's files
 
 
 @dataclass
@@ -81,7 +88,6 @@ def run_table(
 def _train_and_score(
     name: str, seed: int, out: Path, settings: TableSettings, evaluation, log: Callable[[str], None]
 ) -> dict:
-    started = time.perf_counter()
     # the budget ends every run; one cadence for all, so no design pays for more grids
     config = configure(
         name,
@@ -95,8 +101,24 @@ def _train_and_score(
         checkpoint_every=5000,
     )
     run_dir = out / f"{name}-s{seed}"
+    # what made the run: the table's settings but the number of seeds, and its config
+    same = {k: v for k, v in vars(settings).items() if k != "seeds"}
+    made = json.loads(json.dumps({"settings": same, "config": to_dict(config)}))
+    done = finished_row(run_dir, made)
+    if done is not None:
+        log(f"{name} (seed {seed}): scored before with the same config, reusing {run_dir}")
+        return done
+    again = run_dir.exists() and any(run_dir.iterdir())
+    if again:  # cut short (killed), or made by another config: trained again
+        if not (run_dir / "config.toml").is_file():
+            raise ConfigError(
+                f"gankit table: {run_dir} exists and is not a run folder; "
+                "move it away or choose another --out"
+            )
+        log(f"{name} (seed {seed}): {run_dir} holds no row of this config: training it again")
+    started = time.perf_counter()
     log(f"{name} (seed {seed}): training for {settings.minutes:g} min -> {run_dir}")
-    trainer = launch(config, out=run_dir, progress=False)
+    trainer = launch(config, out=run_dir, overwrite=again, progress=False)
     trainer.fit()
     wall = time.perf_counter() - started
     run = Run(trainer.run_dir, trainer.config, trainer.model.eval(), trainer.step)
@@ -108,8 +130,10 @@ def _train_and_score(
         "train_s": round(trainer.clock.elapsed, 1),
         "wall_s": round(wall, 1),
         "run": str(run_dir),
+        "cpu": machine()["cpu"],
     }
-    row |= {k: metrics[k] for k in METRICS + ("label_accuracy", "recon_mse") if k in metrics}
+    row |= {k: metrics[k] for k in METRICS + EXTRAS if k in metrics}
+    write_json(made | {"row": row}, run_dir / ROW_FILE)
     log(
         f"  step {row['steps']}, FID {row['fid']:.1f}, recall {row['recall']:.2f}, "
         f"classes {row['classes_covered']}"
@@ -117,9 +141,21 @@ def _train_and_score(
     return row
 
 
+def finished_row(run_dir: Path, made: dict) -> dict | None:
+    """The scored row that a finished run left in ``run_dir`` if it was ``made`` (table
+    settings and run config) as now, else None."""
+    try:
+        stored = json.loads((run_dir / ROW_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(stored, dict) or any(stored.get(k) != v for k, v in made.items()):
+        return None
+    return stored.get("row")
+
+
 def _summarise(name: str, runs: list[dict]) -> dict:
     row: dict = {"model": name, "default": name in DEFAULT_NAMES, "runs": runs}
-    for key in ("steps", "train_s", "wall_s", *METRICS, "label_accuracy", "recon_mse"):
+    for key in ("steps", "train_s", "wall_s", *METRICS, *EXTRAS):
         values = [r[key] for r in runs if key in r]
         if values:
             row[key] = statistics.fmean(values)
@@ -150,22 +186,34 @@ def format_table(report: dict) -> str:
     seeds = f", mean ± std of {s['seeds']} seeds" if s["seeds"] > 1 else ""
     judged = verdicts(report)
     evaluator = report["evaluator"]["evaluator"]
+    cpus = sorted(
+        {run.get("cpu") for row in report["rows"] for run in row.get("runs", ())} - {None}
+    )
+    where = " and ".join(cpus) or report["machine"]["cpu"]
     lines = [
         f"{s['minutes']:g} minutes of training each on {s['data']}, "
         f"{s['eval_n']:,} samples scored on the {evaluator.get('data', '?')} evaluator "
         f"{evaluator.get('key', '?')} ({evaluator.get('origin', '?')}){seeds}; "
-        f"{report['machine']['cpu']}, {report['machine']['threads']} threads.",
+        f"{where}, {report['machine']['threads']} threads.",
         "",
-        "| model | steps | FID | precision | recall | coverage | classes | vs reference |",
-        "|---|---:|---:|---:|---:|---:|---:|---|",
+        "| model | steps | FID | precision | recall | coverage | classes | other | vs reference |",
+        "|---|---:|---:|---:|---:|---:|---:|---|---|",
     ]
     for row in report["rows"]:
         name = f"`{row['model']}`" + ("" if row["default"] else " (reference)")
+        other = "; ".join(
+            f"{label} {_cell(row, key, spec)}"
+            for key, label, spec in (
+                ("label_accuracy", "label acc", ".2f"),
+                ("recon_mse", "recon MSE", ".4f"),
+            )
+            if row.get(key) is not None
+        )
         lines.append(
             f"| {name} | {row['steps']:,.0f} | {_cell(row, 'fid', '.1f')} | "
             f"{_cell(row, 'precision', '.2f')} | {_cell(row, 'recall', '.2f')} | "
-            f"{_cell(row, 'coverage', '.2f')} | {_cell(row, 'classes_covered', '.0f')}"
-            f" | {judged.get(row['model'], '')} |"
+            f"{_cell(row, 'coverage', '.2f')} | {_cell(row, 'classes_covered', '.0f')} | "
+            f"{other} | {judged.get(row['model'], '')} |"
         )
     return "\n".join(lines)
 
