@@ -8,7 +8,9 @@ from pathlib import Path
 import pytest
 
 from gankit.cli import main
-from gankit.tools.table import finished_row, format_table, verdicts
+from gankit.errors import ConfigError
+from gankit.presets import preset_names
+from gankit.tools.table import finished_row, format_table, table_models, verdicts
 
 
 def _table(capsys, *args: str) -> tuple[dict, str]:
@@ -119,3 +121,12 @@ def test_each_default_is_judged_against_its_best_reference():
     )
     assert "| `cgan` | 1 | 25.0 | 0.50 | 0.50 | 0.50 | 10 | label acc 0.91 |  |" in table
     assert "; CPU A and CPU B, 2 threads." in table.splitlines()[0]  # rows from two machines
+
+
+def test_the_table_trains_the_presets_and_refuses_a_bench_shape():
+    assert table_models(None) == preset_names()  # every default and reference, no bench rows
+    assert table_models("gan, gan-002") == ["gan", "gan-002"]
+    with pytest.raises(ConfigError, match="dcgan:3x32: the table trains every model on --data"):
+        table_models("dcgan,dcgan:3x32")
+    with pytest.raises(ConfigError, match="unknown gann"):
+        table_models("gann")

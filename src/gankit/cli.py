@@ -962,8 +962,7 @@ def _add_table(sub) -> None:
 
 
 def cmd_table(args: argparse.Namespace) -> int:
-    from gankit.tools.bench import resolve_models
-    from gankit.tools.table import TableSettings, format_table, run_table
+    from gankit.tools.table import TableSettings, format_table, run_table, table_models
 
     settings = (
         TableSettings(0.1, args.seeds, 1000, args.data)
@@ -971,7 +970,7 @@ def cmd_table(args: argparse.Namespace) -> int:
         else TableSettings(args.minutes, args.seeds, args.eval_n, args.data)
     )
     report = run_table(
-        resolve_models(args.models),
+        table_models(args.models),
         args.out,
         settings,
         log=lambda text: print(text, file=sys.stderr, flush=True),

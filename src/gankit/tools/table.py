@@ -27,9 +27,9 @@ from gankit.config import to_dict
 from gankit.errors import ConfigError
 from gankit.evaluation import evaluate_run, open_evaluation
 from gankit.files import write_text
-from gankit.presets import DEFAULT_NAMES
+from gankit.presets import DEFAULT_NAMES, preset_names
 from gankit.runs import Run
-from gankit.tools.bench import machine, write_json
+from gankit.tools.bench import machine, resolve_models, write_json
 from gankit.version import __version__
 
 # the reference presets each default is measured against (same family of design)
@@ -54,6 +54,19 @@ class TableSettings:
     seeds: int = 1
     eval_n: int = 10_000
     data: str = "fashion-mnist"
+
+
+def table_models(spec: str | None) -> list[str]:
+    """``--models a,b`` checked against the presets, or every default and reference preset.
+    All train on the one data set, at its shape: a bench row's ``NAME:CxS`` is refused."""
+    names = resolve_models(spec) if spec else preset_names()
+    shaped = [name for name in names if ":" in name]
+    if shaped:
+        raise ConfigError(
+            f"--models {','.join(shaped)}: the table trains every model on --data at its own "
+            "image shape; give the preset name and the data of that shape (e.g. --data cifar10)"
+        )
+    return names
 
 
 def run_table(
