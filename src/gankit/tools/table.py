@@ -44,7 +44,8 @@ REFERENCES: dict[str, tuple[str, ...]] = {
     "bigan": ("bigan-004",),
 }
 METRICS = ("fid", "precision", "recall", "coverage", "classes_covered")
-EXTRAS = ("label_accuracy", "recon_mse")  # what some families add: the "other" column
+# what some families add, shown in the "other" column: key -> (label, format)
+EXTRAS = {"label_accuracy": ("label acc", ".2f"), "recon_mse": ("recon MSE", ".4f")}
 ROW_FILE = "table-row.json"  # a finished run's scored row, beside its run folder's files
 
 
@@ -145,7 +146,7 @@ def _train_and_score(
         "run": str(run_dir),
         "cpu": machine()["cpu"],
     }
-    row |= {k: metrics[k] for k in METRICS + EXTRAS if k in metrics}
+    row |= {k: metrics[k] for k in (*METRICS, *EXTRAS) if k in metrics}
     write_json(made | {"row": row}, run_dir / ROW_FILE)
     log(
         f"  step {row['steps']}, FID {row['fid']:.1f}, recall {row['recall']:.2f}, "
@@ -216,10 +217,7 @@ def format_table(report: dict) -> str:
         name = f"`{row['model']}`" + ("" if row["default"] else " (reference)")
         other = "; ".join(
             f"{label} {_cell(row, key, spec)}"
-            for key, label, spec in (
-                ("label_accuracy", "label acc", ".2f"),
-                ("recon_mse", "recon MSE", ".4f"),
-            )
+            for key, (label, spec) in EXTRAS.items()
             if row.get(key) is not None
         )
         lines.append(
