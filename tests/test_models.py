@@ -93,3 +93,73 @@ def test_a_lazy_penalty_comes_every_kth_critic_update_at_k_times_the_weight():
         loss, stats = critic_loss(lazy, index)
         assert "gp" not in stats
         assert loss == pytest.approx(full - 10.0 * gp, rel=1e-5, abs=1e-5)
+
+
+def _train_generator_a_little(model, steps: int = 3) -> None:
+    """Move G's weights and batch-norm statistics, folding each step into the EMA."""
+    g = model.nets["generator"]
+    for i in range(steps):
+        with torch.no_grad():
+            for p in g.parameters():
+                p.add_(torch.randn(p.shape, generator=torch.Generator().manual_seed(i)) * 0.05)
+        g.train()
+        model.decode(model.noise(16), model.sample_labels(16), use_ema=False)  # G's statistics
+        model.update_ema()
+
+
+@pytest.mark.parametrize("preset", ["dcgan", "cgan", "bigan"])
+def test_ema_batch_norm_statistics_are_those_of_the_ema_weights(preset):
+    model = gankit.build(preset)
+    _train_generator_a_little(model)
+    first_bn = next(m for m in model.ema.modules() if isinstance(m, torch.nn.BatchNorm1d))
+    copied = first_bn.running_mean.clone()
+    assert torch.equal(copied, next(
+        m for m in model.nets["generator"].modules() if isinstance(m, torch.nn.BatchNorm1d)
+    ).running_mean)  # fmt: skip
+    images = model.sample(4, rng=torch.Generator().manual_seed(0))
+    # the statistics now are the mean of the EMA's own first layer over the fixed draws
+    rng = torch.Generator().manual_seed(0)
+    pre_norm = []
+    for _ in range(1024 // 256):
+        z, y = model.noise(256, rng), model.sample_labels(256, rng)
+        if y is not None:  # a conditional G reads z beside a one-hot label
+            z = torch.cat([z, torch.nn.functional.one_hot(y, model.config.num_classes)], 1)
+        pre_norm.append(model.ema.body[0](z))  # the first layer, "fc N nobias"
+    expected = torch.cat(pre_norm).mean(0)
+    torch.testing.assert_close(first_bn.running_mean, expected, atol=1e-5, rtol=1e-4)
+    assert not torch.allclose(copied, expected, atol=1e-3)
+    assert images.dtype == torch.uint8 and first_bn.momentum == 0.1  # restored
+    # they depend on the EMA weights alone: other G statistics give the same samples
+    again = model.sample(4, rng=torch.Generator().manual_seed(0))
+    model.nets["generator"].apply(
+        lambda m: m.reset_running_stats() if isinstance(m, torch.nn.BatchNorm1d) else None
+    )
+    model.load_weights(model.weights())  # (a reload estimates them anew)
+    assert torch.equal(images, again)
+    assert torch.equal(images, model.sample(4, rng=torch.Generator().manual_seed(0)))
+
+
+def test_ema_statistics_copied_on_request_and_for_a_decoder():
+    model = gankit.build(gankit.configure("dcgan", ema_stats="copy"))
+    _train_generator_a_little(model)
+    g_bn, ema_bn = (
+        next(m for m in net.modules() if isinstance(m, torch.nn.BatchNorm1d))
+        for net in (model.nets["generator"], model.ema)
+    )
+    model.sample(4, rng=torch.Generator().manual_seed(0))
+    assert torch.equal(g_bn.running_mean, ema_bn.running_mean)
+    ae = gankit.build(gankit.configure("ae", ema=0.9))
+    assert ae.ema is not None and not ae._recomputes_ema_stats  # fed codes, not noise
+
+
+def test_a_checkpoint_holds_the_statistics_samples_use():
+    model = gankit.build("dcgan")
+    _train_generator_a_little(model)
+    saved = model.weights()
+    key = next(k for k in saved if k.startswith("ema/") and k.endswith("running_var"))
+    g_key = "net/generator/" + key[len("ema/") :]
+    assert not torch.allclose(saved[key], saved[g_key])  # estimated, not G's copy
+    images = model.sample(4, rng=torch.Generator().manual_seed(0))
+    fresh = gankit.build("dcgan")
+    fresh.load_weights(saved)
+    assert torch.equal(fresh.sample(4, rng=torch.Generator().manual_seed(0)), images)

@@ -139,3 +139,28 @@ def test_batchstats_normalises_by_the_batch_in_eval_mode():
     torch.testing.assert_close(y.mean(0), torch.zeros(8), atol=1e-5, rtol=0)
     # a tracking batch norm in eval mode uses its (initial) running statistics instead
     torch.testing.assert_close(body[1](x), x / (1 + 1e-5) ** 0.5)
+
+
+def test_minibatch_std_sees_the_spread_within_each_group():
+    body, out = build_body(["flatten", "mbstd 2"], (3,))
+    assert out == (4,)  # one more feature
+    # samples i and i + 2 form a group (i mod B/g): groups {0, 2} and {1, 3}
+    x = torch.tensor([[0.0, 0, 0], [1, 1, 1], [2, 4, 6], [1, 1, 1]])
+    y = body(x)
+    torch.testing.assert_close(y[:, :3], x)  # the input passes through unchanged
+    spread = (torch.tensor([1.0, 2, 3]) ** 2 + 1e-8).sqrt().mean()  # |2 − 0| / 2 per feature
+    torch.testing.assert_close(
+        y[:, 3], torch.stack([spread, torch.tensor(1e-4), spread, torch.tensor(1e-4)])
+    )
+
+
+def test_minibatch_std_on_feature_maps_and_odd_batches():
+    body, out = build_body(["conv 4 k3 p1", "mbstd"], (1, 6, 6))
+    assert out == (5, 6, 6)  # one more channel
+    y = body(torch.randn(6, 1, 6, 6))  # 6 is not a multiple of 4: groups of 2
+    assert y.shape == (6, 5, 6, 6)
+    assert (y[:, 4] == y[:, 4, :1, :1]).all()  # one value per sample, over the whole map
+    copies = body(torch.ones(3, 1, 6, 6))  # identical samples: no spread
+    torch.testing.assert_close(copies[:, 4], torch.full((3, 6, 6), 1e-4))
+    single = body(torch.randn(1, 1, 6, 6))  # one sample: a group of one
+    torch.testing.assert_close(single[:, 4], torch.full((1, 6, 6), 1e-4))

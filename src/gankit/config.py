@@ -162,6 +162,10 @@ class ModelConfig:
     g_steps: int = 1  # G updates per step
     reuse_noise: bool = False  # the G update reuses the D update's noise (and real batch)
     ema: float = 0.0  # decay of an exponential moving average of G's weights (0 = off)
+    # the EMA generator's batch-norm statistics: re-estimated for its own weights from
+    # noise draws before it samples (GAN, BiGAN), or copied from G (an autoencoder's
+    # decoder, fed codes rather than noise, always copies)
+    ema_stats: Literal["recompute", "copy"] = "recompute"
 
     def __post_init__(self) -> None:
         _check(

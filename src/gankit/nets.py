@@ -14,6 +14,9 @@ A network body is a list of layer strings, read top to bottom, each ``op [args] 
                               batchstats: normalise by the batch in eval mode too
     relu | lrelu A | tanh | sigmoid | elu | silu | gelu
     dropout P | flatten | reshape C H W
+    mbstd [G]                 minibatch standard deviation (Karras et al. 2018): one more
+                              feature (flat) or channel holding how much the samples of each
+                              group of G (4) differ, so D can see a batch that lacks variety
 
 ``nobias`` drops the layer's bias: before batch norm it is redundant (the norm removes any
 constant shift, so its gradient is zero up to rounding). Shapes are tracked while building,
@@ -73,6 +76,35 @@ class BatchNormNoScale(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shift = self.bias.view(1, -1, 1, 1) if self.dims == 4 else self.bias
         return self.norm(x) + shift
+
+
+class MinibatchStd(nn.Module):
+    """Appends the mean standard deviation across each group of samples as one more feature
+    (flat input) or channel (C, H, W): a batch of near-copies gives D a tell it can use, so
+    G is pushed toward variety (Karras et al. 2018, section 3).
+
+    Sample i joins group i mod (B / g), with g the largest divisor of the batch B up to
+    ``group``, so any batch size works (one sample: a zero feature)."""
+
+    def __init__(self, group: int = 4):
+        super().__init__()
+        self.group = group
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, rest = x.shape[0], x.shape[1:]
+        g = math.gcd(b, self.group)
+        y = x.reshape(g, b // g, *rest).float()
+        std = (y.var(dim=0, unbiased=False) + 1e-8).sqrt()  # (B/g, *rest)
+        stat = std.flatten(1).mean(dim=1).to(x.dtype)  # (B/g,)
+        stat = stat.repeat(g)  # back to sample order i -> i mod (B/g)
+        if x.dim() == 4:
+            feature = stat.view(b, 1, 1, 1).expand(b, 1, *x.shape[2:])
+        else:
+            feature = stat.view(b, 1)
+        return torch.cat([x, feature], dim=1)
+
+    def extra_repr(self) -> str:
+        return f"group={self.group}"
 
 
 class Reshape(nn.Module):
@@ -190,6 +222,7 @@ LAYERS: dict[str, Callable[[LayerSpec], nn.Module]] = {
     "dropout": lambda s: nn.Dropout(float(s.pos[0])),
     "flatten": lambda s: nn.Flatten(),
     "reshape": _reshape,
+    "mbstd": lambda s: MinibatchStd(int(s.pos[0]) if s.pos else 4),
 } | {name: (lambda s, make=make: make()) for name, make in _ACTIVATIONS.items()}
 
 

