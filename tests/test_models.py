@@ -163,3 +163,14 @@ def test_a_checkpoint_holds_the_statistics_samples_use():
     fresh = gankit.build("dcgan")
     fresh.load_weights(saved)
     assert torch.equal(fresh.sample(4, rng=torch.Generator().manual_seed(0)), images)
+
+
+def test_estimating_ema_statistics_draws_no_global_random_numbers():
+    layers = gankit.configure("dcgan").model.generator.layers
+    with_dropout = [*layers[:3], "dropout 0.5", *layers[3:]]  # after the first batch norm
+    model = gankit.build(gankit.configure("dcgan", model__generator__layers=with_dropout))
+    _train_generator_a_little(model, steps=1)
+    before = torch.random.get_rng_state()
+    model.recompute_ema_stats()
+    assert torch.equal(torch.random.get_rng_state(), before)  # a resume stays exact
+    assert model.ema.training  # and the mode is as it was
