@@ -3,11 +3,13 @@
 ``tests/fixtures/v0.1-*`` are run folders that gankit 0.1 (before the package was split into
 sub-packages) wrote after 3 of 6 steps on mnist-5k: a small MLP GAN (batch norm, EMA, two
 Adam optimisers) and a small autoencoder with a fitted Gaussian-mixture prior. Beside each
-lie the weights the same version reached at step 6 without stopping.
+lie the weights the same version reached at step 6 without stopping. (Its EMA generator's
+batch-norm statistics were copied from G; gankit now estimates them for the averaged weights.)
 """
 
 from __future__ import annotations
 
+import copy
 import shutil
 from pathlib import Path
 
@@ -28,6 +30,10 @@ def test_an_old_run_folder_resumes_to_the_weights_it_would_have_reached(name, tm
     expected = load_file(run_dir / "expected-step-6-weights.safetensors")
 
     run = gankit.resume(run_dir, steps=6, progress=False)
+    # the statistics today's gankit estimates for the EMA weights the old run reached
+    reference = copy.deepcopy(run.model)
+    reference.load_weights(expected)
+    expected = reference.weights()
 
     assert run.step == 6
     weights = run.model.weights()

@@ -80,7 +80,6 @@ class GenerativeModel(nn.Module):
         self.config = config
         self.nets = nn.ModuleDict()
         self.ema: nn.Module | None = None  # EMA copy of the generator, when config.ema > 0
-        self._ema_stats_stale = False  # EMA updated since its statistics were estimated
         self.prior: nn.Module | None = None  # a density fitted to codes (autoencoders)
 
     @property
@@ -222,7 +221,10 @@ class GenerativeModel(nn.Module):
             self.ema = copy.deepcopy(self.nets["generator"]).requires_grad_(False)
             # the update count travels with the EMA's state dict (and so with checkpoints)
             self.ema.register_buffer("ema_updates", torch.zeros((), dtype=torch.long))
-            self._ema_updates = 0
+            # the update count its batch-norm statistics were estimated at (those of the
+            # untrained G it copies: 0; -1 in a checkpoint whose statistics were copied)
+            self.ema.register_buffer("ema_stats_for", torch.zeros((), dtype=torch.long))
+            self._ema_updates = self._ema_stats_for = 0
 
     @torch.no_grad()
     def update_ema(self) -> None:
@@ -244,7 +246,6 @@ class GenerativeModel(nn.Module):
             ema_buffers[name].copy_(b)
         self._ema_updates = n + 1
         self.ema.ema_updates.fill_(n + 1)
-        self._ema_stats_stale = True
 
     @property
     def _recomputes_ema_stats(self) -> bool:
@@ -257,6 +258,11 @@ class GenerativeModel(nn.Module):
             and any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in self.ema.modules())
         )
 
+    @property
+    def _ema_stats_stale(self) -> bool:
+        """Whether the EMA's statistics must be estimated before it samples or is saved."""
+        return self._ema_stats_for != self._ema_updates and self._recomputes_ema_stats
+
     @torch.no_grad()
     def recompute_ema_stats(self) -> None:
         """Re-estimate the EMA generator's batch-norm statistics from its own outputs.
@@ -266,9 +272,10 @@ class GenerativeModel(nn.Module):
         The population mean and variance of each layer are averaged over
         ``EMA_STATS_DRAWS`` noise draws (and uniform labels) of a fixed seed, so the result
         depends on the EMA weights alone: a resumed run, a reloaded checkpoint and every
-        process of a distributed run compute the same statistics.
+        process of a distributed run compute the same statistics (up to the rounding of the
+        memory format: a checkpoint keeps its estimate, and loading it does not estimate
+        anew).
         """
-        self._ema_stats_stale = False
         if not self._recomputes_ema_stats:
             return
         norms = [m for m in self.ema.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
@@ -287,6 +294,8 @@ class GenerativeModel(nn.Module):
         for m, momentum in zip(norms, momenta, strict=True):
             m.momentum = momentum
         self.ema.train(was_training)
+        self.ema.ema_stats_for.fill_(self._ema_updates)
+        self._ema_stats_for = self._ema_updates
 
     # -- weights as flat tensors (the checkpoint layout) --------------------------------
     def weights(self) -> dict[str, Tensor]:
@@ -313,10 +322,12 @@ class GenerativeModel(nn.Module):
         for name, net in self.nets.items():
             net.load_state_dict(part(f"net/{name}/"))
         if self.ema is not None:
-            self.ema.load_state_dict(part("ema/"))
+            ema = part("ema/")
+            # (statistics saved by an older gankit were copied from G: estimated anew)
+            ema.setdefault("ema_stats_for", torch.tensor(-1))
+            self.ema.load_state_dict(ema)
             self._ema_updates = int(self.ema.ema_updates)
-            # (statistics saved by an older gankit were copied from G: estimate them anew)
-            self._ema_stats_stale = True
+            self._ema_stats_for = int(self.ema.ema_stats_for)
         if self.prior is not None and part("prior/"):  # (checkpoints before priors: none)
             self.prior.load_state_dict(part("prior/"))
 
