@@ -64,3 +64,39 @@ def test_kl_is_zero_at_the_prior_and_matches_the_formula():
     assert_close(losses.kl_normal(mu, logvar), torch.tensor(0.0))
     mu, logvar = torch.tensor([[1.0, 0.0]]), torch.tensor([[0.0, math.log(4.0)]])
     assert_close(losses.kl_normal(mu, logvar), torch.tensor(0.5 * (1 + (4 - math.log(4) - 1))))
+
+
+def test_calibrated_gaussian_is_the_nll_at_the_maximum_likelihood_variance():
+    torch.manual_seed(0)
+    x = torch.rand(4, 1, 3, 3)
+    out = torch.randn(4, 1, 3, 3, requires_grad=True)
+    mean = torch.sigmoid(out)
+    variance = ((mean - x) ** 2).mean()
+    pixels = 9
+    # Σ over pixels of ½ (x − μ)²/σ² + ½ log 2πσ², averaged over images, with σ² = the MSE
+    expected = 0.5 * pixels * (1 + torch.log(2 * math.pi * variance))
+    loss = losses.reconstruction("gaussian", out, x)
+    assert_close(loss, expected)
+    # the variance is held fixed for the gradient, which at its optimum is the full gradient
+    (grad,) = torch.autograd.grad(loss, out)
+    (full,) = torch.autograd.grad(expected, out)
+    assert_close(grad, full)
+    assert losses.takes_logits("gaussian") and not losses.is_bce("gaussian")
+
+
+def test_calibrated_gaussian_variance_has_a_floor():
+    x = torch.zeros(2, 1, 2, 2)
+    out = torch.full((2, 1, 2, 2), -40.0)  # sigmoid ≈ 0: a perfect reconstruction
+    loss = losses.reconstruction("gaussian", out, x)
+    floor = 0.5 * 4 * math.log(2 * math.pi * losses.MIN_VARIANCE)
+    assert torch.isfinite(loss)
+    assert_close(loss, torch.tensor(floor), atol=1e-3, rtol=0)
+
+
+def test_gradient_penalty_of_a_packing_critic_takes_one_norm_per_pack():
+    torch.manual_seed(0)
+    linear = nn.Linear(24, 1)  # judges two 12-pixel images at once
+    critic = lambda x: linear(x.reshape(len(x) // 2, 24))  # noqa: E731
+    real, fake = torch.randn(8, 3, 2, 2), torch.randn(8, 3, 2, 2)
+    expected = (linear.weight.norm() - 1) ** 2  # the gradient of each pack is w
+    assert_close(losses.gradient_penalty(critic, real, fake), expected)

@@ -3,10 +3,13 @@ processes or of the training loop."""
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
 import gankit
+from gankit.errors import ConfigError
 from gankit.models import Context
 
 
@@ -188,3 +191,66 @@ def test_estimating_ema_statistics_draws_no_global_random_numbers():
     model.recompute_ema_stats()
     assert torch.equal(torch.random.get_rng_state(), before)  # a resume stays exact
     assert model.ema.training  # and the mode is as it was
+
+
+@pytest.mark.parametrize("preset", ["gan", "dcgan", "wgan-gp", "bigan"])
+def test_a_packing_discriminator_judges_consecutive_images_together(preset):
+    torch.manual_seed(0)
+    model = gankit.build(gankit.configure(preset, pack=2))
+    d = model.nets["discriminator"].eval()  # batch statistics would mix the packs
+    x = batch(8)
+    if preset == "bigan":
+        z = model.noise(8)
+        logits = model.critic(x, z)
+        first = d(torch.cat([x[0], x[1]])[None], torch.cat([z[0], z[1]])[None])
+    else:
+        logits = model.critic(x)
+        first = d(torch.cat([x[0], x[1]])[None])
+    assert logits.shape == (4,)
+    torch.testing.assert_close(logits[0], first.reshape(()))
+    # whole packs reordered: the same verdicts reordered; images swapped between packs: new
+    order = [2, 3, 0, 1, 4, 5, 6, 7]
+    swap = [0, 2, 1, 3, 4, 5, 6, 7]
+    if preset == "bigan":
+        torch.testing.assert_close(model.critic(x[order], z[order]), logits[[1, 0, 2, 3]])
+        assert not torch.allclose(model.critic(x[swap], z[swap])[:2], logits[:2])
+    else:
+        torch.testing.assert_close(model.critic(x[order]), logits[[1, 0, 2, 3]])
+        assert not torch.allclose(model.critic(x[swap])[:2], logits[:2])
+    # both phases run on packs, the penalty included
+    ctx = model.context(x, None, torch.Generator().manual_seed(0))
+    for phase in model.phases(reuse=False):
+        loss, _ = phase.loss(ctx)
+        assert torch.isfinite(loss)
+
+
+def test_packing_is_refused_where_it_cannot_apply():
+    with pytest.raises(ConfigError, match="model.pack = 2 is for an unconditional"):
+        gankit.configure("cgan", pack=2)
+    with pytest.raises(ConfigError, match="model.pack = 2 is for an unconditional"):
+        gankit.configure("vae", pack=2)
+    with pytest.raises(ConfigError, match="not a multiple of model.pack = 3"):
+        gankit.configure("gan", pack=3, batch_size=64)
+    with pytest.raises(ConfigError, match="model.pack"):
+        gankit.configure("gan", pack=0)
+
+
+@torch.no_grad()
+def test_a_calibrated_gaussian_vae_reports_its_elbo_at_the_fitted_variance():
+    torch.manual_seed(0)
+    model = gankit.build(gankit.configure("vae", recon="gaussian")).eval()
+    images = torch.randint(0, 256, (6, 1, 28, 28), dtype=torch.uint8)
+    metrics = model.reconstruction_metrics(images, batch_size=4)
+    # by hand: one seeded draw of z per image, σ² the mean squared error over all images
+    x = model.prepare(images)
+    mu, logvar = model.encode(x)
+    gen = torch.Generator().manual_seed(0)  # drawn batch by batch, as the metric does
+    eps = torch.cat(
+        [torch.randn(mu[:4].shape, generator=gen), torch.randn(mu[4:].shape, generator=gen)]
+    )
+    means = model.decode(mu + torch.exp(0.5 * logvar) * eps, use_ema=False)
+    variance = float((means - x).square().mean())
+    nll = 0.5 * 784 * (math.log(2 * math.pi * variance) + 1)
+    kl = float(0.5 * (mu.pow(2) + logvar.exp() - logvar - 1).sum(1).mean())
+    assert metrics["kl"] == pytest.approx(kl, rel=1e-5)
+    assert metrics["elbo"] == pytest.approx(-nll - kl, rel=1e-5)

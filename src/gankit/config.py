@@ -124,7 +124,7 @@ class LossConfig:
     gp_weight: float = 0.0  # WGAN-GP gradient penalty λ (0 = off)
     gp_every: int = 1  # the penalty on every k-th critic update only, weighted k·λ (lazy)
     clip: float = 0.0  # WGAN weight clipping to [-clip, clip] after each critic step (0 = off)
-    recon: Literal["mse", "bce", "mse-sum", "bce-sum"] = "bce-sum"
+    recon: Literal["mse", "bce", "mse-sum", "bce-sum", "gaussian"] = "bce-sum"
     kl_weight: float = 1.0  # VAE: weight of the KL term (β)
 
     def __post_init__(self) -> None:
@@ -161,6 +161,9 @@ class ModelConfig:
     n_critic: int = 1  # D updates per step
     g_steps: int = 1  # G updates per step
     reuse_noise: bool = False  # the G update reuses the D update's noise (and real batch)
+    # D judges packs of m images (and codes) stacked along channels (PacGAN, Lin et al.
+    # 2018): a collapsed G's packs look alike, so D sees the collapse; 1 = single images
+    pack: int = 1
     ema: float = 0.0  # decay of an exponential moving average of G's weights (0 = off)
     # the EMA generator's batch-norm statistics: re-estimated for its own weights from
     # noise draws before it samples (GAN, BiGAN), or copied from G (an autoencoder's
@@ -177,6 +180,7 @@ class ModelConfig:
         _check(self.channels in CHANNELS, "model.channels", self.channels, "1 or 3")
         _check(self.n_critic >= 1, "model.n_critic", self.n_critic, "an integer >= 1")
         _check(self.g_steps >= 1, "model.g_steps", self.g_steps, "an integer >= 1")
+        _check(self.pack >= 1, "model.pack", self.pack, "an integer >= 1")
         _check(0 <= self.ema < 1, "model.ema", self.ema, "a decay in [0, 1)")
         _check(self.num_classes >= 2, "model.num_classes", self.num_classes, "an integer >= 2")
         _check(self.label_embed >= 0, "model.label_embed", self.label_embed, "an integer >= 0")
@@ -195,6 +199,11 @@ class ModelConfig:
             )
         if self.conditional and self.family != "gan":
             raise ConfigError(f"model.conditional = true needs family 'gan', not {self.family!r}")
+        if self.pack > 1 and (self.conditional or self.family not in ("gan", "bigan")):
+            raise ConfigError(
+                f"model.pack = {self.pack} is for an unconditional GAN or BiGAN's "
+                "discriminator (a conditional D judges one image per label): set model.pack = 1"
+            )
 
 
 @dataclass
@@ -290,6 +299,14 @@ class RunConfig:
     description: str = ""
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+
+    def __post_init__(self) -> None:
+        if self.train.batch_size % self.model.pack:
+            raise ConfigError(
+                f"train.batch_size = {self.train.batch_size} is not a multiple of "
+                f"model.pack = {self.model.pack}: D judges packs of {self.model.pack} images; "
+                "make the batch a multiple of the pack"
+            )
 
 
 # --------------------------------------------------------------------------- conversion

@@ -6,6 +6,7 @@ same quantity as the tutorials' −log D(x) without its overflow (they add 1e-8 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import NamedTuple
 
@@ -97,15 +98,16 @@ def gradient_penalty(
 ) -> Tensor:
     """E[(‖∇x̂ C(x̂)‖₂ − 1)²] at x̂ = εx + (1−ε)x̃, ε ~ U(0, 1) (Gulrajani et al. 2017, eq. 3).
 
-    ``eps`` (B, 1, …) gives the mixing weights, else they are drawn from ``generator``.
-    Returned without the weight λ.
+    ``eps`` (B, 1, …) gives the mixing weights, else they are drawn from ``generator``. A
+    critic that judges packs of images (PacGAN) has one gradient norm per pack. Returned
+    without the weight λ.
     """
     if eps is None:
         eps = mixing_weights(real.shape[0], real.dim(), generator, real.device, real.dtype)
     mixed = (eps * real + (1 - eps) * fake).requires_grad_(True)
     out = critic(mixed, **critic_kwargs)
     (grad,) = torch.autograd.grad(out.sum(), mixed, create_graph=True)
-    norm = grad.flatten(1).norm(2, dim=1)  # (B,)
+    norm = grad.reshape(len(out), -1).norm(2, dim=1)  # per critic output: a pack's images
     return ((norm - 1.0) ** 2).mean()
 
 
@@ -120,18 +122,37 @@ def _squared(out: Tensor, x: Tensor) -> Tensor:
     return (out - x) ** 2
 
 
+MIN_VARIANCE = 1e-6  # the calibrated decoder's floor on σ² (pixels in [0, 1])
+
+
+def _gaussian(out: Tensor, x: Tensor) -> Tensor:
+    """−log N(x; sigmoid(out), σ²) per pixel, with one σ² for every pixel set to its maximum
+    likelihood value, the batch's mean squared error (a calibrated decoder: Rybkin et al.
+    2021). σ² is held fixed for the gradient; at the optimum that is the exact gradient."""
+    squared = (torch.sigmoid(out) - x) ** 2
+    variance = squared.detach().mean().clamp_min(MIN_VARIANCE)
+    return 0.5 * squared / variance + 0.5 * torch.log(2 * math.pi * variance)
+
+
 # name -> (per-pixel loss, summed over each image's pixels (else the mean of every pixel))
 RECONSTRUCTIONS = {
     "mse": (_squared, False),
     "mse-sum": (_squared, True),
     "bce": (_bce, False),
     "bce-sum": (_bce, True),
+    "gaussian": (_gaussian, True),
 }
 
 
 def is_bce(kind: str) -> bool:
-    """Whether reconstruction loss ``kind`` reads the decoder's output as logits."""
+    """Whether reconstruction loss ``kind`` is the Bernoulli log-likelihood."""
     return RECONSTRUCTIONS[kind][0] is _bce
+
+
+def takes_logits(kind: str) -> bool:
+    """Whether reconstruction loss ``kind`` reads the decoder's output as logits (the image
+    is their sigmoid)."""
+    return RECONSTRUCTIONS[kind][0] in (_bce, _gaussian)
 
 
 def reconstruction(kind: str, out: Tensor, x: Tensor) -> Tensor:
@@ -139,7 +160,9 @@ def reconstruction(kind: str, out: Tensor, x: Tensor) -> Tensor:
 
     ``mse``/``bce``: mean over every pixel. ``mse-sum``/``bce-sum``: summed over a
     image's pixels, mean over the batch (the log-likelihood terms of an ELBO). ``bce*``
-    expects ``out`` to be logits and ``x`` in [0, 1].
+    expects ``out`` to be logits and ``x`` in [0, 1]. ``gaussian``: the negative Gaussian
+    log-likelihood of ``x`` around sigmoid(``out``) with a calibrated shared variance, summed
+    over each image's pixels.
     """
     if kind not in RECONSTRUCTIONS:
         raise ValueError(f"unknown reconstruction loss {kind!r}: use {', '.join(RECONSTRUCTIONS)}")

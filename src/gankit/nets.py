@@ -431,6 +431,20 @@ class Critic(nn.Module):
         return self.head(h).squeeze(1) + (self.embed(y) * h).sum(dim=1)
 
 
+def pack(x: torch.Tensor, m: int) -> torch.Tensor:
+    """(B, F, …) → (B/m, m·F, …): each m consecutive samples stacked along the first feature
+    axis, so that a discriminator judges them together (PacGAN, Lin et al. 2018)."""
+    if m == 1:
+        return x
+    b = x.shape[0]
+    if b % m:
+        raise ValueError(
+            f"a batch of {b} cannot be cut into packs of {m}: make train.batch_size (per "
+            "process) a multiple of model.pack"
+        )
+    return x.reshape(b // m, m * x.shape[1], *x.shape[2:])
+
+
 class JointCritic(nn.Module):
     """BiGAN/ALI discriminator: (image (B, C, H, W), code (B, D)) → logits (B,)."""
 

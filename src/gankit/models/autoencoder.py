@@ -4,6 +4,8 @@ sampling a prior that is N(0, I) or a Gaussian mixture fitted to the training co
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor, nn
 
@@ -60,10 +62,11 @@ class AutoEncoder(Reconstructing, GenerativeModel):
             config.generator.init,
             config.generator.spectral_norm,
         )
-        self.logits = losses.is_bce(config.loss.recon)  # the decoder emits logits for BCE
+        # the decoder emits logits for BCE and the calibrated Gaussian
+        self.logits = losses.takes_logits(config.loss.recon)
         if self.logits and config.data_range != "unit":
             raise ConfigError(
-                "loss.recon = 'bce…' needs model.data_range = 'unit' ([0, 1] "
+                f"loss.recon = {config.loss.recon!r} needs model.data_range = 'unit' ([0, 1] "
                 "pixels); use 'mse' for [-1, 1]"
             )
         # a density of the codes to sample from (Ghosh et al. 2020), fitted by fit_prior
@@ -144,23 +147,33 @@ class VAE(AutoEncoder):
 
     @torch.inference_mode()
     def reconstruction_metrics(self, images: Tensor, batch_size: int = 1000) -> dict:
-        """Adds the KL term and, with a Bernoulli (BCE) decoder, the evidence lower bound
-        log p(x) ≥ E_q[log p(x|z)] − KL(q(z|x) ‖ p(z)) in nats per image (one draw of z per
-        image, seeded)."""
+        """Adds the KL term and, with a Bernoulli (BCE) or calibrated Gaussian decoder, the
+        evidence lower bound log p(x) ≥ E_q[log p(x|z)] − KL(q(z|x) ‖ p(z)) in nats per
+        image (one draw of z per image, seeded). The Gaussian's is a density of [0, 1]
+        pixels, with σ² the reconstructions' mean squared error over all ``images``."""
         out = super().reconstruction_metrics(images, batch_size)
         rng = torch.Generator(self.device).manual_seed(0)
-        kl_sum, log_lik = 0.0, 0.0
+        kl_sum, log_lik, squared = 0.0, 0.0, 0.0
+        kind = self.config.loss.recon
+        bernoulli, gaussian = losses.is_bce(kind), kind == "gaussian"
         with self.evaluating():
             for i in range(0, len(images), batch_size):
                 x = self.prepare(images[i : i + batch_size].to(self.device))
                 mu, logvar = self.encode(x)
                 kl_sum += float(losses.kl_normal(mu, logvar)) * len(x)
-                if self.logits:
+                if bernoulli or gaussian:
                     eps = torch.randn(mu.shape, generator=rng, device=mu.device)
                     logits = self.nets["generator"](mu + torch.exp(0.5 * logvar) * eps)
+                if bernoulli:
                     log_lik -= float(losses.reconstruction("bce-sum", logits, x)) * len(x)
+                elif gaussian:
+                    squared += float((torch.sigmoid(logits) - x).square().sum())
         n = max(len(images), 1)
         out["kl"] = kl_sum / n
-        if self.logits:
+        if gaussian:
+            pixels = images[0].numel() if len(images) else 1
+            variance = max(squared / (n * pixels), losses.MIN_VARIANCE)
+            log_lik = -0.5 * n * pixels * (math.log(2 * math.pi * variance) + 1)
+        if bernoulli or gaussian:
             out["elbo"] = (log_lik - kl_sum) / n
         return out

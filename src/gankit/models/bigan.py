@@ -11,7 +11,7 @@ from gankit.config import ModelConfig
 from gankit.models.autoencoder import Reconstructing
 from gankit.models.base import Context, GenerativeModel, Phase, Stats, kept_or_run, reused_or_run
 from gankit.models.gan import _output_stats
-from gankit.nets import Encoder, Generator, JointCritic, finish
+from gankit.nets import Encoder, Generator, JointCritic, finish, pack
 
 
 class BiGAN(Reconstructing, GenerativeModel):
@@ -38,9 +38,10 @@ class BiGAN(Reconstructing, GenerativeModel):
             config.generator.init,
             config.generator.spectral_norm,
         )
-        d = config.discriminator
+        d, m = config.discriminator, config.pack
+        c, h, w = self.image_shape
         self.nets["discriminator"] = discriminator or finish(
-            JointCritic(d.layers, d.x_layers, d.z_layers, self.image_shape, dim),
+            JointCritic(d.layers, d.x_layers, d.z_layers, (m * c, h, w), m * dim),
             d.init,
             d.spectral_norm,
         )
@@ -51,9 +52,10 @@ class BiGAN(Reconstructing, GenerativeModel):
         return self.nets["encoder"](x), None
 
     def critic(self, x: Tensor, z: Tensor, d: nn.Module | None = None) -> Tensor:
-        """D's logits (B,) for (image, code) pairs; ``d``: D as the current update calls it
-        (default: the model's own)."""
-        return (d or self.nets["discriminator"])(x, z).reshape(x.shape[0])
+        """D's logits (B/m,) for (image, code) pairs in packs of m = ``model.pack``; ``d``: D
+        as the current update calls it (default: the model's own)."""
+        m = self.config.pack
+        return (d or self.nets["discriminator"])(pack(x, m), pack(z, m)).reshape(x.shape[0] // m)
 
     def d_loss(self, ctx: Context, keep: bool = False) -> tuple[Tensor, Stats]:
         """D's loss; ``keep``: store E(x)'s and G(z)'s graphs for the E+G update."""

@@ -12,7 +12,7 @@ from torch import Tensor, nn
 from gankit import losses
 from gankit.config import ModelConfig
 from gankit.models.base import Context, GenerativeModel, Phase, Stats, kept_or_run, reused_or_run
-from gankit.nets import Critic, Generator, finish
+from gankit.nets import Critic, Generator, finish, pack
 
 
 class GAN(GenerativeModel):
@@ -26,6 +26,7 @@ class GAN(GenerativeModel):
     ):
         super().__init__(config)
         classes = config.num_classes if config.conditional else 0
+        c, h, w = self.image_shape
         self.nets["generator"] = generator or finish(
             Generator(
                 config.generator.layers,
@@ -38,7 +39,7 @@ class GAN(GenerativeModel):
             config.generator.spectral_norm,
         )
         self.nets["discriminator"] = discriminator or finish(
-            Critic(config.discriminator.layers, self.image_shape, classes),
+            Critic(config.discriminator.layers, (config.pack * c, h, w), classes),
             config.discriminator.init,
             config.discriminator.spectral_norm,
         )
@@ -46,11 +47,12 @@ class GAN(GenerativeModel):
         self._make_ema()
 
     def critic(self, x: Tensor, y: Tensor | None = None, d: nn.Module | None = None) -> Tensor:
-        """D's logits (B,) for images x (and labels y when conditional); ``d``: D as the
-        current update calls it (default: the model's own)."""
+        """D's logits (B/m,) for images x (B, C, H, W) in packs of m = ``model.pack`` (and
+        labels y when conditional); ``d``: D as the current update calls it (default: the
+        model's own)."""
         d = d or self.nets["discriminator"]
-        out = d(x, y) if self.config.conditional else d(x)
-        return out.reshape(x.shape[0])
+        out = d(x, y) if self.config.conditional else d(pack(x, self.config.pack))
+        return out.reshape(x.shape[0] // self.config.pack)
 
     def d_loss(self, ctx: Context, keep: bool = False) -> tuple[Tensor, Stats]:
         """D's loss; ``keep``: store G(z)'s graph for G's update (see :meth:`phases`)."""
