@@ -7,7 +7,9 @@ from pathlib import Path
 
 import pytest
 
+import gankit
 from gankit.cli import main
+from gankit.config import to_dict
 from gankit.errors import ConfigError
 from gankit.presets import preset_names
 from gankit.tools.table import finished_row, format_table, table_models, verdicts
@@ -130,3 +132,20 @@ def test_the_table_trains_the_presets_and_refuses_a_bench_shape():
         table_models("dcgan,dcgan:3x32")
     with pytest.raises(ConfigError, match="unknown gann"):
         table_models("gann")
+
+
+def test_a_row_made_before_a_setting_existed_is_reused_at_its_default(tmp_path):
+    def made(**overrides) -> dict:
+        config = json.loads(json.dumps(to_dict(gankit.configure("gan-002", **overrides))))
+        return {"settings": {"minutes": 5.0}, "config": config}
+
+    row = {"seed": 0, "steps": 100, "fid": 50.0}
+    stored = made()
+    del stored["config"]["model"]["pack"]  # written by a gankit without the setting
+    (tmp_path / "table-row.json").write_text(json.dumps(stored | {"row": row}))
+    assert finished_row(tmp_path, made()) == row  # the new setting at its default
+    assert finished_row(tmp_path, made(pack=2)) is None  # the new setting changed
+    assert finished_row(tmp_path, made(n_critic=2)) is None
+    stored["config"]["model"]["dropped"] = 1  # a setting gankit no longer has
+    (tmp_path / "table-row.json").write_text(json.dumps(stored | {"row": row}))
+    assert finished_row(tmp_path, made()) is None

@@ -12,18 +12,20 @@ same settings and trains the rest, and the table names every CPU its rows came f
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import statistics
 import time
+import typing
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, is_dataclass
 from pathlib import Path
 
 import torch
 
 from gankit.api import configure, launch
-from gankit.config import to_dict
+from gankit.config import RunConfig, to_dict
 from gankit.errors import ConfigError
 from gankit.evaluation import evaluate_run, open_evaluation
 from gankit.files import write_text
@@ -162,9 +164,46 @@ def finished_row(run_dir: Path, made: dict) -> dict | None:
         stored = json.loads((run_dir / ROW_FILE).read_text())
     except (OSError, ValueError):
         return None
-    if not isinstance(stored, dict) or any(stored.get(k) != v for k, v in made.items()):
+    if not isinstance(stored, dict) or set(made) - set(stored):
         return None
+    for key, value in made.items():
+        same = (
+            same_config(stored[key], value)
+            if key == "config" and isinstance(stored[key], dict) and isinstance(value, dict)
+            else stored[key] == value
+        )
+        if not same:
+            return None
     return stored.get("row")
+
+
+def same_config(stored: dict, made: dict, cls: type = RunConfig) -> bool:
+    """Whether a run config stored as plain dicts is ``made`` (the same, as plain dicts). A
+    key the stored one lacks counts as its default: a setting gankit gained since the run
+    was made, at its default, is how the run was made. A key only the stored one has (one
+    gankit dropped) makes them differ."""
+    if set(stored) - set(made):
+        return False
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        if f.name not in made:
+            continue
+        want = made[f.name]
+        if f.name in stored:
+            have = stored[f.name]
+        else:
+            try:
+                default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+            except (ConfigError, TypeError):  # no valid default (a table of settings)
+                return False
+            have = json.loads(json.dumps(to_dict(default) if is_dataclass(default) else default))
+        inner = hints[f.name]
+        if is_dataclass(inner) and isinstance(have, dict) and isinstance(want, dict):
+            if not same_config(have, want, inner):
+                return False
+        elif have != want:
+            return False
+    return True
 
 
 def _summarise(name: str, runs: list[dict]) -> dict:
