@@ -105,3 +105,15 @@ def test_an_autoencoder_samples_far_better_from_its_fitted_prior(fashion, evalua
     # measured: 600 steps gave FID 88 (fitted) against 924 (N(0, I)); 400 steps, 4,000 samples
     # leave a wide margin around a 4x gap
     assert fid["fitted"] < fid["normal"] / 4, fid
+
+
+def test_log_prob_is_the_mixture_density():
+    """The batched precision-factor evaluation against torch.distributions, in 5-D."""
+    gen = torch.Generator().manual_seed(3)
+    codes = torch.randn(600, 5, generator=gen) @ torch.randn(5, 5, generator=gen)
+    mixture = GaussianMixture(5, 3).fit(codes)
+    parts = torch.distributions.MultivariateNormal(
+        mixture.means, scale_tril=mixture.scale_tril
+    )  # batch of 3 components
+    direct = (parts.log_prob(codes.unsqueeze(1)) + mixture.weights.log()).logsumexp(1)
+    torch.testing.assert_close(mixture.log_prob(codes), direct, rtol=1e-5, atol=1e-4)
