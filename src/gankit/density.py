@@ -4,8 +4,9 @@ Nothing pulls a deterministic autoencoder's codes towards N(0, I), so decoding d
 gives noise. Fitting a density to the codes of training images after training and sampling
 from that instead (Ghosh et al. 2020, "From Variational to Deterministic Autoencoders")
 turns the AE into a generative model. The fit is expectation-maximisation with full
-covariances, started from seeded k-means++ centres: deterministic, and a second or so for
-10,000 codes of 16 dimensions. The mixture's parameters are buffers, so they travel in the
+covariances in float32, started from seeded k-means++ centres: deterministic, and on two
+CPU cores under a second for 10,000 codes of 32 dimensions and 10 components, 7 s for 64
+dimensions and 20 components. The mixture's parameters are buffers, so they travel in the
 model's checkpoint.
 """
 
@@ -37,13 +38,17 @@ class GaussianMixture(nn.Module):
         codes: Tensor,
         seed: int = 0,
         iterations: int = 100,
-        tol: float = 1e-4,
+        tol: float = 1e-3,
         reg: float = 1e-4,
+        dtype: torch.dtype = torch.float32,
     ) -> GaussianMixture:
-        """Fit to ``codes`` (N, D) by EM; ``reg`` × the mean code variance is added to every
-        covariance's diagonal, keeping them invertible. Fewer codes than components: one
+        """Fit to ``codes`` (N, D) by EM, computing in ``dtype``, until the mean
+        log-likelihood per code gains less than ``tol`` nats in an iteration (scikit-learn's
+        criterion and default) or after ``iterations``. ``reg`` × the mean code variance is
+        added to every covariance's diagonal, keeping them invertible (in float32 too: the
+        rounding of a covariance is far below it). Fewer codes than components: one
         component per code is all the data can support, so the rest get zero weight."""
-        x = codes.detach().to(torch.float64)
+        x = codes.detach().to(dtype)
         n, dim = x.shape
         k = self.components
         gen = torch.Generator().manual_seed(seed)
@@ -105,16 +110,18 @@ def _identity_cov(k: int, dim: int, like: Tensor) -> Tensor:
 
 
 def _joint_log_prob(x: Tensor, weights: Tensor, means: Tensor, covs: Tensor) -> Tensor:
-    """log π_k + log N(x_n; μ_k, Σ_k) as (N, K), through Σ_k = L_k L_kᵀ:
-    log N = −½‖L_k⁻¹(x − μ_k)‖² − Σ log diag L_k − (D/2) log 2π."""
+    """log π_k + log N(x_n; μ_k, Σ_k) as (N, K), through the precisions' Cholesky factors
+    U_k = L_k⁻ᵀ (Σ_k = L_k L_kᵀ, so Σ_k⁻¹ = U_k U_kᵀ): log N = −½‖(x − μ_k) U_k‖² + Σ log
+    diag U_k − (D/2) log 2π, one batched matrix product for all components."""
     tril = torch.linalg.cholesky(covs)  # (K, D, D)
-    centred = (x.unsqueeze(0) - means.unsqueeze(1)).transpose(1, 2)  # (K, D, N)
-    y = torch.linalg.solve_triangular(tril, centred, upper=False)  # (K, D, N)
-    half_log_det = tril.diagonal(dim1=1, dim2=2).log().sum(1)  # (K,)
+    eye = torch.eye(x.shape[1], dtype=x.dtype, device=x.device).expand_as(tril)
+    prec = torch.linalg.solve_triangular(tril, eye, upper=False).transpose(1, 2)  # (K, D, D)
+    y = (x - means.unsqueeze(1)) @ prec  # (K, N, D)
+    half_log_det = prec.diagonal(dim1=1, dim2=2).log().sum(1)  # (K,)
     log_normal = (
-        -0.5 * y.square().sum(1) - half_log_det[:, None] - 0.5 * x.shape[1] * math.log(2 * math.pi)
+        -0.5 * y.square().sum(2) + half_log_det[:, None] - 0.5 * x.shape[1] * math.log(2 * math.pi)
     )  # (K, N)
-    return log_normal.T + weights.clamp_min(1e-300).log()
+    return log_normal.T + weights.clamp_min(torch.finfo(weights.dtype).tiny).log()
 
 
 def _log_responsibilities(x, weights, means, covs) -> Tensor:
@@ -132,7 +139,7 @@ def _m_step(x: Tensor, resp: Tensor, floor: float) -> tuple[Tensor, Tensor, Tens
     """Weights (K,), means (K, D) and covariances (K, D, D) from responsibilities (N, K)."""
     mass = resp.sum(0) + 1e-10  # (K,)
     means = (resp.T @ x) / mass[:, None]
-    centred = x.unsqueeze(1) - means  # (N, K, D)
-    covs = torch.einsum("nk,nki,nkj->kij", resp, centred, centred) / mass[:, None, None]
+    centred = x - means.unsqueeze(1)  # (K, N, D)
+    covs = (resp.T.unsqueeze(2) * centred).transpose(1, 2) @ centred / mass[:, None, None]
     covs = covs + floor * torch.eye(x.shape[1], dtype=x.dtype, device=x.device)
     return mass / mass.sum(), means, covs
