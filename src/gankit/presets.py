@@ -602,8 +602,8 @@ def _defaults(channels: int, size: int, plan: tuple[int, int]) -> list[dict]:
             "spectral norm and dropout; non-saturating loss, EMA of G. Tuned for quality per "
             "wall-clock minute on a CPU: batch 16 and Adam 1e-3 β1 0.5 (after 150 s on two "
             "cores FID 250 → 112, recall 0.03 → 0.24, against batch 64 and 2e-4), then E and G "
-            "at 2e-3 (FID 21-28 lower on two seeds); 2,600 steps, a little over 5 minutes on "
-            "two cores.",
+            "at 2e-3 (FID 21-28 lower on two seeds after 150 s, level after five minutes); 2,600 "
+            "steps, a little over 5 minutes on two cores.",
             {
                 "family": "bigan",
                 "data_range": "tanh",
