@@ -18,7 +18,9 @@ import torch
 from safetensors.torch import load_file
 
 import gankit
+from gankit.data import load_dataset
 from gankit.runs import read_metrics
+from gankit.training.environment import derive_seed
 
 FIXTURES = Path(__file__).parents[1] / "fixtures"
 
@@ -30,9 +32,15 @@ def test_an_old_run_folder_resumes_to_the_weights_it_would_have_reached(name, tm
     expected = load_file(run_dir / "expected-step-6-weights.safetensors")
 
     run = gankit.resume(run_dir, steps=6, progress=False)
-    # the statistics today's gankit estimates for the EMA weights the old run reached
+    # the statistics today's gankit estimates for the EMA weights the old run reached, and
+    # the mixture today's gankit fits to their codes (the trainer's 10,000 images, its seed)
     reference = copy.deepcopy(run.model)
     reference.load_weights(expected)
+    if reference.prior is not None:
+        data = load_dataset(run.config.train.data)
+        pick = torch.Generator().manual_seed(derive_seed(run.config.train.seed, 7))
+        order = torch.randperm(len(data), generator=pick)[:10_000]
+        reference.fit_prior(data.images[order], seed=derive_seed(run.config.train.seed, 8))
     expected = reference.weights()
 
     assert run.step == 6
