@@ -20,7 +20,7 @@ from safetensors.torch import load_file
 import gankit
 from gankit.data import load_dataset
 from gankit.runs import read_metrics
-from gankit.training.environment import derive_seed
+from gankit.training import fit_prior, prior_images
 
 FIXTURES = Path(__file__).parents[1] / "fixtures"
 
@@ -37,10 +37,9 @@ def test_an_old_run_folder_resumes_to_the_weights_it_would_have_reached(name, tm
     reference = copy.deepcopy(run.model)
     reference.load_weights(expected)
     if reference.prior is not None:
-        data = load_dataset(run.config.train.data)
-        pick = torch.Generator().manual_seed(derive_seed(run.config.train.seed, 7))
-        order = torch.randperm(len(data), generator=pick)[:10_000]
-        reference.fit_prior(data.images[order], seed=derive_seed(run.config.train.seed, 8))
+        seed = run.config.train.seed
+        images = load_dataset(run.config.train.data).images
+        fit_prior(reference, prior_images(images, seed), seed)
     expected = reference.weights()
 
     assert run.step == 6

@@ -10,7 +10,7 @@ from gankit.training.environment import (
     seed_everything,
 )
 from gankit.training.guards import TrainingDiverged
-from gankit.training.loop import FitResult, Trainer, uses_convolutions
+from gankit.training.loop import FitResult, Trainer, fit_prior, prior_images, uses_convolutions
 from gankit.training.optim import build_optimizers, make_optimizer
 
 __all__ = [
@@ -22,7 +22,9 @@ __all__ = [
     "build_optimizers",
     "configure_threads",
     "derive_seed",
+    "fit_prior",
     "make_optimizer",
+    "prior_images",
     "resolve_device",
     "seed_everything",
     "uses_convolutions",

@@ -77,6 +77,18 @@ class FitResult:
     checkpoint: Path | None
 
 
+def prior_images(images: torch.Tensor, seed: int) -> torch.Tensor:
+    """The fixed images (10,000 at most: seconds to fit) whose codes a run of ``seed``
+    fits its prior to."""
+    pick = torch.Generator().manual_seed(derive_seed(seed, 7))
+    return images[torch.randperm(len(images), generator=pick)[:10_000]]
+
+
+def fit_prior(model: GenerativeModel, images: torch.Tensor, seed: int) -> None:
+    """Fit ``model``'s prior to the codes of ``images`` as a run of ``seed`` does."""
+    model.fit_prior(images, seed=derive_seed(seed, 8))
+
+
 class Trainer:
     """Trains one model in one run folder; :func:`gankit.api.launch` builds one for a new
     run or a resumed one, with the evaluation callback when the config asks for it.
@@ -409,7 +421,7 @@ class Trainer:
     def fit_prior(self) -> None:
         """Refit the model's prior to the current codes, once per step it is needed at."""
         if self.prior_images is not None and self._prior_step != self.step:
-            self.model.fit_prior(self.prior_images, seed=derive_seed(self.config.train.seed, 8))
+            fit_prior(self.model, self.prior_images, self.config.train.seed)
             self._prior_step = self.step
 
     def sync_buffers(self) -> None:
@@ -435,10 +447,7 @@ class Trainer:
         # the images whose codes a fitted prior models (a fixed 10,000 at most: seconds)
         self.prior_images, self._prior_step = None, None
         if mc.latent.prior == "fitted":
-            order = torch.randperm(
-                len(self.data), generator=torch.Generator().manual_seed(derive_seed(tc.seed, 7))
-            )[:10_000]
-            self.prior_images = self.data.images[order]
+            self.prior_images = prior_images(self.data.images, tc.seed)
 
     def _grid_latent(self) -> torch.Tensor:
         """The grids' fixed noise; from a fitted prior, the same seeded draws of it each time."""
