@@ -54,7 +54,7 @@ class GaussianMixture(nn.Module):
         gen = torch.Generator().manual_seed(seed)
         floor = reg * float(x.var(0).mean().clamp_min(1e-12))
         means = _kmeans_pp(x.cpu(), min(k, n), gen).to(x.device)
-        log_resp = _log_responsibilities(
+        log_resp, _ = _e_step(
             x,
             torch.full((len(means),), 1.0 / len(means), dtype=x.dtype, device=x.device),
             means,
@@ -124,12 +124,8 @@ def _joint_log_prob(x: Tensor, weights: Tensor, means: Tensor, covs: Tensor) -> 
     return log_normal.T + weights.clamp_min(torch.finfo(weights.dtype).tiny).log()
 
 
-def _log_responsibilities(x, weights, means, covs) -> Tensor:
-    joint = _joint_log_prob(x, weights, means, covs)
-    return joint - joint.logsumexp(1, keepdim=True)
-
-
 def _e_step(x, weights, means, covs) -> tuple[Tensor, float]:
+    """Log-responsibilities (N, K) and the mean log-likelihood per code."""
     joint = _joint_log_prob(x, weights, means, covs)
     total = joint.logsumexp(1, keepdim=True)
     return joint - total, float(total.mean())

@@ -443,7 +443,7 @@ def _defaults(channels: int, size: int, plan: tuple[int, int]) -> list[dict]:
             "from a 20-component Gaussian mixture fitted to the codes of 10,000 training "
             "images (Ghosh et al. 2020): from N(0, I) a plain AE's samples are noise. At equal "
             "CPU time the 64-D code beat 16-D and 32-D ones in FID and recall; grids come "
-            "every 2,500 steps, as each refits the mixture (about 20 s on two cores).",
+            "every 2,500 steps, as each refits the mixture (about 7 s on two cores).",
             {
                 "family": "ae",
                 "data_range": "unit",
