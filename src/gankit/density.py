@@ -90,8 +90,7 @@ class GaussianMixture(nn.Module):
     def log_prob(self, z: Tensor) -> Tensor:
         """log p(z) for each row of ``z`` (N, D)."""
         x = z.to(self.means.dtype)
-        covs = self.scale_tril @ self.scale_tril.transpose(1, 2)
-        return _joint_log_prob(x, self.weights, self.means, covs).logsumexp(1)
+        return _joint_log_prob(x, self.weights, self.means, self.scale_tril).logsumexp(1)
 
 
 def _kmeans_pp(x: Tensor, k: int, gen: torch.Generator) -> Tensor:
@@ -109,11 +108,11 @@ def _identity_cov(k: int, dim: int, like: Tensor) -> Tensor:
     return torch.eye(dim, dtype=like.dtype, device=like.device).repeat(k, 1, 1)
 
 
-def _joint_log_prob(x: Tensor, weights: Tensor, means: Tensor, covs: Tensor) -> Tensor:
-    """log π_k + log N(x_n; μ_k, Σ_k) as (N, K), through the precisions' Cholesky factors
-    U_k = L_k⁻ᵀ (Σ_k = L_k L_kᵀ, so Σ_k⁻¹ = U_k U_kᵀ): log N = −½‖(x − μ_k) U_k‖² + Σ log
-    diag U_k − (D/2) log 2π, one batched matrix product for all components."""
-    tril = torch.linalg.cholesky(covs)  # (K, D, D)
+def _joint_log_prob(x: Tensor, weights: Tensor, means: Tensor, tril: Tensor) -> Tensor:
+    """log π_k + log N(x_n; μ_k, Σ_k) as (N, K), for covariances Σ_k = L_k L_kᵀ given by
+    their Cholesky factors ``tril`` (K, D, D), through the precisions' factors U_k = L_k⁻ᵀ
+    (Σ_k⁻¹ = U_k U_kᵀ): log N = −½‖(x − μ_k) U_k‖² + Σ log diag U_k − (D/2) log 2π, one
+    batched matrix product for all components."""
     eye = torch.eye(x.shape[1], dtype=x.dtype, device=x.device).expand_as(tril)
     prec = torch.linalg.solve_triangular(tril, eye, upper=False).transpose(1, 2)  # (K, D, D)
     y = (x - means.unsqueeze(1)) @ prec  # (K, N, D)
@@ -126,7 +125,7 @@ def _joint_log_prob(x: Tensor, weights: Tensor, means: Tensor, covs: Tensor) -> 
 
 def _e_step(x, weights, means, covs) -> tuple[Tensor, float]:
     """Log-responsibilities (N, K) and the mean log-likelihood per code."""
-    joint = _joint_log_prob(x, weights, means, covs)
+    joint = _joint_log_prob(x, weights, means, torch.linalg.cholesky(covs))
     total = joint.logsumexp(1, keepdim=True)
     return joint - total, float(total.mean())
 
