@@ -53,6 +53,15 @@ def test_fitting_is_deterministic_and_sampling_is_seeded():
     assert first.log_prob(torch.tensor([[5.0, 0.0]])) > first.log_prob(torch.tensor([[0.0, 0.0]]))
 
 
+def test_temperature_spreads_the_draws_about_their_component_means():
+    mixture = GaussianMixture(2, 2).fit(_two_blobs())
+    seeded = lambda: torch.Generator().manual_seed(5)  # noqa: E731
+    base, wide = mixture.sample(20_000, seeded()), mixture.sample(20_000, seeded(), 1.5)
+    near = torch.cdist(base, mixture.means).argmin(1)  # the same components are picked
+    torch.testing.assert_close(wide - mixture.means[near], 1.5 * (base - mixture.means[near]))
+    assert abs(float((wide[:, 0] > 0).float().mean()) - 0.75) < 0.02  # the weights hold
+
+
 def test_fewer_codes_than_components_leave_the_rest_unused():
     codes = torch.tensor([[0.0, 0.0], [10.0, 10.0], [0.1, -0.1]])
     mixture = GaussianMixture(2, 5).fit(codes)

@@ -334,6 +334,12 @@ def test_cli_eval_compare_and_evaluator_info(evaluation, run_dir, tmp_path, caps
         == 0
     )
     assert json.loads((tmp_path / "best.json").read_text())["checkpoint"] == "best"
+    assert report["temperature"] == load_run(run_dir).config.model.latent.temperature
+    warm = tmp_path / "warm.json"
+    assert main(["eval", str(run_dir), *args, "--temperature", "1.7", "--out", str(warm)]) == 0
+    warm_report = json.loads(warm.read_text())
+    assert warm_report["temperature"] == 1.7
+    assert warm_report["metrics"]["fid"] != pytest.approx(report["metrics"]["fid"])
 
     run = load_run(run_dir)
     samples = tmp_path / "s.npz"
@@ -378,6 +384,12 @@ def test_cli_eval_refuses_bad_requests_clearly(run_dir, capsys, tmp_path):
     assert "--samples needs --data" in capsys.readouterr().err
     assert main(["eval", str(tmp_path), "--checkpoint", "best"]) == 2
     assert "no best checkpoint" in capsys.readouterr().err
+    for bad in ("0", "-1", "nan"):
+        assert main(["eval", str(run_dir), "--temperature", bad]) == 2
+        assert f"--temperature {float(bad)}: expected a number > 0" in capsys.readouterr().err
+    npz = ["--samples", str(tmp_path / "x.npz"), "--data", "fashion-mnist"]
+    assert main(["eval", *npz, "--temperature", "1.2"]) == 2
+    assert "--samples are already drawn" in capsys.readouterr().err
 
 
 def test_inception_fid_without_its_package_or_weights_fails_clearly(evaluation, monkeypatch):

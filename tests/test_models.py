@@ -142,6 +142,27 @@ def test_ema_batch_norm_statistics_are_those_of_the_ema_weights(preset):
     assert torch.equal(images, model.sample(4, rng=torch.Generator().manual_seed(0)))
 
 
+@pytest.mark.parametrize("preset", ["dcgan", "cgan"])
+def test_temperature_scales_the_draws_samples_come_from_and_nothing_training_draws(preset):
+    cool, warm = (
+        gankit.build(gankit.configure(preset, temperature=t, ema=0.9)) for t in (1.0, 1.5)
+    )
+    warm.load_state_dict(cool.state_dict())
+    for model in (cool, warm):
+        _train_generator_a_little(model)  # the same steps: the same weights
+    seeded = lambda: torch.Generator().manual_seed(3)  # noqa: E731
+    z = cool.sample_latent(6, seeded())
+    torch.testing.assert_close(warm.sample_latent(6, seeded()), 1.5 * z)
+    assert torch.equal(warm.noise(6, seeded()), cool.noise(6, seeded()))  # training's draws
+    images = warm.sample(6, rng=seeded())
+    assert not torch.equal(images, cool.sample(6, rng=seeded()))
+    # the EMA's batch-norm statistics are estimated on the training distribution, so the
+    # samples are those of the cool model from its latents times the temperature
+    rng = seeded()
+    labels = cool.sample_labels(6, rng)  # drawn before the latents, as `sample` does
+    assert torch.equal(images, cool.generate(1.5 * cool.noise(6, rng), labels))
+
+
 def test_ema_statistics_copied_on_request_and_for_a_decoder():
     model = gankit.build(gankit.configure("dcgan", ema_stats="copy"))
     _train_generator_a_little(model)

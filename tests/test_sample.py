@@ -190,6 +190,20 @@ def test_a_non_empty_folder_is_refused_without_overwrite(trained, tmp_path, caps
     assert not _temporaries(folder)
 
 
+def test_temperature_changes_the_samples_and_a_bad_one_is_refused_first(
+    trained, tmp_path, capsys, monkeypatch
+):
+    paths = {t: tmp_path / f"t{t}.npz" for t in ("1", "3")}
+    for t, path in paths.items():
+        assert run("sample", trained, "--n", 64, "--out", path, "--temperature", t) == 0
+    cool, warm = (np.load(p)["images"] for p in paths.values())
+    assert not np.array_equal(cool, warm)
+    capsys.readouterr()
+    assert _run_without_model(monkeypatch, "sample", trained, "--grid", tmp_path / "g.png",
+                              "--temperature", 0) == 2  # fmt: skip
+    assert "--temperature 0.0: expected a number > 0" in capsys.readouterr().err
+
+
 def test_an_existing_grid_is_refused_without_overwrite(trained, tmp_path, capsys, monkeypatch):
     grid = tmp_path / "g.png"
     assert run("sample", trained, "--n", 4, "--grid", grid) == 0

@@ -516,6 +516,33 @@ def _add_sample(sub) -> None:
     )
     p.add_argument("--label", type=int, help="conditional model: the class to generate")
     p.add_argument("--seed", type=int, default=0)
+    _add_temperature(p)
+
+
+def _add_temperature(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--temperature",
+        type=float,
+        metavar="T",
+        help="scale the draws the images are generated from (default: the model's "
+        "latent.temperature): below 1 truncates to more typical samples, above 1 widens",
+    )
+
+
+def _checked_temperature(value: float | None) -> float | None:
+    if value is not None and not value > 0:  # NaN too
+        raise GankitError(
+            f"--temperature {value}: expected a number > 0 (1 draws as in training; "
+            "below 1 truncates, above 1 widens)"
+        )
+    return value
+
+
+def _with_temperature(run, value: float | None):
+    """The loaded run, sampling at ``value`` if one was given."""
+    if value is not None:
+        run.config.model.latent.temperature = value
+    return run
 
 
 def cmd_sample(args: argparse.Namespace) -> int:
@@ -531,6 +558,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
         raise GankitError("say where the images go: --out FILE.npz, --out DIR/ or --grid FILE.png")
     if args.n < 1:
         raise GankitError(f"--n {args.n}: expected at least 1 image")
+    _checked_temperature(args.temperature)
     out, grid = (Path(p) if p else None for p in (args.out, args.grid))
     to_folder = out is not None and (args.out.endswith(("/", "\\")) or out.is_dir())
     if to_folder and out.is_file():
@@ -544,7 +572,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
                     f"{option} {path} already exists: pass --overwrite to "
                     "replace it, or choose another path"
                 )
-    run = load_run(args.run_dir, args.device)
+    run = _with_temperature(load_run(args.run_dir, args.device), args.temperature)
     labels = None
     if args.label is not None:
         if not run.config.model.conditional:
@@ -659,6 +687,7 @@ def _add_eval(sub) -> None:
     p.add_argument("--n", type=int, default=10_000, help="samples to generate (default 10000)")
     p.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
     p.add_argument("--checkpoint", default="latest", help="latest (default), best, or a file")
+    _add_temperature(p)
     p.add_argument("--evaluator", metavar="FILE", help="an evaluator file instead of gankit's")
     p.add_argument(
         "--inception",
@@ -693,6 +722,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
         raise GankitError(
             f"--n {args.n}: evaluate at least 10 samples (thousands for stable numbers)"
         )
+    if args.samples and args.temperature is not None:
+        raise GankitError("--temperature is for a run folder; --samples are already drawn")
+    _checked_temperature(args.temperature)
     if args.samples:
         if not args.data:
             raise GankitError("--samples needs --data NAME: the real data to compare with")
@@ -721,7 +753,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
                 )
         elif args.checkpoint != "latest":
             ckpt = Path(args.checkpoint)
-        run = load_run(args.run_dir, args.device, ckpt)
+        run = _with_temperature(load_run(args.run_dir, args.device, ckpt), args.temperature)
         evaluation = open_run_evaluation(
             run.config,
             args.device,

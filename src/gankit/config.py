@@ -75,6 +75,10 @@ class LatentConfig:
 
     ``prior = "fitted"`` (AE, VAE): samples come from a Gaussian mixture of ``components``
     parts fitted to the codes of training images, refitted as the model trains.
+
+    ``temperature`` scales the draws that samples are generated from, and nothing that
+    training draws: the noise by it, a fitted mixture's draws about their component's mean.
+    Below 1 it is the truncation trick (fewer, more typical samples); above 1 it widens.
     """
 
     dim: int = 64
@@ -82,11 +86,13 @@ class LatentConfig:
     std: float = 1.0
     prior: Literal["normal", "fitted"] = "normal"
     components: int = 10
+    temperature: float = 1.0
 
     def __post_init__(self) -> None:
         _check(self.dim >= 1, "latent.dim", self.dim, "an integer >= 1")
         _check(self.std > 0, "latent.std", self.std, "a number > 0")
         _check(self.components >= 1, "latent.components", self.components, "an integer >= 1")
+        _check(self.temperature > 0, "latent.temperature", self.temperature, "a number > 0")
 
 
 @dataclass

@@ -79,12 +79,16 @@ class GaussianMixture(nn.Module):
         self.fitted.fill_(True)
         return self
 
-    def sample(self, n: int, rng: torch.Generator | None = None) -> Tensor:
+    def sample(
+        self, n: int, rng: torch.Generator | None = None, temperature: float = 1.0
+    ) -> Tensor:
         """n draws (n, D) on the mixture's device: a component by its weight, then its
-        Gaussian (μ_k + L_k ε)."""
+        Gaussian (μ_k + L_k ε), spread about μ_k by ``temperature`` (μ_k + t L_k ε)."""
         device = self.means.device
         pick = torch.multinomial(self.weights.float(), n, replacement=True, generator=rng)
         eps = torch.randn(n, self.means.shape[1], generator=rng, device=device)
+        if temperature != 1.0:
+            eps.mul_(temperature)
         return self.means[pick] + (self.scale_tril[pick] @ eps.unsqueeze(-1)).squeeze(-1)
 
     def log_prob(self, z: Tensor) -> Tensor:

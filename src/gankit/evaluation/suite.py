@@ -341,6 +341,7 @@ def evaluate_run(
         data=config.train.data,
         step=run.step,
         seed=seed,
+        temperature=config.model.latent.temperature,
     )
     if isinstance(model, Reconstructing):
         images = evaluation.reference_images if test is None else test.images

@@ -83,8 +83,8 @@ class AutoEncoder(Reconstructing, GenerativeModel):
 
     def sample_latent(self, n: int, rng: torch.Generator | None = None) -> Tensor:
         if self.fitted_prior:
-            return self.prior.sample(n, rng)
-        return self.noise(n, rng)
+            return self.prior.sample(n, rng, self.config.latent.temperature)
+        return super().sample_latent(n, rng)
 
     @torch.inference_mode()
     def fit_prior(self, images: Tensor, seed: int = 0, batch_size: int = 1000) -> None:

@@ -106,8 +106,11 @@ class GenerativeModel(nn.Module):
     # -- latent -------------------------------------------------------------------------
     def sample_latent(self, n: int, rng: torch.Generator | None = None) -> Tensor:
         """n latents (n, latent) to generate from, on the model's device: the noise
-        distribution, or a prior fitted to the codes (:meth:`fit_prior`)."""
-        return self.noise(n, rng)
+        distribution, or a prior fitted to the codes (:meth:`fit_prior`), at the sampling
+        temperature (``latent.temperature``)."""
+        temperature = self.config.latent.temperature
+        z = self.noise(n, rng)
+        return z.mul_(temperature) if temperature != 1.0 else z
 
     @property
     def fitted_prior(self) -> bool:
