@@ -81,7 +81,7 @@ def test_the_28x28_dcgan_stacks_are_written_out():
     ]  # fmt: skip
     assert model.discriminator.layers == [
         "conv 64 k4 s2 p1", "lrelu 0.2", "conv 128 k4 s2 p1 nobias", "bn", "lrelu 0.2",
-        "flatten", "fc 1",
+        "flatten", "fc 128", "lrelu 0.2", "fc 1",
     ]  # fmt: skip
     assert gankit.configure("bigan").model.encoder.layers == [
         "conv 32 k4 s2 p1", "lrelu 0.2", "conv 64 k4 s2 p1 nobias", "bn", "lrelu 0.2", "flatten"
@@ -107,14 +107,15 @@ def conv(c_in: int, c_out: int, k: int, bias: bool = True) -> int:
 
 def dcgan_counts(channels: int, b: int, g: list[int], d: list[int]) -> tuple[int, int]:
     """G: fc (nobias) + bn to g[0]·b·b, 4×4 transposed convs (nobias) + bn along g, 3×3 conv
-    to the image; D: 4×4 convs along d, batch norm (no bias) after all but the first, fc 1."""
+    to the image; D: 4×4 convs along d, batch norm (no bias) after all but the first, a
+    hidden fc 128, fc 1."""
     gen = fc(64, g[0] * b * b, False) + 2 * g[0] * b * b
     gen += sum(conv(i, o, 4, False) + 2 * o for i, o in zip(g, g[1:], strict=False))
     gen += conv(g[-1], channels, 3)
     disc = conv(channels, d[0], 4) + sum(
         conv(i, o, 4, False) + 2 * o for i, o in zip(d, d[1:], strict=False)
     )
-    return gen, disc + fc(d[-1] * b * b, 1)
+    return gen, disc + fc(d[-1] * b * b, 128) + fc(128, 1)
 
 
 @pytest.mark.parametrize(
