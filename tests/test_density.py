@@ -97,6 +97,10 @@ def test_the_prior_travels_in_the_checkpoint_and_drives_sampling(tiny_data, tmp_
     codes = run.model.sample_latent(500, torch.Generator().manual_seed(0))
     noise = run.model.noise(500, torch.Generator().manual_seed(0))
     assert not torch.allclose(codes, noise)  # samples come from the mixture, not N(0, I)
+    run.config.model.latent.temperature = 1.5  # what `--temperature 1.5` sets
+    warm = run.model.sample_latent(500, torch.Generator().manual_seed(0))
+    mixture = run.model.prior.sample(500, torch.Generator().manual_seed(0), 1.5)
+    assert torch.equal(warm, mixture) and not torch.equal(warm, codes)
 
 
 @pytest.mark.slow
