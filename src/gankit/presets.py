@@ -536,7 +536,7 @@ def _defaults(channels: int, size: int, plan: tuple[int, int]) -> list[dict]:
             "with batch 64 and 2e-4), then G at 2e-3 (FID 5 lower on two seeds), G's update "
             "reusing D's noise and G(z), D's hidden layer (FID 55 → 32 after 150 s, two seeds) "
             "and the temperature (FID 21.2 → 19.4, recall 0.70 → 0.76 after five minutes); "
-            "8,000 steps, about 5 minutes on two cores.",
+            "5,500 steps, about 5 minutes on two cores.",
             {
                 "latent": {"dim": 64, "dist": "normal", "temperature": 1.2},
                 "generator": {"layers": tanh_out},
@@ -545,7 +545,7 @@ def _defaults(channels: int, size: int, plan: tuple[int, int]) -> list[dict]:
                 "opt_d": ADAM_GAN | {"lr": 1e-3},
                 "reuse_noise": True,
             },
-            {"steps": 8000, "batch_size": 16, "sample_every": 1000, "checkpoint_every": 2000},
+            {"steps": 5500, "batch_size": 16, "sample_every": 1000, "checkpoint_every": 2000},
         ),
         _default_gan(
             "wgan",
@@ -571,7 +571,7 @@ def _defaults(channels: int, size: int, plan: tuple[int, int]) -> list[dict]:
             "WGAN-GP (Gulrajani et al. 2017) on the DCGAN networks (the critic without batch "
             "norm): gradient penalty λ 10, 2 critic updates per G update, Adam 1e-3 β (0.5, "
             "0.9), batch 16, G's update reusing the last critic update's noise, samples at "
-            "temperature 1.2; 4,200 steps, about 5 minutes on two cores. Tuned for quality per "
+            "temperature 1.2; 2,500 steps, about 5 minutes on two cores. Tuned for quality per "
             "wall-clock minute on a CPU (the former batch 64, 5 critic updates and 1e-4 stopped "
             "at 600 steps in five minutes): FID 277 → 93, recall 0.07 → 0.41 (two seeds), then "
             "the critic's hidden layer (FID 91 → 67 after 150 s) and the temperature (FID "
@@ -587,7 +587,7 @@ def _defaults(channels: int, size: int, plan: tuple[int, int]) -> list[dict]:
                 "n_critic": 2,
                 "reuse_noise": True,
             },
-            {"steps": 4200, "batch_size": 16},
+            {"steps": 2500, "batch_size": 16},
         ),
         _default_gan(
             "cgan",
