@@ -15,6 +15,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -26,6 +27,8 @@ from gankit.errors import CheckpointError, StorageError
 from gankit.files import FolderBusy, FolderLock
 from gankit.runs import checkpoint, read_metrics
 from gankit.training import Trainer
+from gankit.training.distributed import ProcessLost, World
+from gankit.training.guards import StopRule
 
 GANKIT = [sys.executable, "-m", "gankit"]
 
@@ -438,3 +441,23 @@ def test_a_signal_ignored_before_the_run_stays_ignored(tiny_data, tmp_path):
         assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
     finally:
         signal.signal(signal.SIGINT, previous)
+
+
+@pytest.mark.parametrize("size", [1, 2])
+def test_a_run_ending_on_an_error_under_torchrun_outlives_the_agents_sigterm(size):
+    """torchrun's agent sends SIGTERM to the survivors as soon as one process dies: a process
+    of a parallel run that is ending on an error ignores it, so that it can still print what
+    stopped it and where its last checkpoint is; a single process gets its handler back."""
+    previous = signal.getsignal(signal.SIGTERM)
+    try:
+        rule = StopRule(SimpleNamespace(world=World(rank=0, size=size)))
+        with pytest.raises(ProcessLost), rule:
+            assert signal.getsignal(signal.SIGTERM) == rule._on_signal
+            raise ProcessLost("process 0 lost the other processes of this run")
+        assert signal.getsignal(signal.SIGTERM) == (signal.SIG_IGN if size > 1 else previous)
+        signal.signal(signal.SIGTERM, previous)
+        with rule:  # a clean end gives the handler back in any world
+            assert signal.getsignal(signal.SIGTERM) == rule._on_signal
+        assert signal.getsignal(signal.SIGTERM) == previous
+    finally:
+        signal.signal(signal.SIGTERM, previous)

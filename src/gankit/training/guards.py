@@ -169,9 +169,15 @@ class StopRule:
             }
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, exc_type, *exc) -> None:
         for sig, handler in self._handlers.items():
             signal.signal(sig, handler)
+        if exc_type is not None and self._handlers and self.trainer.world.parallel:
+            # The run is ending on an error, maybe a process that died. torchrun's agent,
+            # seeing it die, sends SIGTERM to the others within a tenth of a second (and
+            # SIGKILL 30 s later): let this process say what stopped it and where its last
+            # checkpoint is, then exit, instead of vanishing mid-message.
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)
         self._handlers = {}
 
     def _on_signal(self, signum, frame) -> None:  # noqa: ARG002
