@@ -384,9 +384,14 @@ def test_cli_eval_refuses_bad_requests_clearly(run_dir, capsys, tmp_path):
     assert "--samples needs --data" in capsys.readouterr().err
     assert main(["eval", str(tmp_path), "--checkpoint", "best"]) == 2
     assert "no best checkpoint" in capsys.readouterr().err
-    for bad in ("0", "-1", "nan"):
-        assert main(["eval", str(run_dir), "--temperature", bad]) == 2
-        assert f"--temperature {float(bad)}: expected a number > 0" in capsys.readouterr().err
+    for bad in ("0", "-1", "nan", "inf"):
+        with pytest.raises(SystemExit) as refused:
+            main(["eval", str(run_dir), "--temperature", bad])
+        assert refused.value.code == 2
+        assert f"--temperature: {bad}: expected a number > 0" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["eval", str(run_dir), "--temperature", "warm"])
+    assert "argument --temperature: 'warm' is not a number" in capsys.readouterr().err
     npz = ["--samples", str(tmp_path / "x.npz"), "--data", "fashion-mnist"]
     assert main(["eval", *npz, "--temperature", "1.2"]) == 2
     assert "--samples are already drawn" in capsys.readouterr().err

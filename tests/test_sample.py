@@ -199,9 +199,11 @@ def test_temperature_changes_the_samples_and_a_bad_one_is_refused_first(
     cool, warm = (np.load(p)["images"] for p in paths.values())
     assert not np.array_equal(cool, warm)
     capsys.readouterr()
-    assert _run_without_model(monkeypatch, "sample", trained, "--grid", tmp_path / "g.png",
-                              "--temperature", 0) == 2  # fmt: skip
-    assert "--temperature 0.0: expected a number > 0" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as refused:
+        _run_without_model(monkeypatch, "sample", trained, "--grid", tmp_path / "g.png",
+                           "--temperature", 0)  # fmt: skip
+    assert refused.value.code == 2
+    assert "argument --temperature: 0: expected a number > 0" in capsys.readouterr().err
 
 
 def test_an_existing_grid_is_refused_without_overwrite(trained, tmp_path, capsys, monkeypatch):

@@ -519,23 +519,28 @@ def _add_sample(sub) -> None:
     _add_temperature(p)
 
 
+def _temperature_arg(text: str) -> float:
+    """--temperature: a number > 0 (refused before a model is loaded)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(
+            f"{text}: expected a number > 0 (1 draws as in training; below 1 truncates, "
+            "above 1 widens)"
+        )
+    return value
+
+
 def _add_temperature(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--temperature",
-        type=float,
+        type=_temperature_arg,
         metavar="T",
         help="scale the draws the images are generated from (default: the model's "
         "latent.temperature): below 1 truncates to more typical samples, above 1 widens",
     )
-
-
-def _checked_temperature(value: float | None) -> float | None:
-    if value is not None and not value > 0:  # NaN too
-        raise GankitError(
-            f"--temperature {value}: expected a number > 0 (1 draws as in training; "
-            "below 1 truncates, above 1 widens)"
-        )
-    return value
 
 
 def _with_temperature(run, value: float | None):
@@ -558,7 +563,6 @@ def cmd_sample(args: argparse.Namespace) -> int:
         raise GankitError("say where the images go: --out FILE.npz, --out DIR/ or --grid FILE.png")
     if args.n < 1:
         raise GankitError(f"--n {args.n}: expected at least 1 image")
-    _checked_temperature(args.temperature)
     out, grid = (Path(p) if p else None for p in (args.out, args.grid))
     to_folder = out is not None and (args.out.endswith(("/", "\\")) or out.is_dir())
     if to_folder and out.is_file():
@@ -724,7 +728,6 @@ def cmd_eval(args: argparse.Namespace) -> int:
         )
     if args.samples and args.temperature is not None:
         raise GankitError("--temperature is for a run folder; --samples are already drawn")
-    _checked_temperature(args.temperature)
     if args.samples:
         if not args.data:
             raise GankitError("--samples needs --data NAME: the real data to compare with")
