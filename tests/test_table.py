@@ -149,3 +149,16 @@ def test_a_row_made_before_a_setting_existed_is_reused_at_its_default(tmp_path):
     stored["config"]["model"]["dropped"] = 1  # a setting gankit no longer has
     (tmp_path / "table-row.json").write_text(json.dumps(stored | {"row": row}))
     assert finished_row(tmp_path, made()) is None
+
+
+def test_a_row_is_reused_after_its_preset_was_only_reworded(tmp_path):
+    config = json.loads(json.dumps(to_dict(gankit.configure("gan-002"))))
+    made = {"settings": {"minutes": 5.0}, "config": config}
+    row = {"seed": 0, "steps": 100, "fid": 50.0}
+    (tmp_path / "table-row.json").write_text(json.dumps(made | {"row": row}))
+    reworded = json.loads(json.dumps(made))
+    reworded["config"]["description"] = config["description"] + " Now with a sweep behind it."
+    assert finished_row(tmp_path, reworded) == row  # prose about the run is not the run
+    retuned = json.loads(json.dumps(reworded))
+    retuned["config"]["model"]["opt_g"]["lr"] = 0.5
+    assert finished_row(tmp_path, retuned) is None

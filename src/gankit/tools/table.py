@@ -181,12 +181,13 @@ def same_config(stored: dict, made: dict, cls: type = RunConfig) -> bool:
     """Whether a run config stored as plain dicts is ``made`` (the same, as plain dicts). A
     key the stored one lacks counts as its default: a setting gankit gained since the run
     was made, at its default, is how the run was made. A key only the stored one has (one
-    gankit dropped) makes them differ."""
+    gankit dropped) makes them differ. A preset's ``description`` is prose about the run,
+    not part of it: a reworded one does not make it another run."""
     if set(stored) - set(made):
         return False
     hints = typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):
-        if f.name not in made:
+        if f.name not in made or (cls is RunConfig and f.name == "description"):
             continue
         want = made[f.name]
         if f.name in stored:
