@@ -69,17 +69,24 @@ def _steps_arg(text: str) -> int:
     return steps
 
 
+def _positive_number(text: str, what: str, rule: str) -> float:
+    """A finite number > 0 from ``text``, else argparse's error: "not WHAT", or "TEXT: RULE"."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not {what}") from None
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"{text}: {rule}")
+    return value
+
+
 def _epochs_arg(text: str) -> float:
     """--epochs: a number > 0 (fractions of a pass allowed)."""
-    try:
-        epochs = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number of epochs") from None
-    if not 0 < epochs < float("inf"):
-        raise argparse.ArgumentTypeError(
-            f"{text}: the run length in passes over the data must be a number > 0, e.g. 0.5 or 10"
-        )
-    return epochs
+    return _positive_number(
+        text,
+        "a number of epochs",
+        "the run length in passes over the data must be a number > 0, e.g. 0.5 or 10",
+    )
 
 
 def _add_run_options(p: argparse.ArgumentParser) -> None:
@@ -521,16 +528,11 @@ def _add_sample(sub) -> None:
 
 def _temperature_arg(text: str) -> float:
     """--temperature: a number > 0 (refused before a model is loaded)."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not 0 < value < float("inf"):
-        raise argparse.ArgumentTypeError(
-            f"{text}: expected a number > 0 (1 draws as in training; below 1 truncates, "
-            "above 1 widens)"
-        )
-    return value
+    return _positive_number(
+        text,
+        "a number",
+        "expected a number > 0 (1 draws as in training; below 1 truncates, above 1 widens)",
+    )
 
 
 def _add_temperature(p: argparse.ArgumentParser) -> None:
