@@ -7,11 +7,13 @@ dies ends the run with a message instead of a hang.
 
 from __future__ import annotations
 
+import gc
 import os
 import signal
 import subprocess
 import sys
 import time
+import weakref
 from pathlib import Path
 
 import pytest
@@ -408,6 +410,29 @@ def test_one_process_needs_no_process_group(monkeypatch):
     world = distributed.init()
     assert world == World() and world.main and not world.parallel
     assert not torch.distributed.is_initialized()
+
+
+def test_shutdown_frees_the_groups_while_python_is_alive():
+    """A DDP wrapper left in a reference cycle (as a trainer leaves it) holds its process
+    group; shutdown must free it, or the first collection happens as Python finalizes and a
+    gloo thread aborts the process after a finished run."""
+    torch.distributed.init_process_group(
+        "gloo", store=torch.distributed.HashStore(), rank=0, world_size=1
+    )
+    gc.disable()  # only shutdown may collect the cycle
+    try:
+        wrapped = torch.nn.parallel.DistributedDataParallel(torch.nn.Linear(2, 2))
+        wrapped.loop = [wrapped]
+        alive = weakref.ref(wrapped)
+        del wrapped
+        assert alive() is not None  # the cycle keeps it
+        distributed.shutdown()
+        assert alive() is None
+        assert not torch.distributed.is_initialized()
+    finally:
+        gc.enable()
+        if torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
 
 
 @pytest.mark.slow

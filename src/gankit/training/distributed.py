@@ -15,6 +15,7 @@ over a gloo group, so that with NCCL they never wait on the GPU.
 from __future__ import annotations
 
 import contextlib
+import gc
 import os
 import warnings
 from collections.abc import Callable
@@ -132,14 +133,22 @@ def device_for(world: World, device: torch.device) -> torch.device:
 def shutdown(together: bool = True) -> None:
     """Leave the process group at the end of a command; ``together`` (after a clean finish)
     waits for the other processes first: gloo torn down while a peer still talks to it can
-    abort the process. After an error, leave at once (the others may be anywhere)."""
+    abort the process. After an error, leave at once (the others may be anywhere).
+
+    The groups are freed here, not at interpreter exit: the trainer's DDP wrappers sit in
+    reference cycles that hold the groups until a garbage collection, and one that first
+    runs while Python finalizes lets a gloo thread reach for the GIL then, which ends the
+    process with "terminate called without an active exception" after a finished run."""
     global _control
-    if dist.is_available() and dist.is_initialized():
+    joined = dist.is_available() and dist.is_initialized()
+    if joined:
         if together:
             with contextlib.suppress(RuntimeError):  # a peer already gone: nothing to wait for
                 dist.barrier(group=_control)
         dist.destroy_process_group()
     _control = None
+    if joined:
+        gc.collect()
 
 
 # --------------------------------------------------------------------------- collectives
