@@ -275,3 +275,38 @@ def test_a_calibrated_gaussian_vae_reports_its_elbo_at_the_fitted_variance():
     kl = float(0.5 * (mu.pow(2) + logvar.exp() - logvar - 1).sum(1).mean())
     assert metrics["kl"] == pytest.approx(kl, rel=1e-5)
     assert metrics["elbo"] == pytest.approx(-nll - kl, rel=1e-5)
+
+
+@pytest.mark.parametrize("preset", ["gan", "dcgan", "cgan"])
+def test_feature_matching_adds_the_gap_between_d_feature_means_to_g_loss(preset):
+    torch.manual_seed(0)
+    plain = gankit.build(gankit.configure(preset, feature_matching=0))
+    model = gankit.build(gankit.configure(preset, feature_matching=0.5))
+    model.load_state_dict(plain.state_dict())
+    d = model.nets["discriminator"].eval()  # one batch's statistics would differ from another's
+    plain.nets["discriminator"].eval()
+    x = batch(8)
+    features = d.features(x)
+    assert features.dim() == 2 and features.shape[0] == 8 and features.shape[1] > 1
+    assert float(model.feature_gap(x, x, d).detach()) == 0.0  # the real batch matches itself
+    losses = {}
+    for name, m in (("plain", plain), ("matching", model)):
+        ctx = m.context(x, None, torch.Generator().manual_seed(4))
+        losses[name] = m.phases(reuse=False)[1].loss(ctx)
+    (loss, stats), (base, _) = losses["matching"], losses["plain"]
+    gap = stats["feature_gap"]
+    assert gap > 0
+    torch.testing.assert_close(loss, base + 0.5 * gap)
+    # G is pulled towards the real means: the gap's gradient reaches G's weights
+    g = model.nets["generator"]
+    fake = model._run_generator(g, model.noise(8), model.sample_labels(8))
+    (grad,) = torch.autograd.grad(model.feature_gap(x, fake, d), [next(g.parameters())])
+    assert grad.abs().sum() > 0
+
+
+def test_feature_matching_is_refused_without_a_discriminator_to_match():
+    for preset in ("bigan", "vae"):
+        with pytest.raises(ConfigError, match="feature_matching is for family 'gan'"):
+            gankit.configure(preset, feature_matching=1.0)
+    with pytest.raises(ConfigError, match="loss.feature_matching"):
+        gankit.configure("gan", feature_matching=-1.0)

@@ -130,6 +130,9 @@ class LossConfig:
     gp_weight: float = 0.0  # WGAN-GP gradient penalty λ (0 = off)
     gp_every: int = 1  # the penalty on every k-th critic update only, weighted k·λ (lazy)
     clip: float = 0.0  # WGAN weight clipping to [-clip, clip] after each critic step (0 = off)
+    # G's loss gains λ‖E f(x) − E f(G(z))‖², f = D's last hidden features (feature matching,
+    # Salimans et al. 2016): G must match the real batch's statistics, not only fool D
+    feature_matching: float = 0.0
     recon: Literal["mse", "bce", "mse-sum", "bce-sum", "gaussian"] = "bce-sum"
     kl_weight: float = 1.0  # VAE: weight of the KL term (β)
 
@@ -143,6 +146,12 @@ class LossConfig:
         _check(self.gp_weight >= 0, "loss.gp_weight", self.gp_weight, "a number >= 0")
         _check(self.gp_every >= 1, "loss.gp_every", self.gp_every, "an integer >= 1")
         _check(self.clip >= 0, "loss.clip", self.clip, "a number >= 0")
+        _check(
+            self.feature_matching >= 0,
+            "loss.feature_matching",
+            self.feature_matching,
+            "a number >= 0",
+        )
         _check(self.kl_weight >= 0, "loss.kl_weight", self.kl_weight, "a number >= 0")
 
 
@@ -202,6 +211,11 @@ class ModelConfig:
             raise ConfigError(
                 f"model.latent.prior = 'fitted' is for the autoencoders (ae, vae), "
                 f"not family {self.family!r}: its noise is what G learns to map"
+            )
+        if self.loss.feature_matching and self.family != "gan":
+            raise ConfigError(
+                f"model.loss.feature_matching is for family 'gan' (its D's hidden features), "
+                f"not {self.family!r}: set it to 0"
             )
         if self.conditional and self.family != "gan":
             raise ConfigError(f"model.conditional = true needs family 'gan', not {self.family!r}")

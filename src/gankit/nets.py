@@ -421,6 +421,15 @@ class Critic(nn.Module):
             nn.init.normal_(self.embed.weight, 0.0, 0.02)
         elif out != (1,):
             raise ConfigError(f"discriminator layers produce {out}: end with 'fc 1'")
+        # the last layer with weights: what comes before it are the hidden features
+        self._last = max(i for i, m in enumerate(self.body) if any(True for _ in m.parameters()))
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """The last hidden features (B, F) of images x: the input of the final layer, or the
+        conditional body's output that meets the label embedding."""
+        if self.num_classes:
+            return self.body(x)
+        return self.body[: self._last](x).flatten(1)
 
     def forward(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
         h = self.body(x)  # (B, F)

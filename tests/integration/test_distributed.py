@@ -154,6 +154,8 @@ def _assert_same_weights(one: dict, two: dict, rel: float = 1e-3) -> None:
     ("preset", "steps", "batch", "sets"),
     [
         ("gan-002", 8, 64, []),  # G(z) kept from D's update (reuse_noise)
+        # feature matching: G's loss compares means over the global batch, not each share's
+        pytest.param("gan-002", 8, 64, ["--set", "feature_matching=1"], id="feature-matching"),
         # gradient penalty (double backward). Adam's first updates are about lr·sign(g): where a
         # gradient is near zero, rounding flips its sign and moves a weight by a whole lr, so the
         # bound holds only at a small lr (reuse_noise is covered by gan-002 above)

@@ -31,6 +31,11 @@ def whole_draw(n: int, sample: Callable[[int], Tensor]) -> Tensor:
     return sample(n)
 
 
+def whole_mean(rows: Tensor) -> Tensor:
+    """The batch mean of one process's rows, which are the whole batch."""
+    return rows.mean(dim=0)
+
+
 @dataclass
 class Context:
     """What one update sees: the real batch, its labels, the noise, a random generator, the
@@ -49,6 +54,7 @@ class Context:
     rng: torch.Generator  # for any further randomness (VAE ε, gradient-penalty ε)
     nets: Mapping[str, nn.Module] = field(default_factory=dict)  # the modules to call
     draw: Draw = whole_draw  # (n, sample) -> this update's n rows of a global draw
+    mean: Callable[[Tensor], Tensor] = whole_mean  # rows -> their mean over the global batch
     kept: dict[str, Tensor] = field(default_factory=dict)  # outputs, with their autograd
     # graphs, that one phase computed for the next to reuse (e.g. G(z) from D's update)
     index: int = 0  # this update's number within its phase over the run: step × repeat + i
@@ -147,10 +153,12 @@ class GenerativeModel(nn.Module):
         rng: torch.Generator,
         nets: Mapping[str, nn.Module] | None = None,
         draw: Draw = whole_draw,
+        mean: Callable[[Tensor], Tensor] = whole_mean,
     ) -> Context:
         """A fresh context: real batch (possibly None) plus new noise (and fake labels);
-        ``nets`` (default: the model's own) and ``draw`` as :class:`Context` says."""
-        ctx = Context(x, y, None, None, rng, self.nets if nets is None else nets, draw)
+        ``nets`` (default: the model's own), ``draw`` and ``mean`` as :class:`Context` says."""
+        nets = self.nets if nets is None else nets
+        ctx = Context(x, y, None, None, rng, nets, draw, mean=mean)
         self.refresh_noise(ctx, x.shape[0] if x is not None else 1)
         return ctx
 

@@ -4,6 +4,7 @@ whose losses come from :mod:`gankit.losses`.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from functools import partial
 
 import torch
@@ -11,7 +12,15 @@ from torch import Tensor, nn
 
 from gankit import losses
 from gankit.config import ModelConfig
-from gankit.models.base import Context, GenerativeModel, Phase, Stats, kept_or_run, reused_or_run
+from gankit.models.base import (
+    Context,
+    GenerativeModel,
+    Phase,
+    Stats,
+    kept_or_run,
+    reused_or_run,
+    whole_mean,
+)
 from gankit.nets import Critic, Generator, finish, pack
 
 
@@ -83,8 +92,26 @@ class GAN(GenerativeModel):
         fake = reused_or_run(
             ctx, "fake", lambda: self._run_generator(ctx.net("generator"), ctx.z, ctx.y_fake)
         )
-        loss = self.adv.g(self.critic(fake, ctx.y_fake, ctx.net("discriminator")))
-        return loss, {"loss/G": loss.detach()}
+        d = ctx.net("discriminator")
+        loss = self.adv.g(self.critic(fake, ctx.y_fake, d))
+        stats = {"loss/G": loss.detach()}
+        weight = self.config.loss.feature_matching
+        if weight:
+            gap = self.feature_gap(ctx.x, fake, getattr(d, "module", d), ctx.mean)
+            loss = loss + weight * gap
+            stats["feature_gap"] = gap.detach()
+        return loss, stats
+
+    def feature_gap(
+        self, real: Tensor, fake: Tensor, d: Critic, mean: Callable[[Tensor], Tensor] = whole_mean
+    ) -> Tensor:
+        """‖E f(x) − E f(G(z))‖² over D's last hidden features f (Salimans et al. 2016,
+        feature matching), each E a ``mean`` over the (global) batch; the real side carries
+        no gradient."""
+        m = self.config.pack
+        with torch.no_grad():
+            target = mean(d.features(pack(real, m)))
+        return (mean(d.features(pack(fake, m))) - target).pow(2).sum()
 
     @torch.no_grad()
     def clip_critic(self) -> None:

@@ -3,8 +3,9 @@
 One run, K processes, one device each. Every process holds the whole model; each draws its
 contiguous share of every global batch (see :class:`gankit.training.Batches`) and of every
 noise draw (:class:`Shard`), and DistributedDataParallel averages the gradients of the
-networks an update trains. Because every loss is a mean over the batch, K processes on
-B/K images each take the step one process takes on B images.
+networks an update trains. Because every loss is a mean over the batch, or a function of
+batch means taken over every process (:meth:`Shard.mean`), K processes on B/K images each
+take the step one process takes on B images.
 
 Process 0 owns the run folder: it alone writes checkpoints, grids, logs and metrics, reads a
 checkpoint to resume from and sends it to the others, so the other processes need the data
@@ -95,6 +96,20 @@ class Shard:
     def draw(self, n: int, sample: Callable[[int], torch.Tensor]) -> torch.Tensor:
         """``sample(m)`` draws m rows; returns this process's n of the K·n global ones."""
         return self.take(sample(n * self.world))
+
+    def mean(self, rows: torch.Tensor) -> torch.Tensor:
+        """The mean over the global batch of this process's ``rows`` and every other's.
+
+        Its value is the global mean on every process; its gradient flows through this
+        process's own mean only. The global mean's gradient is the average of the K local
+        means' gradients, which is what DDP's averaging makes of them.
+        """
+        local = rows.mean(dim=0)
+        if self.world == 1:
+            return local
+        total = local.detach().clone()
+        dist.all_reduce(total)  # the sum of the K means (a sum: gloo has no average)
+        return local + (total / self.world - local).detach()
 
 
 def init(timeout_s: float | None = None) -> World:

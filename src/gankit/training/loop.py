@@ -262,7 +262,9 @@ class Trainer:
         if ctx is None or phase.draw == "batch":
             images, labels = self.batches.next()
             x = self.model.prepare(images).contiguous(memory_format=self.memory_format)
-            ctx = self.model.context(x, labels, self.rng, draw=self.shard.draw)
+            ctx = self.model.context(
+                x, labels, self.rng, draw=self.shard.draw, mean=self.shard.mean
+            )
         elif phase.draw == "noise":
             self.model.refresh_noise(ctx)
         ctx.nets = self._routes[phase.name]  # this update's networks (DDP: its wrappers)
