@@ -97,7 +97,7 @@ class GAN(GenerativeModel):
         stats = {"loss/G": loss.detach()}
         weight = self.config.loss.feature_matching
         if weight:
-            gap = self.feature_gap(ctx.x, fake, getattr(d, "module", d), ctx.mean)
+            gap = self.feature_gap(ctx.x, fake, d, ctx.mean)  # G's update: D is never wrapped
             loss = loss + weight * gap
             stats["feature_gap"] = gap.detach()
         return loss, stats
